@@ -1,0 +1,2 @@
+//! `metro-bench`: side-by-side benchmarks.
+fn main() {}

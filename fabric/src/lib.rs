@@ -1,0 +1,6 @@
+//! metro-fabric: volumes as openraft groups, the wire format, the environment
+//! seam ([`env`]), the control plane and the DR logic.
+//!
+//! Runs unchanged under the deterministic simulator: every effect goes through
+//! [`env`].
+pub mod env;

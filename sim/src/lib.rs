@@ -1,0 +1,2 @@
+//! metro-sim: deterministic simulation of whole metro clusters (lands with the
+//! simulation issue).
