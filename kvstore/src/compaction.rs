@@ -1,0 +1,270 @@
+//! Compaction and checkpoints, run by the [`Writer`] between group commits.
+//!
+//! Compaction copies the live values of the sealed segment with the lowest
+//! live ratio into a compaction segment (`cmp-*`), repoints the index and
+//! marks the victim. A checkpoint then makes the index durable; only after
+//! that are dead segments (victims, and any whose data all died) deleted or
+//! kept as spares. A crash before the checkpoint finds the old checkpoint
+//! and the victims intact; compaction segments no checkpoint names are
+//! orphans and are removed at open.
+//!
+//! Space bound: after maintenance, segment bytes excluding victims awaiting
+//! the next checkpoint are at most
+//! `max(space_amp_max, 1 / VICTIM_LIVE_RATIO_MAX) * live + SLACK_SEGMENTS *
+//! segment_bytes`, so the store's whole footprint is bounded by that plus
+//! [`VICTIMS_PER_CHECKPOINT`] segments, the spares and the checkpoint file.
+//! The property test `space_amplification_stays_bounded` checks it.
+
+use crate::batch::{DecodedOp, WriteBatch, decode_ops};
+use crate::checkpoint::{CheckpointMeta, write_checkpoint};
+use crate::error::StoreError;
+use crate::index::Loc;
+use crate::record::{
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record, record_at, segment_name,
+};
+use crate::writer::Writer;
+
+/// A segment more live than this is not worth compacting.
+pub const VICTIM_LIVE_RATIO_MAX: f64 = 0.9;
+/// Segments of slack above the amplification target before compacting.
+pub const SLACK_SEGMENTS: u64 = 2;
+/// Victims compacted before a checkpoint retires them.
+pub const VICTIMS_PER_CHECKPOINT: usize = 4;
+
+/// A live value found in a victim segment.
+struct LiveValue {
+    ns: crate::batch::Namespace,
+    key: u64,
+    seq: u64,
+    from: Loc,
+    value_start: usize,
+}
+
+impl Writer {
+    /// One round of upkeep: compact while space is over the bound, and
+    /// checkpoint when the log has grown or victims wait to be retired.
+    pub(crate) fn maintain(&mut self) -> Result<(), StoreError> {
+        while self.pending_victims.len() < VICTIMS_PER_CHECKPOINT && self.over_space_bound() {
+            if !self.compact_one()? {
+                break;
+            }
+        }
+        let retire = !self.pending_victims.is_empty()
+            && (self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT || !self.over_space_bound());
+        if retire || self.log_bytes_since_checkpoint >= self.options.checkpoint_log_bytes {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn over_space_bound(&self) -> bool {
+        let live = self.shared.read.read().index.live_bytes() as f64;
+        let segment_bytes: u64 = self
+            .segments
+            .iter()
+            .filter(|(id, _)| !self.pending_victims.contains(id))
+            .map(|(_, s)| s.file_len)
+            .sum();
+        let slack = SLACK_SEGMENTS * u64::from(self.options.segment_bytes);
+        segment_bytes as f64 > self.options.space_amp_max * live + slack as f64
+    }
+
+    /// Relocates the live values of the best victim. False if none is worth it.
+    fn compact_one(&mut self) -> Result<bool, StoreError> {
+        let Some(victim) = self.pick_victim() else {
+            return Ok(false);
+        };
+        let info = &self.segments[&victim];
+        let mut image = vec![0u8; info.file_len as usize];
+        info.file.read_at(&mut image, 0)?;
+        let live = self.live_values(victim, &image);
+        let mut moves = Vec::with_capacity(live.len());
+        for value in &live {
+            let bytes = &image[value.value_start..value.value_start + value.from.len as usize];
+            let to = self.append_relocated(value, bytes)?;
+            moves.push((value, to));
+        }
+        {
+            let mut read = self.shared.read.write();
+            for (v, to) in moves {
+                let moved = read.index.relocate(v.ns, v.key, v.seq, v.from, to);
+                assert!(moved, "only the writer changes the index");
+            }
+            assert_eq!(read.index.segment_live(victim), 0, "victim fully relocated");
+        }
+        self.pending_victims.insert(victim);
+        self.shared.stats.lock().compacted_segments += 1;
+        Ok(true)
+    }
+
+    fn pick_victim(&self) -> Option<u32> {
+        let read = self.shared.read.read();
+        let out = self.compact_out.map(|h| h.id);
+        self.segments
+            .iter()
+            .filter(|(id, _)| {
+                **id != self.log.id && Some(**id) != out && !self.pending_victims.contains(id)
+            })
+            .map(|(id, s)| {
+                let ratio = read.index.segment_live(*id) as f64 / s.file_len.max(1) as f64;
+                (ratio, *id)
+            })
+            .filter(|(ratio, _)| *ratio <= VICTIM_LIVE_RATIO_MAX)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, id)| id)
+    }
+
+    /// Values in the segment image that the index still points at.
+    fn live_values(&self, seg: u32, image: &[u8]) -> Vec<LiveValue> {
+        let read = self.shared.read.read();
+        let mut found = Vec::new();
+        let mut offset = SEGMENT_HEADER_BYTES;
+        while let Some(record) = record_at(image, seg, offset) {
+            offset = record.payload_offset + record.payload.len() as u64;
+            let Some(ops) = decode_ops(record.payload) else {
+                continue;
+            };
+            for op in ops {
+                let DecodedOp::Put {
+                    ns,
+                    key,
+                    value_offset,
+                    len,
+                    crc,
+                } = op
+                else {
+                    continue;
+                };
+                let start = record.payload_offset + u64::from(value_offset);
+                let from = Loc {
+                    seg,
+                    offset: start as u32,
+                    len,
+                    crc,
+                };
+                if read.index.points_at(ns, key, record.seq, from) {
+                    found.push(LiveValue {
+                        ns,
+                        key,
+                        seq: record.seq,
+                        from,
+                        value_start: start as usize,
+                    });
+                }
+            }
+        }
+        found
+    }
+
+    /// Appends one relocated value (a one-put record carrying its original
+    /// seq) to the compaction segment; returns its new location.
+    fn append_relocated(&mut self, value: &LiveValue, bytes: &[u8]) -> Result<Loc, StoreError> {
+        let mut batch = WriteBatch::new();
+        batch.put(value.ns, value.key, bytes.to_vec());
+        let mut payload = Vec::with_capacity(batch.encoded_len());
+        batch.encode_into(&mut payload);
+        let record_len = (RECORD_HEADER_BYTES + payload.len()) as u64;
+        let head = match self.compact_out {
+            Some(h) if h.offset + record_len <= u64::from(self.options.segment_bytes) => h,
+            Some(h) if h.offset == SEGMENT_HEADER_BYTES => h,
+            previous => {
+                // The sealed output must be durable before a checkpoint names it.
+                if let Some(h) = previous {
+                    self.segments[&h.id].file.sync_data()?;
+                }
+                self.open_segment(SegmentKind::Compacted)?
+            }
+        };
+        let mut record = Vec::with_capacity(record_len as usize);
+        encode_record(&mut record, head.id, value.seq, &payload);
+        self.write_segment(head.id, head.offset, &record)?;
+        self.compact_out = Some(crate::writer::Head {
+            id: head.id,
+            offset: head.offset + record_len,
+        });
+        let value_offset = head.offset + record_len - bytes.len() as u64;
+        Ok(Loc {
+            seg: head.id,
+            offset: value_offset as u32,
+            len: value.from.len,
+            crc: value.from.crc,
+        })
+    }
+
+    /// Makes the index durable and retires every segment it no longer needs.
+    pub(crate) fn write_checkpoint(&mut self) -> Result<(), StoreError> {
+        if let Some(out) = self.compact_out {
+            self.segments[&out.id].file.sync_data()?;
+        }
+        let out = self.compact_out.map(|h| h.id);
+        let (meta, bytes, dead) = {
+            let read = self.shared.read.read();
+            let keep =
+                |id: u32| id == self.log.id || Some(id) == out || read.index.segment_live(id) > 0;
+            let meta = CheckpointMeta {
+                seq: self.next_seq - 1,
+                replay_from: self.log.id,
+                next_segment_id: self.next_segment_id,
+                segments: self
+                    .segments
+                    .iter()
+                    .filter(|(id, _)| keep(**id))
+                    .map(|(id, s)| (*id, s.kind))
+                    .collect(),
+            };
+            let bytes = write_checkpoint(&*self.disk, &meta, &read.index)?;
+            let dead: Vec<u32> = self
+                .segments
+                .keys()
+                .copied()
+                .filter(|id| !keep(*id))
+                .collect();
+            (meta, bytes, dead)
+        };
+        let name = crate::checkpoint::checkpoint_name(meta.seq);
+        if let Some((old, _)) = self.checkpoint.replace((name.clone(), bytes))
+            && old != name
+        {
+            self.disk.remove(&old)?;
+        }
+        self.retire(&dead)?;
+        self.pending_victims.clear();
+        self.log_bytes_since_checkpoint = 0;
+        let disk_bytes = self.disk_bytes();
+        let mut stats = self.shared.stats.lock();
+        stats.checkpoints += 1;
+        stats.bytes_written += bytes;
+        stats.disk_bytes = disk_bytes;
+        Ok(())
+    }
+
+    /// Deletes dead segments, or keeps them as spares for reuse.
+    fn retire(&mut self, dead: &[u32]) -> Result<(), StoreError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        {
+            // The write lock waits out every reader that might still be
+            // reading from these files.
+            let mut read = self.shared.read.write();
+            for id in dead {
+                read.files.remove(id);
+                read.index.forget_segment(*id);
+            }
+        }
+        for id in dead {
+            let info = self.segments.remove(id).expect("dead segment is known");
+            let name = segment_name(info.kind, *id);
+            let reusable = info.file_len >= u64::from(self.options.segment_bytes) / 2;
+            if reusable && self.spares.len() < self.options.spare_segments_max {
+                let spare = format!("spare-{id:08x}.seg");
+                self.disk.rename(&name, &spare)?;
+                self.spares.push((spare, info.file_len));
+            } else {
+                self.disk.remove(&name)?;
+            }
+        }
+        self.disk.sync_dir()?;
+        Ok(())
+    }
+}

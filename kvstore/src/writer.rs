@@ -1,0 +1,382 @@
+//! [`Writer`]: the single writer — group commit, segments, maintenance.
+//!
+//! Many submitters put batches on one bounded queue ([`SUBMIT_QUEUE_MAX`]).
+//! The writer takes whatever is queued (up to [`GROUP_SUBMISSIONS_MAX`]
+//! batches or [`GROUP_BYTES_MAX`] bytes), gives each batch the next sequence
+//! number, appends them to the active log segment with one `pwrite`, makes
+//! them durable with one `fdatasync`, publishes them to the index and only
+//! then calls their completions. A failed write or fsync poisons the store:
+//! the durability of that group is unknown, so nothing after it is accepted.
+//!
+//! Between groups the writer compacts and checkpoints (see `compaction.rs`).
+//! Segment files whose data is all dead are kept as *spares* and reused for
+//! new segments, so steady-state writes overwrite allocated blocks instead of
+//! growing files (an append's `fdatasync` must also journal the new size,
+//! which costs about twice as much on ext4).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::batch::{DecodedOp, Op, WriteBatch, decode_ops};
+use crate::disk::{Disk, DiskFile, OpenMode};
+use crate::error::StoreError;
+use crate::index::{Index, Loc, Version};
+use crate::record::{
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record, segment_header,
+    segment_name,
+};
+use crate::shared::Shared;
+use crate::store::Completion;
+
+/// Submissions waiting for the writer, at most.
+pub const SUBMIT_QUEUE_MAX: usize = 1024;
+/// Batches in one group commit, at most.
+pub const GROUP_SUBMISSIONS_MAX: usize = 256;
+/// Encoded bytes in one group commit, at most (a single larger batch goes alone).
+pub const GROUP_BYTES_MAX: usize = 8 << 20;
+
+/// Tuning of a store. The defaults suit a node holding many volumes.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Size at which a segment is sealed and a new one started.
+    pub segment_bytes: u32,
+    /// Compaction keeps segment bytes under `space_amp_max` times the live
+    /// bytes, plus a slack of a few segments (see `compaction.rs`).
+    pub space_amp_max: f64,
+    /// A checkpoint is written after this many bytes of log.
+    pub checkpoint_log_bytes: u64,
+    /// Dead segment files kept for reuse, at most.
+    pub spare_segments_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            space_amp_max: 2.0,
+            checkpoint_log_bytes: 256 << 20,
+            spare_segments_max: 4,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        let bad = |why: &str| Err(StoreError::InvalidBatch(format!("options: {why}")));
+        if !(4096..=(1 << 30)).contains(&self.segment_bytes) {
+            return bad("segment_bytes must be between 4 KiB and 1 GiB");
+        }
+        if self.space_amp_max.is_nan() || self.space_amp_max < 1.25 {
+            return bad("space_amp_max must be at least 1.25");
+        }
+        Ok(())
+    }
+}
+
+/// A batch waiting for the writer.
+pub(crate) struct Submission {
+    pub batch: WriteBatch,
+    pub done: Completion,
+}
+
+/// One segment file the writer knows.
+#[derive(Debug)]
+pub(crate) struct SegmentInfo {
+    pub kind: SegmentKind,
+    pub file: Arc<dyn DiskFile>,
+    pub file_len: u64,
+}
+
+/// An append position: segment id and offset of the next record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub id: u32,
+    pub offset: u64,
+}
+
+/// A record written by the current group, to publish after the fsync.
+struct Written {
+    seg: u32,
+    payload_offset: u64,
+    seq: u64,
+    payload: Vec<u8>,
+}
+
+/// The single writer of a store. Drive it with [`Writer::run`] on a thread,
+/// or with [`Writer::step`] from a deterministic executor.
+pub struct Writer {
+    pub(crate) disk: Arc<dyn Disk>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rx: Receiver<Submission>,
+    pub(crate) options: Options,
+    pub(crate) next_seq: u64,
+    pub(crate) log: Head,
+    pub(crate) compact_out: Option<Head>,
+    pub(crate) segments: BTreeMap<u32, SegmentInfo>,
+    pub(crate) next_segment_id: u32,
+    /// Spare files (name, length) ready to become new segments.
+    pub(crate) spares: Vec<(String, u64)>,
+    /// The durable checkpoint: (file name, bytes).
+    pub(crate) checkpoint: Option<(String, u64)>,
+    pub(crate) log_bytes_since_checkpoint: u64,
+    pub(crate) pending_victims: BTreeSet<u32>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("next_seq", &self.next_seq)
+            .field("log", &self.log)
+            .field("segments", &self.segments.len())
+            .finish()
+    }
+}
+
+impl Writer {
+    /// Writes until every [`crate::Store`] handle is dropped.
+    pub fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            self.process(first);
+        }
+    }
+
+    /// Commits whatever is queued now, without blocking. Returns the number
+    /// of batches handled (0: the queue was empty).
+    pub fn step(&mut self) -> usize {
+        match self.rx.try_recv() {
+            Ok(first) => self.process(first),
+            Err(_) => 0,
+        }
+    }
+
+    fn process(&mut self, first: Submission) -> usize {
+        let group = self.gather(first);
+        let count = group.len();
+        self.commit_group(group);
+        if self.shared.check_poisoned().is_ok()
+            && let Err(e) = self.maintain()
+        {
+            self.poison(&e);
+        }
+        count
+    }
+
+    fn gather(&mut self, first: Submission) -> Vec<Submission> {
+        let mut bytes = first.batch.encoded_len();
+        let mut group = vec![first];
+        while group.len() < GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX {
+            match self.rx.try_recv() {
+                Ok(next) => {
+                    bytes += next.batch.encoded_len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        group
+    }
+
+    fn commit_group(&mut self, group: Vec<Submission>) {
+        if let Err(e) = self.shared.check_poisoned() {
+            let why = e.to_string();
+            for sub in group {
+                (sub.done)(Err(StoreError::Poisoned(why.clone())));
+            }
+            return;
+        }
+        let logical: u64 = group.iter().map(|s| s.batch.value_bytes()).sum();
+        match self.write_group(&group) {
+            Ok(written) => {
+                self.publish(&written, logical);
+                for (sub, w) in group.into_iter().zip(&written) {
+                    (sub.done)(Ok(w.seq));
+                }
+            }
+            Err(e) => {
+                self.poison(&e);
+                let why = e.to_string();
+                for sub in group {
+                    (sub.done)(Err(StoreError::Poisoned(why.clone())));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn poison(&self, e: &StoreError) {
+        self.shared
+            .poisoned
+            .lock()
+            .get_or_insert_with(|| e.to_string());
+    }
+
+    /// Appends the group to the log and fsyncs it. Nothing is visible yet.
+    fn write_group(&mut self, group: &[Submission]) -> Result<Vec<Written>, StoreError> {
+        let mut written = Vec::with_capacity(group.len());
+        let mut buf = Vec::new();
+        let mut dirty: Vec<Arc<dyn DiskFile>> = Vec::new();
+        for sub in group {
+            let mut payload = Vec::with_capacity(sub.batch.encoded_len());
+            sub.batch.encode_into(&mut payload);
+            let record_len = (RECORD_HEADER_BYTES + payload.len()) as u64;
+            let at = self.log.offset + buf.len() as u64;
+            if at + record_len > u64::from(self.options.segment_bytes) && at > SEGMENT_HEADER_BYTES
+            {
+                dirty.push(self.flush_log(&mut buf)?);
+                self.log = self.open_segment(SegmentKind::Log)?;
+            }
+            let payload_offset = self.log.offset + buf.len() as u64 + RECORD_HEADER_BYTES as u64;
+            assert!(
+                payload_offset + payload.len() as u64 <= u64::from(u32::MAX),
+                "value offsets fit in u32"
+            );
+            encode_record(&mut buf, self.log.id, self.next_seq, &payload);
+            written.push(Written {
+                seg: self.log.id,
+                payload_offset,
+                seq: self.next_seq,
+                payload,
+            });
+            self.next_seq += 1;
+        }
+        dirty.push(self.flush_log(&mut buf)?);
+        for file in &dirty {
+            file.sync_data()?;
+        }
+        Ok(written)
+    }
+
+    /// Writes `buf` at the log head and advances it; returns the file.
+    fn flush_log(&mut self, buf: &mut Vec<u8>) -> Result<Arc<dyn DiskFile>, StoreError> {
+        let head = self.log;
+        let file = self.write_segment(head.id, head.offset, buf)?;
+        self.log.offset += buf.len() as u64;
+        self.log_bytes_since_checkpoint += buf.len() as u64;
+        buf.clear();
+        Ok(file)
+    }
+
+    /// Writes `bytes` into segment `id` at `offset`, keeping lengths and
+    /// counters right.
+    pub(crate) fn write_segment(
+        &mut self,
+        id: u32,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Arc<dyn DiskFile>, StoreError> {
+        let info = self.segments.get_mut(&id).expect("writing a known segment");
+        if !bytes.is_empty() {
+            info.file.write_at(bytes, offset)?;
+        }
+        info.file_len = info.file_len.max(offset + bytes.len() as u64);
+        self.shared.stats.lock().bytes_written += bytes.len() as u64;
+        Ok(info.file.clone())
+    }
+
+    /// Makes the group visible: index, counters.
+    fn publish(&mut self, written: &[Written], logical: u64) {
+        {
+            let mut read = self.shared.read.write();
+            for w in written {
+                apply_record(&mut read.index, w.seg, w.payload_offset, w.seq, &w.payload)
+                    .expect("records this writer encoded decode");
+            }
+        }
+        let disk_bytes = self.disk_bytes();
+        let mut stats = self.shared.stats.lock();
+        stats.logical_bytes += logical;
+        stats.batches += written.len() as u64;
+        stats.group_commits += 1;
+        stats.last_durable_seq = self.next_seq - 1;
+        stats.disk_bytes = disk_bytes;
+    }
+
+    /// Starts a new segment of `kind`, reusing a spare file if there is one.
+    /// The new name is durable when this returns.
+    pub(crate) fn open_segment(&mut self, kind: SegmentKind) -> Result<Head, StoreError> {
+        let id = self.next_segment_id;
+        self.next_segment_id += 1;
+        let name = segment_name(kind, id);
+        if let Some((spare, _)) = self.spares.pop() {
+            self.disk.rename(&spare, &name)?;
+        }
+        let file = self.disk.open(&name, OpenMode::Create)?;
+        let file_len = file.len()?;
+        self.segments.insert(
+            id,
+            SegmentInfo {
+                kind,
+                file: file.clone(),
+                file_len,
+            },
+        );
+        self.write_segment(id, 0, &segment_header(kind, id))?;
+        self.disk.sync_dir()?;
+        self.shared.read.write().files.insert(id, file);
+        Ok(Head {
+            id,
+            offset: SEGMENT_HEADER_BYTES,
+        })
+    }
+
+    /// Bytes the store occupies: segments, spares and the checkpoint.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        let segments: u64 = self.segments.values().map(|s| s.file_len).sum();
+        let spares: u64 = self.spares.iter().map(|(_, len)| len).sum();
+        segments + spares + self.checkpoint.as_ref().map_or(0, |(_, b)| *b)
+    }
+}
+
+/// Applies one durable record to the index (the same code at commit and at
+/// recovery). `Err` names what is malformed.
+pub(crate) fn apply_record(
+    index: &mut Index,
+    seg: u32,
+    payload_offset: u64,
+    seq: u64,
+    payload: &[u8],
+) -> Result<(), String> {
+    let ops = decode_ops(payload).ok_or_else(|| format!("malformed batch at seq {seq}"))?;
+    for op in ops {
+        match op {
+            DecodedOp::Put {
+                ns,
+                key,
+                value_offset,
+                len,
+                crc,
+            } => {
+                let offset = u32::try_from(payload_offset + u64::from(value_offset))
+                    .map_err(|_| format!("value offset past 4 GiB at seq {seq}"))?;
+                let loc = Loc {
+                    seg,
+                    offset,
+                    len,
+                    crc,
+                };
+                index.set(
+                    ns,
+                    key,
+                    Version {
+                        seq,
+                        loc: Some(loc),
+                    },
+                );
+            }
+            DecodedOp::Other(Op::Delete { ns, key }) => {
+                index.set(ns, key, Version { seq, loc: None })
+            }
+            DecodedOp::Other(Op::DeleteRange { ns, start, end }) => {
+                index.delete_range(ns, start..end, seq);
+            }
+            DecodedOp::Other(Op::DropNamespace { ns }) => index.drop_namespace(ns),
+            DecodedOp::Other(Op::CreateSnapshot { ns }) => index.create_snapshot(ns, seq),
+            DecodedOp::Other(Op::DropSnapshot { ns, seq: at }) => {
+                index.drop_snapshot(ns, at);
+            }
+            DecodedOp::Other(Op::Put { .. }) => return Err("put decoded as other".into()),
+        }
+    }
+    Ok(())
+}
