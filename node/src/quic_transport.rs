@@ -1,0 +1,631 @@
+//! The production [`Transport`]: QUIC (quinn) with mutual TLS, one
+//! bidirectional stream per request.
+//!
+//! Contract:
+//! - Every node runs one UDP endpoint that both accepts and dials. Peers are
+//!   found in an address book (`NodeId -> SocketAddr`, see
+//!   [`QuicTransport::set_address`]) and must be in the allowed set on both
+//!   sides: the server refuses, during the handshake, any client whose
+//!   certificate does not chain to the cluster CA or whose identity (see
+//!   [`crate::tls`]) is not allowed; the client refuses any server whose
+//!   certificate is not valid for `node-<id>.<cluster>.metro` of the node it
+//!   dialed. The handler learns the caller's [`NodeId`] from its certificate.
+//! - Framing is in [`crate::quic_frame`]. A peer that sends an unknown
+//!   version, an unknown lane, a length over [`FRAME_BYTES_MAX`] or more
+//!   bytes than its length has its connection closed; a truncated frame (or
+//!   one not complete within [`FRAME_READ_TIMEOUT`]) has its stream reset.
+//!   Both are logged (`tracing::warn!`) and counted in
+//!   [`TransportStats::rejected_frames`]; other connections are unaffected and
+//!   nothing on the receive path panics on network bytes.
+//! - Errors: connect failures, timeouts and lost connections are
+//!   [`TransportError::Unreachable`]; a handler error or a stream the server
+//!   rejected is [`TransportError::Failed`]; an oversize request is
+//!   [`TransportError::TooLarge`] before anything is sent.
+//! - Each peer gets a pool of `connections_per_peer` connections used
+//!   round-robin, each re-dialed on next use once it has closed.
+//! - An artificial one-way delay per peer ([`QuicTransport::set_delay`]) is
+//!   slept before sending a request to, and before responding to, that peer:
+//!   with the same delay `d` set on both nodes a round trip takes >= `2d`.
+//! - Limits: [`MAX_CONCURRENT_STREAMS`] per connection, [`MAX_CONNECTIONS`]
+//!   accepted per node, [`CONNECT_TIMEOUT`], [`HANDSHAKE_TIMEOUT`],
+//!   [`REQUEST_TIMEOUT`], [`FRAME_READ_TIMEOUT`], [`IDLE_TIMEOUT`].
+//! - `bind` must run inside a tokio runtime; dropping the transport closes
+//!   its endpoint and every connection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use metro_fabric::env::{FRAME_BYTES_MAX, Lane, NodeId, RequestHandler, Transport, TransportError};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt, WriteError};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+
+use crate::quic_frame::{
+    FrameError, Status, decode_request_header, decode_response_header, encode_header, read_header,
+    read_payload,
+};
+pub use crate::quic_tls::{AllowList, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS};
+use crate::quic_tls::{client_config, peer_node_id, server_config};
+use crate::tls::{NodeIdentity, TlsError, node_dns_name};
+
+/// Connections per peer unless configured otherwise.
+pub const DEFAULT_CONNECTIONS_PER_PEER: usize = 2;
+/// Upper bound on `connections_per_peer`.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
+/// Most connections one node accepts at a time; more are refused.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Longest wait for a dialed connection to complete its handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for an accepted connection to complete its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a whole `call` may take, connection set-up included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the server waits for a complete request frame on a stream.
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connection close code: the endpoint is shutting down.
+pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+/// Connection close code: the peer violated the framing protocol.
+pub const CLOSE_PROTOCOL: VarInt = VarInt::from_u32(1);
+/// Connection close code: the peer's identity is missing or not allowed.
+pub const CLOSE_NOT_ALLOWED: VarInt = VarInt::from_u32(2);
+/// Stream reset code: the request frame was truncated or late.
+pub const RESET_BAD_FRAME: VarInt = VarInt::from_u32(3);
+/// Stream reset code: the caller gave up on the request.
+pub const RESET_CANCELLED: VarInt = VarInt::from_u32(4);
+
+/// Errors setting up a [`QuicTransport`].
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] TlsError),
+    #[error("binding the QUIC endpoint to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Everything a node needs to run its [`QuicTransport`].
+#[derive(Debug)]
+pub struct QuicConfig {
+    /// UDP address to listen on (port 0: ephemeral).
+    pub bind: SocketAddr,
+    /// This node's certificate and key; names the node and the cluster.
+    pub identity: NodeIdentity,
+    /// The cluster CA certificate: the only trust root.
+    pub ca: CertificateDer<'static>,
+    /// The address book.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Nodes allowed to call this node and to be called by it.
+    pub allowed: BTreeSet<NodeId>,
+    /// Pooled connections per peer, 1..=[`MAX_CONNECTIONS_PER_PEER`].
+    pub connections_per_peer: usize,
+    /// Artificial one-way delay per peer (tests and benches).
+    pub delays: BTreeMap<NodeId, Duration>,
+}
+
+impl QuicConfig {
+    /// A configuration with an empty address book and allowed set.
+    pub fn new(identity: NodeIdentity, ca: CertificateDer<'static>, bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            identity,
+            ca,
+            peers: BTreeMap::new(),
+            allowed: BTreeSet::new(),
+            connections_per_peer: DEFAULT_CONNECTIONS_PER_PEER,
+            delays: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `peer` at `addr` to the address book and the allowed set.
+    pub fn with_peer(mut self, peer: NodeId, addr: SocketAddr) -> Self {
+        self.peers.insert(peer, addr);
+        self.allowed.insert(peer);
+        self
+    }
+}
+
+/// Counters of a [`QuicTransport`], for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Requests whose handler ran and whose response was sent.
+    pub requests_served: u64,
+    /// Request frames rejected as malformed, truncated or oversize.
+    pub rejected_frames: u64,
+    /// Incoming connections refused (handshake failed, no or disallowed
+    /// identity, too many connections).
+    pub rejected_connections: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    requests_served: AtomicU64,
+    rejected_frames: AtomicU64,
+    rejected_connections: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// State shared by the dialing side and the serving side.
+#[derive(Debug)]
+struct Shared {
+    node: NodeId,
+    cluster: String,
+    allowed: AllowList,
+    delays: RwLock<BTreeMap<NodeId, Duration>>,
+    stats: Stats,
+}
+
+impl Shared {
+    async fn delay(&self, peer: NodeId) {
+        let delay = self
+            .delays
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .copied()
+            .unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// A peer's address and its pool of connection slots.
+#[derive(Debug)]
+struct PeerPool {
+    addr: SocketAddr,
+    slots: Vec<Mutex<Option<Connection>>>,
+    next: AtomicUsize,
+}
+
+impl PeerPool {
+    fn new(addr: SocketAddr, size: usize) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            slots: (0..size).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The QUIC transport of one node. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    local_addr: SocketAddr,
+    peers: RwLock<BTreeMap<NodeId, Arc<PeerPool>>>,
+    connections_per_peer: usize,
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts serving requests with `handler`.
+    pub fn bind<H: RequestHandler>(config: QuicConfig, handler: Arc<H>) -> Result<Self, QuicError> {
+        let size = config.connections_per_peer;
+        if !(1..=MAX_CONNECTIONS_PER_PEER).contains(&size) {
+            return Err(QuicError::Config(format!(
+                "connections_per_peer must be 1..={MAX_CONNECTIONS_PER_PEER}, not {size}"
+            )));
+        }
+        let allowed = AllowList::new(config.allowed.iter().copied());
+        let server = server_config(&config.identity, &config.ca, allowed.clone())?;
+        let client = client_config(Some(&config.identity), &config.ca)?;
+        let bind_err = |source| QuicError::Bind {
+            addr: config.bind,
+            source,
+        };
+        let mut endpoint = Endpoint::server(server, config.bind).map_err(bind_err)?;
+        endpoint.set_default_client_config(client);
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        let shared = Arc::new(Shared {
+            node: config.identity.node(),
+            cluster: config.identity.cluster().to_owned(),
+            allowed,
+            delays: RwLock::new(config.delays),
+            stats: Stats::default(),
+        });
+        let peers = config
+            .peers
+            .into_iter()
+            .map(|(id, addr)| (id, PeerPool::new(addr, size)))
+            .collect();
+        tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), handler));
+        tracing::info!(node = shared.node, %local_addr, "QUIC transport listening");
+        Ok(Self {
+            shared,
+            endpoint,
+            local_addr,
+            peers: RwLock::new(peers),
+            connections_per_peer: size,
+        })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.shared.node
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sets (or changes) `peer`'s address; a change drops its pooled
+    /// connections. Does not change the allowed set.
+    pub fn set_address(&self, peer: NodeId, addr: SocketAddr) {
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+        if peers.get(&peer).is_none_or(|pool| pool.addr != addr) {
+            peers.insert(peer, PeerPool::new(addr, self.connections_per_peer));
+        }
+    }
+
+    /// Forgets `peer`'s address and drops its pooled connections.
+    pub fn remove_address(&self, peer: NodeId) {
+        self.peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&peer);
+    }
+
+    /// Allows `peer` to call and be called.
+    pub fn allow(&self, peer: NodeId) {
+        self.shared.allowed.insert(peer);
+    }
+
+    /// Disallows `peer`: new handshakes are refused, its existing inbound
+    /// connections are closed on their next request, and calls to it fail.
+    pub fn disallow(&self, peer: NodeId) {
+        self.shared.allowed.remove(peer);
+    }
+
+    /// The currently allowed nodes.
+    pub fn allowed(&self) -> BTreeSet<NodeId> {
+        self.shared.allowed.to_set()
+    }
+
+    /// Sets the artificial one-way delay towards `peer` (zero clears it).
+    pub fn set_delay(&self, peer: NodeId, delay: Duration) {
+        let mut delays = self
+            .shared
+            .delays
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if delay.is_zero() {
+            delays.remove(&peer);
+        } else {
+            delays.insert(peer, delay);
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        let s = &self.shared.stats;
+        TransportStats {
+            requests_served: s.requests_served.load(Ordering::Relaxed),
+            rejected_frames: s.rejected_frames.load(Ordering::Relaxed),
+            rejected_connections: s.rejected_connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes the endpoint and every connection; later calls fail.
+    pub fn close(&self) {
+        self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
+    }
+
+    async fn connection(&self, peer: NodeId) -> Result<Connection, CallError> {
+        let pool = self
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| CallError::Unreachable("no address known".into()))?;
+        let index = pool.next.fetch_add(1, Ordering::Relaxed) % pool.slots.len();
+        let mut slot = pool.slots[index].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+            return Ok(conn.clone());
+        }
+        let server_name = node_dns_name(&self.shared.cluster, peer);
+        let connecting = self
+            .endpoint
+            .connect(pool.addr, &server_name)
+            .map_err(|e| CallError::Unreachable(format!("connect to {}: {e}", pool.addr)))?;
+        let conn = match timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(CallError::Unreachable(format!("connect: {e}"))),
+            Err(_) => return Err(CallError::Unreachable("connect timed out".into())),
+        };
+        tracing::debug!(node = self.shared.node, peer, slot = index, "connected");
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn call_inner(
+        &self,
+        peer: NodeId,
+        lane: Lane,
+        request: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        if !self.shared.allowed.contains(peer) {
+            return Err(CallError::Unreachable(
+                "node is not in the allowed set".into(),
+            ));
+        }
+        let conn = self.connection(peer).await?;
+        self.shared.delay(peer).await;
+        exchange(&conn, lane, request).await
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Transport for QuicTransport {
+    async fn call(
+        &self,
+        peer: NodeId,
+        lane: Lane,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        if request.len() > FRAME_BYTES_MAX {
+            return Err(TransportError::TooLarge { len: request.len() });
+        }
+        let result = match timeout(REQUEST_TIMEOUT, self.call_inner(peer, lane, &request)).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Unreachable("request timed out".into())),
+        };
+        result.map_err(|e| {
+            tracing::debug!(node = self.shared.node, peer, ?lane, error = %e, "call failed");
+            e.into_transport(peer)
+        })
+    }
+}
+
+/// Why one call failed, before it is tagged with the peer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CallError {
+    fn into_transport(self, peer: NodeId) -> TransportError {
+        match self {
+            Self::Unreachable(reason) => TransportError::Unreachable { peer, reason },
+            Self::Failed(reason) => TransportError::Failed { peer, reason },
+        }
+    }
+}
+
+impl From<FrameError> for CallError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::ConnectionLost(reason) => Self::Unreachable(reason),
+            other => Self::Failed(format!("bad response: {other}")),
+        }
+    }
+}
+
+impl From<WriteError> for CallError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::ConnectionLost(e) => Self::Unreachable(e.to_string()),
+            other => Self::Failed(format!("sending request: {other}")),
+        }
+    }
+}
+
+/// Resets the wrapped send stream if dropped before the frame was finished,
+/// so a cancelled call is never mistaken for a complete (short) frame.
+struct ResetOnDrop(Option<SendStream>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(send) = self.0.as_mut() {
+            let _ = send.reset(RESET_CANCELLED);
+        }
+    }
+}
+
+/// Sends one request frame on a fresh stream and reads its response.
+async fn exchange(conn: &Connection, lane: Lane, request: &[u8]) -> Result<Vec<u8>, CallError> {
+    let (send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    let mut guard = ResetOnDrop(Some(send));
+    if let Some(send) = guard.0.as_mut() {
+        write_frame(send, lane as u8, request).await?;
+    }
+    guard.0 = None;
+    let header = read_header(&mut recv).await?;
+    let (status, len) = decode_response_header(&header)?;
+    let body = read_payload(&mut recv, len).await?;
+    match status {
+        Status::Ok => Ok(body),
+        Status::HandlerError => Err(CallError::Failed(format!(
+            "handler error: {}",
+            String::from_utf8_lossy(&body)
+        ))),
+    }
+}
+
+/// Writes header, payload and FIN.
+async fn write_frame(send: &mut SendStream, second: u8, payload: &[u8]) -> Result<(), WriteError> {
+    send.write_all(&encode_header(second, payload.len()))
+        .await?;
+    send.write_all(payload).await?;
+    send.finish().map_err(|_| WriteError::ClosedStream)
+}
+
+async fn accept_loop<H: RequestHandler>(endpoint: Endpoint, shared: Arc<Shared>, handler: Arc<H>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(node = shared.node, remote = %incoming.remote_address(),
+                "refusing connection: {MAX_CONNECTIONS} connections open");
+            bump(&shared.stats.rejected_connections);
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            incoming,
+            shared.clone(),
+            handler.clone(),
+            permit,
+        ));
+    }
+    tracing::debug!(node = shared.node, "QUIC endpoint closed");
+}
+
+/// Completes the handshake, learns the caller's identity, then serves each
+/// of its streams on its own task until the connection ends.
+async fn serve_connection<H: RequestHandler>(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let remote = incoming.remote_address();
+    let conn = match timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return refuse(&shared, remote, &format!("handshake failed: {e}")),
+        Err(_) => return refuse(&shared, remote, "handshake timed out"),
+    };
+    let from = match peer_node_id(&conn, &shared.cluster) {
+        Ok(from) => from,
+        Err(e) => {
+            conn.close(CLOSE_NOT_ALLOWED, b"no node identity");
+            return refuse(&shared, remote, &e.to_string());
+        }
+    };
+    tracing::debug!(node = shared.node, from, %remote, "accepted connection");
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                log_connection_end(&shared, from, &e);
+                return;
+            }
+        };
+        if !shared.allowed.contains(from) {
+            tracing::warn!(
+                node = shared.node,
+                from,
+                "closing connection: node no longer allowed"
+            );
+            conn.close(CLOSE_NOT_ALLOWED, b"node not allowed");
+            return;
+        }
+        let task = serve_stream(
+            conn.clone(),
+            from,
+            send,
+            recv,
+            shared.clone(),
+            handler.clone(),
+        );
+        tokio::spawn(task);
+    }
+}
+
+fn refuse(shared: &Shared, remote: SocketAddr, reason: &str) {
+    tracing::warn!(node = shared.node, %remote, reason, "refused connection");
+    bump(&shared.stats.rejected_connections);
+}
+
+fn log_connection_end(shared: &Shared, from: NodeId, e: &ConnectionError) {
+    match e {
+        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed => {
+            tracing::debug!(node = shared.node, from, "connection closed: {e}");
+        }
+        _ => tracing::info!(node = shared.node, from, "connection ended: {e}"),
+    }
+}
+
+/// Reads one request, runs the handler, writes the response.
+async fn serve_stream<H: RequestHandler>(
+    conn: Connection,
+    from: NodeId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    handler: Arc<H>,
+) {
+    let (lane, request) = match timeout(FRAME_READ_TIMEOUT, read_request(&mut recv)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return reject_frame(&conn, &mut send, &mut recv, from, &shared, e),
+        Err(_) => {
+            let e = FrameError::Timeout;
+            return reject_frame(&conn, &mut send, &mut recv, from, &shared, e);
+        }
+    };
+    let (status, body) = match handler.handle(from, lane, request).await {
+        Ok(body) if body.len() <= FRAME_BYTES_MAX => (Status::Ok, body),
+        Ok(body) => {
+            let msg = format!("response of {} bytes exceeds the frame limit", body.len());
+            tracing::warn!(node = shared.node, from, ?lane, "{msg}");
+            (Status::HandlerError, msg.into_bytes())
+        }
+        Err(msg) => {
+            tracing::warn!(node = shared.node, from, ?lane, error = %msg, "handler failed");
+            let mut bytes = msg.into_bytes();
+            bytes.truncate(FRAME_BYTES_MAX);
+            (Status::HandlerError, bytes)
+        }
+    };
+    shared.delay(from).await;
+    match write_frame(&mut send, status as u8, &body).await {
+        Ok(()) => bump(&shared.stats.requests_served),
+        Err(e) => tracing::debug!(node = shared.node, from, "response not delivered: {e}"),
+    }
+}
+
+async fn read_request(recv: &mut RecvStream) -> Result<(Lane, Vec<u8>), FrameError> {
+    let header = read_header(recv).await?;
+    let (lane, len) = decode_request_header(&header)?;
+    let payload = read_payload(recv, len).await?;
+    Ok((lane, payload))
+}
+
+/// Logs and counts a bad request frame, then closes the connection (protocol
+/// violation) or just the stream (truncated, late).
+fn reject_frame(
+    conn: &Connection,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    from: NodeId,
+    shared: &Shared,
+    error: FrameError,
+) {
+    let node = shared.node;
+    if error.is_abandoned() {
+        tracing::debug!(node, from, "request abandoned: {error}");
+        return;
+    }
+    bump(&shared.stats.rejected_frames);
+    if error.is_protocol_violation() {
+        tracing::warn!(node, from, %error, "closing connection: protocol violation");
+        conn.close(CLOSE_PROTOCOL, error.to_string().as_bytes());
+    } else {
+        tracing::warn!(node, from, %error, "resetting stream: bad request frame");
+        let _ = send.reset(RESET_BAD_FRAME);
+        let _ = recv.stop(RESET_BAD_FRAME);
+    }
+}
