@@ -4,3 +4,6 @@
 //! Runs unchanged under the deterministic simulator: every effect goes through
 //! [`env`].
 pub mod env;
+pub mod raft;
+pub mod volume;
+pub mod wire;
