@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use metro_node::tls::{CA_CERT_FILE, CA_KEY_FILE, ClusterCa};
+use metro_node::tls::{CA_CERT_FILE, CA_KEY_FILE, ClusterCa, node_cert_file, node_key_file};
 
 /// metro: block storage that survives the loss of a site.
 #[derive(Debug, Parser)]
@@ -35,7 +35,7 @@ enum ClusterCommand {
         /// Cluster name: a lowercase DNS label (a-z, 0-9, '-').
         #[arg(long)]
         name: String,
-        /// Directory to write ca.pem, ca.key, node-<id>.pem, node-<id>.key into.
+        /// Directory to write ca.pem, ca.key, node-ID.pem and node-ID.key into.
         #[arg(long)]
         dir: PathBuf,
         /// Number of nodes to issue certificates for (ids 1..=N).
@@ -84,6 +84,19 @@ fn cluster_init(name: &str, dir: &Path, nodes: u64, ips: &[IpAddr]) -> anyhow::R
                 "{} already exists: refusing to overwrite the cluster CA (use another --dir)",
                 path.display()
             );
+        }
+    }
+    for node in 1..=nodes {
+        for path in [
+            dir.join(node_cert_file(node)),
+            dir.join(node_key_file(node)),
+        ] {
+            if path.exists() {
+                bail!(
+                    "{} already exists: refusing to overwrite it",
+                    path.display()
+                );
+            }
         }
     }
     let ca = ClusterCa::generate(name).context("generating the cluster CA")?;

@@ -12,7 +12,7 @@
 //! malformed. Decoding never panics on any input.
 
 use metro_fabric::env::{FRAME_BYTES_MAX, Lane};
-use quinn::{ReadError, ReadExactError, ReadToEndError, RecvStream};
+use quinn::{ReadError, ReadExactError, ReadToEndError, RecvStream, SendStream, WriteError};
 
 /// The only frame version this build speaks.
 pub const FRAME_VERSION: u8 = 1;
@@ -159,6 +159,18 @@ fn read_error(e: ReadError) -> FrameError {
         ReadError::ConnectionLost(e) => FrameError::ConnectionLost(e.to_string()),
         other => FrameError::Stream(other.to_string()),
     }
+}
+
+/// Writes header, payload and FIN.
+pub async fn write_frame(
+    send: &mut SendStream,
+    second: u8,
+    payload: &[u8],
+) -> Result<(), WriteError> {
+    send.write_all(&encode_header(second, payload.len()))
+        .await?;
+    send.write_all(payload).await?;
+    send.finish().map_err(|_| WriteError::ClosedStream)
 }
 
 #[cfg(test)]

@@ -39,17 +39,17 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use metro_fabric::env::{FRAME_BYTES_MAX, Lane, NodeId, RequestHandler, Transport, TransportError};
-use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt, WriteError};
+use quinn::{Connection, Endpoint, SendStream, VarInt, WriteError};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Mutex;
 use tokio::time::timeout;
 
 use crate::quic_frame::{
-    FrameError, Status, decode_request_header, decode_response_header, encode_header, read_header,
-    read_payload,
+    FrameError, Status, decode_response_header, read_header, read_payload, write_frame,
 };
+use crate::quic_server::accept_loop;
 pub use crate::quic_tls::{AllowList, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS};
-use crate::quic_tls::{client_config, peer_node_id, server_config};
+use crate::quic_tls::{client_config, server_config};
 use crate::tls::{NodeIdentity, TlsError, node_dns_name};
 
 /// Connections per peer unless configured otherwise.
@@ -146,28 +146,28 @@ pub struct TransportStats {
 }
 
 #[derive(Debug, Default)]
-struct Stats {
-    requests_served: AtomicU64,
-    rejected_frames: AtomicU64,
-    rejected_connections: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) requests_served: AtomicU64,
+    pub(crate) rejected_frames: AtomicU64,
+    pub(crate) rejected_connections: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// State shared by the dialing side and the serving side.
 #[derive(Debug)]
-struct Shared {
-    node: NodeId,
-    cluster: String,
-    allowed: AllowList,
-    delays: RwLock<BTreeMap<NodeId, Duration>>,
-    stats: Stats,
+pub(crate) struct Shared {
+    pub(crate) node: NodeId,
+    pub(crate) cluster: String,
+    pub(crate) allowed: AllowList,
+    pub(crate) delays: RwLock<BTreeMap<NodeId, Duration>>,
+    pub(crate) stats: Stats,
 }
 
 impl Shared {
-    async fn delay(&self, peer: NodeId) {
+    pub(crate) async fn delay(&self, peer: NodeId) {
         let delay = self
             .delays
             .read()
@@ -389,7 +389,15 @@ impl Transport for QuicTransport {
             Err(_) => Err(CallError::Unreachable("request timed out".into())),
         };
         result.map_err(|e| {
-            tracing::debug!(node = self.shared.node, peer, ?lane, error = %e, "call failed");
+            let node = self.shared.node;
+            match &e {
+                CallError::Failed(_) => {
+                    tracing::warn!(node, peer, ?lane, error = %e, "call failed")
+                }
+                CallError::Unreachable(_) => {
+                    tracing::debug!(node, peer, ?lane, error = %e, "peer unreachable");
+                }
+            }
             e.into_transport(peer)
         })
     }
@@ -463,169 +471,5 @@ async fn exchange(conn: &Connection, lane: Lane, request: &[u8]) -> Result<Vec<u
             "handler error: {}",
             String::from_utf8_lossy(&body)
         ))),
-    }
-}
-
-/// Writes header, payload and FIN.
-async fn write_frame(send: &mut SendStream, second: u8, payload: &[u8]) -> Result<(), WriteError> {
-    send.write_all(&encode_header(second, payload.len()))
-        .await?;
-    send.write_all(payload).await?;
-    send.finish().map_err(|_| WriteError::ClosedStream)
-}
-
-async fn accept_loop<H: RequestHandler>(endpoint: Endpoint, shared: Arc<Shared>, handler: Arc<H>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(node = shared.node, remote = %incoming.remote_address(),
-                "refusing connection: {MAX_CONNECTIONS} connections open");
-            bump(&shared.stats.rejected_connections);
-            incoming.refuse();
-            continue;
-        };
-        tokio::spawn(serve_connection(
-            incoming,
-            shared.clone(),
-            handler.clone(),
-            permit,
-        ));
-    }
-    tracing::debug!(node = shared.node, "QUIC endpoint closed");
-}
-
-/// Completes the handshake, learns the caller's identity, then serves each
-/// of its streams on its own task until the connection ends.
-async fn serve_connection<H: RequestHandler>(
-    incoming: quinn::Incoming,
-    shared: Arc<Shared>,
-    handler: Arc<H>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let remote = incoming.remote_address();
-    let conn = match timeout(HANDSHAKE_TIMEOUT, incoming).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return refuse(&shared, remote, &format!("handshake failed: {e}")),
-        Err(_) => return refuse(&shared, remote, "handshake timed out"),
-    };
-    let from = match peer_node_id(&conn, &shared.cluster) {
-        Ok(from) => from,
-        Err(e) => {
-            conn.close(CLOSE_NOT_ALLOWED, b"no node identity");
-            return refuse(&shared, remote, &e.to_string());
-        }
-    };
-    tracing::debug!(node = shared.node, from, %remote, "accepted connection");
-    loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(streams) => streams,
-            Err(e) => {
-                log_connection_end(&shared, from, &e);
-                return;
-            }
-        };
-        if !shared.allowed.contains(from) {
-            tracing::warn!(
-                node = shared.node,
-                from,
-                "closing connection: node no longer allowed"
-            );
-            conn.close(CLOSE_NOT_ALLOWED, b"node not allowed");
-            return;
-        }
-        let task = serve_stream(
-            conn.clone(),
-            from,
-            send,
-            recv,
-            shared.clone(),
-            handler.clone(),
-        );
-        tokio::spawn(task);
-    }
-}
-
-fn refuse(shared: &Shared, remote: SocketAddr, reason: &str) {
-    tracing::warn!(node = shared.node, %remote, reason, "refused connection");
-    bump(&shared.stats.rejected_connections);
-}
-
-fn log_connection_end(shared: &Shared, from: NodeId, e: &ConnectionError) {
-    match e {
-        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed => {
-            tracing::debug!(node = shared.node, from, "connection closed: {e}");
-        }
-        _ => tracing::info!(node = shared.node, from, "connection ended: {e}"),
-    }
-}
-
-/// Reads one request, runs the handler, writes the response.
-async fn serve_stream<H: RequestHandler>(
-    conn: Connection,
-    from: NodeId,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    shared: Arc<Shared>,
-    handler: Arc<H>,
-) {
-    let (lane, request) = match timeout(FRAME_READ_TIMEOUT, read_request(&mut recv)).await {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => return reject_frame(&conn, &mut send, &mut recv, from, &shared, e),
-        Err(_) => {
-            let e = FrameError::Timeout;
-            return reject_frame(&conn, &mut send, &mut recv, from, &shared, e);
-        }
-    };
-    let (status, body) = match handler.handle(from, lane, request).await {
-        Ok(body) if body.len() <= FRAME_BYTES_MAX => (Status::Ok, body),
-        Ok(body) => {
-            let msg = format!("response of {} bytes exceeds the frame limit", body.len());
-            tracing::warn!(node = shared.node, from, ?lane, "{msg}");
-            (Status::HandlerError, msg.into_bytes())
-        }
-        Err(msg) => {
-            tracing::warn!(node = shared.node, from, ?lane, error = %msg, "handler failed");
-            let mut bytes = msg.into_bytes();
-            bytes.truncate(FRAME_BYTES_MAX);
-            (Status::HandlerError, bytes)
-        }
-    };
-    shared.delay(from).await;
-    match write_frame(&mut send, status as u8, &body).await {
-        Ok(()) => bump(&shared.stats.requests_served),
-        Err(e) => tracing::debug!(node = shared.node, from, "response not delivered: {e}"),
-    }
-}
-
-async fn read_request(recv: &mut RecvStream) -> Result<(Lane, Vec<u8>), FrameError> {
-    let header = read_header(recv).await?;
-    let (lane, len) = decode_request_header(&header)?;
-    let payload = read_payload(recv, len).await?;
-    Ok((lane, payload))
-}
-
-/// Logs and counts a bad request frame, then closes the connection (protocol
-/// violation) or just the stream (truncated, late).
-fn reject_frame(
-    conn: &Connection,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    from: NodeId,
-    shared: &Shared,
-    error: FrameError,
-) {
-    let node = shared.node;
-    if error.is_abandoned() {
-        tracing::debug!(node, from, "request abandoned: {error}");
-        return;
-    }
-    bump(&shared.stats.rejected_frames);
-    if error.is_protocol_violation() {
-        tracing::warn!(node, from, %error, "closing connection: protocol violation");
-        conn.close(CLOSE_PROTOCOL, error.to_string().as_bytes());
-    } else {
-        tracing::warn!(node, from, %error, "resetting stream: bad request frame");
-        let _ = send.reset(RESET_BAD_FRAME);
-        let _ = recv.stop(RESET_BAD_FRAME);
     }
 }
