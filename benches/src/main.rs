@@ -1,2 +1,25 @@
-//! `metro-bench`: side-by-side benchmarks.
-fn main() {}
+//! `metro-bench`: side-by-side benchmarks that print one JSON line and a
+//! human table per run. Compare within one run (ratios): machines are noisy.
+use clap::{Parser, Subcommand};
+
+mod kvstore_bench;
+mod report;
+
+#[derive(Debug, Parser)]
+#[command(name = "metro-bench", about = "metro's side-by-side benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Raw pwrite+fdatasync vs kvstore durable 4 KiB writes at 1, 8, 32 submitters.
+    Kvstore(kvstore_bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Kvstore(args) => kvstore_bench::run(&args),
+    }
+}

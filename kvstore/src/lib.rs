@@ -41,4 +41,7 @@ pub use index::ChangeKind;
 pub use rng::SplitMix64;
 pub use shared::StoreStats;
 pub use store::{Change, Completion, Snapshot, Store};
-pub use writer::{GROUP_BYTES_MAX, GROUP_SUBMISSIONS_MAX, Options, SUBMIT_QUEUE_MAX, Writer};
+pub use writer::{
+    COMPLETION_QUEUE_MAX, Completer, GATHER_YIELDS_MAX, GROUP_BYTES_MAX, GROUP_SUBMISSIONS_MAX,
+    Options, SUBMIT_QUEUE_MAX, Writer,
+};

@@ -74,12 +74,27 @@ pub fn header_matches(h: &[u8], kind: SegmentKind, id: u32) -> bool {
 
 /// Appends one framed record to `out`.
 pub fn encode_record(out: &mut Vec<u8>, segment_id: u32, seq: u64, payload: &[u8]) {
-    let len = payload.len() as u32;
-    let crc = record_crc(segment_id, len, seq, payload);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
+    encode_record_with(out, segment_id, seq, |out| out.extend_from_slice(payload));
+}
+
+/// Appends one framed record whose payload `write_payload` appends to `out`
+/// (no intermediate copy). Returns the payload's range inside `out`.
+pub fn encode_record_with(
+    out: &mut Vec<u8>,
+    segment_id: u32,
+    seq: u64,
+    write_payload: impl FnOnce(&mut Vec<u8>),
+) -> std::ops::Range<usize> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
+    write_payload(out);
+    let payload = start + RECORD_HEADER_BYTES..out.len();
+    let len = u32::try_from(payload.len()).expect("record payloads are under 4 GiB");
+    let crc = record_crc(segment_id, len, seq, &out[payload.clone()]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    out[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+    payload
 }
 
 fn record_crc(segment_id: u32, len: u32, seq: u64, payload: &[u8]) -> u32 {

@@ -123,6 +123,8 @@ impl Writer {
             checkpoint,
             log_bytes_since_checkpoint: 0,
             pending_victims: BTreeSet::new(),
+            last_group_len: 0,
+            completer: None,
         };
         writer.log = writer.resume_log(end.head)?;
         let disk_bytes = writer.disk_bytes();

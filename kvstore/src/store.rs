@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crossbeam_channel::{Sender, bounded};
+use parking_lot::{Condvar, Mutex};
 
 use crate::batch::{Namespace, WriteBatch};
 use crate::disk::Disk;
@@ -73,15 +74,26 @@ impl Store {
     }
 
     /// Submits `batch` and waits until it is durable; returns its seq.
+    ///
+    /// The wait parks at once on a condition variable: many blocked
+    /// submitters must not spin, or they steal the writer's CPU.
     pub fn write(&self, batch: WriteBatch) -> Result<u64, StoreError> {
-        let (tx, rx) = bounded(1);
+        let slot: Arc<(Mutex<Option<Result<u64, StoreError>>>, Condvar)> = Arc::default();
+        let filler = slot.clone();
         self.submit(
             batch,
             Box::new(move |result| {
-                let _ = tx.send(result);
+                *filler.0.lock() = Some(result);
+                filler.1.notify_one();
             }),
         );
-        rx.recv().map_err(|_| StoreError::Closed)?
+        let mut result = slot.0.lock();
+        loop {
+            if let Some(r) = result.take() {
+                return r;
+            }
+            slot.1.wait(&mut result);
+        }
     }
 
     /// The newest value of `key`.

@@ -17,14 +17,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::batch::{DecodedOp, Op, WriteBatch, decode_ops};
 use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::error::StoreError;
 use crate::index::{Index, Loc, Version};
 use crate::record::{
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record, segment_header,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record_with, segment_header,
     segment_name,
 };
 use crate::shared::Shared;
@@ -36,6 +36,10 @@ pub const SUBMIT_QUEUE_MAX: usize = 1024;
 pub const GROUP_SUBMISSIONS_MAX: usize = 256;
 /// Encoded bytes in one group commit, at most (a single larger batch goes alone).
 pub const GROUP_BYTES_MAX: usize = 8 << 20;
+/// When a group is much smaller than the previous one, the threaded writer
+/// yields its core up to this many times to let woken submitters resubmit
+/// (no clock involved; the stepped writer never waits).
+pub const GATHER_YIELDS_MAX: usize = 32;
 
 /// Tuning of a store. The defaults suit a node holding many volumes.
 #[derive(Clone, Debug)]
@@ -57,7 +61,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             space_amp_max: 2.0,
             checkpoint_log_bytes: 256 << 20,
-            spare_segments_max: 4,
+            spare_segments_max: 2,
         }
     }
 }
@@ -72,6 +76,33 @@ impl Options {
             return bad("space_amp_max must be at least 1.25");
         }
         Ok(())
+    }
+}
+
+/// Groups of completions waiting for the [`Completer`], at most.
+pub const COMPLETION_QUEUE_MAX: usize = 64;
+
+/// A group's completions with their results, in submission order.
+type CompletedGroup = Vec<(Completion, Result<u64, StoreError>)>;
+
+fn run_completions(group: CompletedGroup) {
+    for (done, result) in group {
+        done(result);
+    }
+}
+
+/// Runs completions handed over by a [`Writer`] (see [`Writer::completer`]).
+#[derive(Debug)]
+pub struct Completer {
+    rx: Receiver<CompletedGroup>,
+}
+
+impl Completer {
+    /// Runs completions until the writer is gone.
+    pub fn run(self) {
+        while let Ok(group) = self.rx.recv() {
+            run_completions(group);
+        }
     }
 }
 
@@ -101,7 +132,15 @@ struct Written {
     seg: u32,
     payload_offset: u64,
     seq: u64,
-    payload: Vec<u8>,
+    /// Which of the group's buffers holds the payload, and where.
+    buffer: usize,
+    range: std::ops::Range<usize>,
+}
+
+/// The encoded group: one buffer per segment it touched, and its records.
+struct GroupImage {
+    buffers: Vec<Vec<u8>>,
+    records: Vec<Written>,
 }
 
 /// The single writer of a store. Drive it with [`Writer::run`] on a thread,
@@ -122,6 +161,10 @@ pub struct Writer {
     pub(crate) checkpoint: Option<(String, u64)>,
     pub(crate) log_bytes_since_checkpoint: u64,
     pub(crate) pending_victims: BTreeSet<u32>,
+    /// Size of the previous group, to decide whether to wait for more.
+    pub(crate) last_group_len: usize,
+    /// Where completions go when a [`Completer`] runs them.
+    pub(crate) completer: Option<Sender<CompletedGroup>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -138,7 +181,7 @@ impl Writer {
     /// Writes until every [`crate::Store`] handle is dropped.
     pub fn run(mut self) {
         while let Ok(first) = self.rx.recv() {
-            self.process(first);
+            self.process(first, true);
         }
     }
 
@@ -146,13 +189,14 @@ impl Writer {
     /// of batches handled (0: the queue was empty).
     pub fn step(&mut self) -> usize {
         match self.rx.try_recv() {
-            Ok(first) => self.process(first),
+            Ok(first) => self.process(first, false),
             Err(_) => 0,
         }
     }
 
-    fn process(&mut self, first: Submission) -> usize {
-        let group = self.gather(first);
+    fn process(&mut self, first: Submission, may_yield: bool) -> usize {
+        let group = self.gather(first, may_yield);
+        self.last_group_len = group.len();
         let count = group.len();
         self.commit_group(group);
         if self.shared.check_poisoned().is_ok()
@@ -163,14 +207,20 @@ impl Writer {
         count
     }
 
-    fn gather(&mut self, first: Submission) -> Vec<Submission> {
+    fn gather(&mut self, first: Submission, may_yield: bool) -> Vec<Submission> {
         let mut bytes = first.batch.encoded_len();
         let mut group = vec![first];
+        let want = self.last_group_len * 3 / 4;
+        let mut yields = 0;
         while group.len() < GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX {
             match self.rx.try_recv() {
                 Ok(next) => {
                     bytes += next.batch.encoded_len();
                     group.push(next);
+                }
+                Err(_) if may_yield && group.len() < want && yields < GATHER_YIELDS_MAX => {
+                    yields += 1;
+                    std::thread::yield_now();
                 }
                 Err(_) => break,
             }
@@ -179,29 +229,51 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<Submission>) {
-        if let Err(e) = self.shared.check_poisoned() {
-            let why = e.to_string();
-            for sub in group {
-                (sub.done)(Err(StoreError::Poisoned(why.clone())));
-            }
-            return;
-        }
-        let logical: u64 = group.iter().map(|s| s.batch.value_bytes()).sum();
-        match self.write_group(&group) {
-            Ok(written) => {
-                self.publish(&written, logical);
-                for (sub, w) in group.into_iter().zip(&written) {
-                    (sub.done)(Ok(w.seq));
-                }
-            }
+        let results: Vec<Result<u64, StoreError>> = match self.shared.check_poisoned() {
             Err(e) => {
-                self.poison(&e);
                 let why = e.to_string();
-                for sub in group {
-                    (sub.done)(Err(StoreError::Poisoned(why.clone())));
+                group
+                    .iter()
+                    .map(|_| Err(StoreError::Poisoned(why.clone())))
+                    .collect()
+            }
+            Ok(()) => {
+                let logical: u64 = group.iter().map(|s| s.batch.value_bytes()).sum();
+                match self.write_group(&group) {
+                    Ok(image) => {
+                        self.publish(&image, logical);
+                        image.records.iter().map(|w| Ok(w.seq)).collect()
+                    }
+                    Err(e) => {
+                        self.poison(&e);
+                        let why = e.to_string();
+                        group
+                            .iter()
+                            .map(|_| Err(StoreError::Poisoned(why.clone())))
+                            .collect()
+                    }
                 }
             }
+        };
+        let done: CompletedGroup = group.into_iter().map(|s| s.done).zip(results).collect();
+        match &self.completer {
+            Some(tx) => {
+                if let Err(rejected) = tx.send(done) {
+                    run_completions(rejected.into_inner());
+                }
+            }
+            None => run_completions(done),
         }
+    }
+
+    /// Hands completions to a [`Completer`] from now on: the writer then
+    /// sends one message per group instead of waking every submitter itself,
+    /// which keeps wake-ups off the critical path. The caller runs the
+    /// completer (a thread in production).
+    pub fn completer(&mut self) -> Completer {
+        let (tx, rx) = bounded(COMPLETION_QUEUE_MAX);
+        self.completer = Some(tx);
+        Completer { rx }
     }
 
     pub(crate) fn poison(&self, e: &StoreError) {
@@ -212,48 +284,53 @@ impl Writer {
     }
 
     /// Appends the group to the log and fsyncs it. Nothing is visible yet.
-    fn write_group(&mut self, group: &[Submission]) -> Result<Vec<Written>, StoreError> {
-        let mut written = Vec::with_capacity(group.len());
-        let mut buf = Vec::new();
+    fn write_group(&mut self, group: &[Submission]) -> Result<GroupImage, StoreError> {
+        let mut image = GroupImage {
+            buffers: Vec::new(),
+            records: Vec::with_capacity(group.len()),
+        };
+        let mut buf = Vec::with_capacity(group.iter().map(|s| s.batch.encoded_len() + 16).sum());
         let mut dirty: Vec<Arc<dyn DiskFile>> = Vec::new();
         for sub in group {
-            let mut payload = Vec::with_capacity(sub.batch.encoded_len());
-            sub.batch.encode_into(&mut payload);
-            let record_len = (RECORD_HEADER_BYTES + payload.len()) as u64;
+            let record_len = (RECORD_HEADER_BYTES + sub.batch.encoded_len()) as u64;
             let at = self.log.offset + buf.len() as u64;
             if at + record_len > u64::from(self.options.segment_bytes) && at > SEGMENT_HEADER_BYTES
             {
-                dirty.push(self.flush_log(&mut buf)?);
+                dirty.push(self.flush_log(&buf)?);
+                image.buffers.push(std::mem::take(&mut buf));
                 self.log = self.open_segment(SegmentKind::Log)?;
             }
-            let payload_offset = self.log.offset + buf.len() as u64 + RECORD_HEADER_BYTES as u64;
+            let range = encode_record_with(&mut buf, self.log.id, self.next_seq, |out| {
+                sub.batch.encode_into(out)
+            });
+            let payload_offset = self.log.offset + range.start as u64;
             assert!(
-                payload_offset + payload.len() as u64 <= u64::from(u32::MAX),
+                payload_offset + range.len() as u64 <= u64::from(u32::MAX),
                 "value offsets fit in u32"
             );
-            encode_record(&mut buf, self.log.id, self.next_seq, &payload);
-            written.push(Written {
+            image.records.push(Written {
                 seg: self.log.id,
                 payload_offset,
                 seq: self.next_seq,
-                payload,
+                buffer: image.buffers.len(),
+                range,
             });
             self.next_seq += 1;
         }
-        dirty.push(self.flush_log(&mut buf)?);
+        dirty.push(self.flush_log(&buf)?);
+        image.buffers.push(buf);
         for file in &dirty {
             file.sync_data()?;
         }
-        Ok(written)
+        Ok(image)
     }
 
     /// Writes `buf` at the log head and advances it; returns the file.
-    fn flush_log(&mut self, buf: &mut Vec<u8>) -> Result<Arc<dyn DiskFile>, StoreError> {
+    fn flush_log(&mut self, buf: &[u8]) -> Result<Arc<dyn DiskFile>, StoreError> {
         let head = self.log;
         let file = self.write_segment(head.id, head.offset, buf)?;
         self.log.offset += buf.len() as u64;
         self.log_bytes_since_checkpoint += buf.len() as u64;
-        buf.clear();
         Ok(file)
     }
 
@@ -275,11 +352,13 @@ impl Writer {
     }
 
     /// Makes the group visible: index, counters.
-    fn publish(&mut self, written: &[Written], logical: u64) {
+    fn publish(&mut self, image: &GroupImage, logical: u64) {
+        let written = &image.records;
         {
             let mut read = self.shared.read.write();
             for w in written {
-                apply_record(&mut read.index, w.seg, w.payload_offset, w.seq, &w.payload)
+                let payload = &image.buffers[w.buffer][w.range.clone()];
+                apply_record(&mut read.index, w.seg, w.payload_offset, w.seq, payload)
                     .expect("records this writer encoded decode");
             }
         }

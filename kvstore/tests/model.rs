@@ -129,6 +129,9 @@ struct Harness {
     writer: Writer,
     model: Model,
     counter: u64,
+    /// Checkpoints and compactions over all store instances so far.
+    checkpoints: u64,
+    compactions: u64,
 }
 
 type Outcome = Arc<Mutex<Vec<Result<u64, String>>>>;
@@ -150,6 +153,8 @@ impl Harness {
             writer,
             model: Model::default(),
             counter: 0,
+            checkpoints: 0,
+            compactions: 0,
         }
     }
 
@@ -184,6 +189,9 @@ impl Harness {
     }
 
     fn reopen(&mut self) {
+        let stats = self.store.stats();
+        self.checkpoints += stats.checkpoints;
+        self.compactions += stats.compacted_segments;
         let (store, writer) = Store::open(Arc::new(self.disk.clone()), self.options.clone())
             .unwrap_or_else(|e| panic!("recovery failed: {e}"));
         self.store = store;
@@ -294,13 +302,14 @@ impl Harness {
     }
 }
 
-fn run(seed: u64, actions: Vec<Action>) {
+fn run(seed: u64, actions: Vec<Action>) -> Harness {
     let mut h = Harness::new(seed);
     for action in actions {
         step(&mut h, action);
     }
     h.crash(true);
     h.check();
+    h
 }
 
 fn step(h: &mut Harness, action: Action) {
@@ -408,14 +417,39 @@ fn doomed(h: &mut Harness, count: u8, key: u64, tear: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
     fn random_operations_with_crashes_match_the_model(
         seed in any::<u64>(),
-        actions in proptest::collection::vec(action(), 1..160),
+        actions in proptest::collection::vec(action(), 1..300),
     ) {
         run(seed, actions);
+    }
+}
+
+#[test]
+fn long_histories_exercise_compaction_checkpoints_and_recovery() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    for seed in 0..4u64 {
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed as u8; 32]);
+        let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+        let actions = proptest::collection::vec(action(), 3000)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let h = run(seed, actions);
+        assert!(
+            h.checkpoints > 5,
+            "seed {seed}: {} checkpoints",
+            h.checkpoints
+        );
+        assert!(
+            h.compactions > 5,
+            "seed {seed}: {} compactions",
+            h.compactions
+        );
     }
 }
 

@@ -1,0 +1,251 @@
+//! Recovery, corruption, space bound and concurrency tests.
+
+use std::sync::Arc;
+
+use metro_kvstore::{
+    CrashMode, Disk, FaultOp, FaultyDisk, FileDisk, Namespace, Options, SLACK_SEGMENTS, Store,
+    StoreError, VICTIM_LIVE_RATIO_MAX, VICTIMS_PER_CHECKPOINT, WriteBatch, Writer,
+};
+
+const NS: Namespace = Namespace::new(2, 7);
+
+fn small_options() -> Options {
+    Options {
+        segment_bytes: 16 << 10,
+        space_amp_max: 2.0,
+        checkpoint_log_bytes: 64 << 10,
+        spare_segments_max: 2,
+    }
+}
+
+/// Writes one batch with the writer stepped on this thread.
+fn put(store: &Store, writer: &mut Writer, key: u64, value: Vec<u8>) -> u64 {
+    let mut b = WriteBatch::new();
+    b.put(NS, key, value);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    store.submit(
+        b,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    writer.step();
+    rx.recv().unwrap().unwrap()
+}
+
+fn open(disk: &FaultyDisk, options: &Options) -> Result<(Store, Writer), StoreError> {
+    Store::open(Arc::new(disk.clone()), options.clone())
+}
+
+#[test]
+fn damage_before_the_tail_is_refused_with_file_and_offset() {
+    let disk = FaultyDisk::new(11);
+    let (store, mut writer) = open(&disk, &Options::default()).unwrap();
+    for key in 0..10 {
+        put(&store, &mut writer, key, vec![key as u8; 100]);
+    }
+    drop((store, writer));
+    let log = disk
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.starts_with("log-"))
+        .unwrap();
+    // Inside the third record's value: acknowledged data, followed by more.
+    assert!(disk.corrupt(&log, 32 + 2 * 150 + 60));
+    disk.crash(CrashMode::DropUnsynced);
+    let err = open(&disk, &Options::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+    assert!(text.contains(&log) && text.contains("offset"), "{text}");
+}
+
+#[test]
+fn damage_to_the_last_record_is_a_torn_tail() {
+    let disk = FaultyDisk::new(12);
+    let (store, mut writer) = open(&disk, &Options::default()).unwrap();
+    for key in 0..5 {
+        put(&store, &mut writer, key, vec![7; 100]);
+    }
+    drop((store, writer));
+    let log = disk
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.starts_with("log-"))
+        .unwrap();
+    let len = disk.file_len(&log).unwrap();
+    assert!(disk.corrupt(&log, len - 3));
+    disk.crash(CrashMode::DropUnsynced);
+    let (store, _writer) = open(&disk, &Options::default()).unwrap();
+    let keys: Vec<u64> = store
+        .scan(NS, 0..10, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn latent_value_corruption_is_reported_on_read() {
+    let disk = FaultyDisk::new(13);
+    let (store, mut writer) = open(&disk, &Options::default()).unwrap();
+    put(&store, &mut writer, 1, vec![1; 4096]);
+    let log = disk
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.starts_with("log-"))
+        .unwrap();
+    assert!(disk.corrupt(&log, 32 + 16 + 26 + 100));
+    let err = store.get(NS, 1).unwrap_err();
+    assert!(err.to_string().contains("CRC"), "{err}");
+    disk.fail_next(FaultOp::Read, 1);
+    assert!(matches!(store.get(NS, 1), Err(StoreError::Disk(_))));
+}
+
+#[test]
+fn space_amplification_stays_bounded() {
+    let disk = FaultyDisk::new(14);
+    let options = small_options();
+    let (store, mut writer) = open(&disk, &options).unwrap();
+    let mut rng = metro_kvstore::SplitMix64::new(5);
+    let keys = 64;
+    let value = 1000;
+    let segment = u64::from(options.segment_bytes);
+    for i in 0..6000u64 {
+        let key = rng.below(keys);
+        put(&store, &mut writer, key, vec![i as u8; value]);
+        let stats = store.stats();
+        let amp = options.space_amp_max.max(1.0 / VICTIM_LIVE_RATIO_MAX);
+        // Active log, compaction output, slack, victims awaiting a
+        // checkpoint, spares, and the checkpoint file itself.
+        let slack = (2
+            + SLACK_SEGMENTS
+            + VICTIMS_PER_CHECKPOINT as u64
+            + options.spare_segments_max as u64)
+            * segment
+            + 64 * 40;
+        let bound = (amp * stats.live_bytes as f64) as u64 + slack;
+        assert!(
+            stats.disk_bytes <= bound,
+            "write {i}: disk {} > bound {bound} (live {})",
+            stats.disk_bytes,
+            stats.live_bytes
+        );
+        assert_eq!(
+            disk.total_bytes(),
+            stats.disk_bytes,
+            "accounting matches the disk"
+        );
+    }
+    let stats = store.stats();
+    assert!(stats.compacted_segments > 10, "{stats:?}");
+    assert!(stats.checkpoints > 10, "{stats:?}");
+    assert!(stats.write_amplification() < 3.0, "{stats:?}");
+    // Everything is still there after a crash.
+    drop((store, writer));
+    disk.crash(CrashMode::TearTail);
+    let (store, _w) = open(&disk, &options).unwrap();
+    assert_eq!(store.scan(NS, 0..keys, 1000).unwrap().len(), keys as usize);
+}
+
+#[test]
+fn checkpoint_bounds_what_recovery_reads() {
+    let disk = FaultyDisk::new(15);
+    let options = small_options();
+    let (store, mut writer) = open(&disk, &options).unwrap();
+    for i in 0..2000u64 {
+        put(&store, &mut writer, i % 50, vec![3; 900]);
+    }
+    drop((store, writer));
+    disk.crash(CrashMode::DropUnsynced);
+    let before = disk.stats().bytes_read;
+    let on_disk = disk.total_bytes();
+    let (store, _w) = open(&disk, &options).unwrap();
+    let read = disk.stats().bytes_read - before;
+    assert!(
+        read < on_disk / 2 && read < 3 * options.checkpoint_log_bytes,
+        "recovery read {read} of {on_disk} bytes"
+    );
+    assert_eq!(store.scan(NS, 0..50, 100).unwrap().len(), 50);
+}
+
+#[test]
+fn dropping_a_namespace_frees_its_space() {
+    let disk = FaultyDisk::new(16);
+    let options = small_options();
+    let (store, mut writer) = open(&disk, &options).unwrap();
+    for i in 0..400u64 {
+        put(&store, &mut writer, i, vec![9; 1000]);
+    }
+    let full = store.stats().disk_bytes;
+    let mut b = WriteBatch::new();
+    b.drop_namespace(NS);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    store.submit(b, Box::new(move |r| drop(tx.send(r))));
+    writer.step();
+    rx.recv().unwrap().unwrap();
+    // A little more traffic elsewhere lets compaction and a checkpoint run.
+    for i in 0..40u64 {
+        let mut b = WriteBatch::new();
+        b.put(Namespace::new(2, 8), i % 4, vec![1; 1000]);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        store.submit(b, Box::new(move |r| drop(tx.send(r))));
+        writer.step();
+        rx.recv().unwrap().unwrap();
+    }
+    let after = store.stats();
+    assert_eq!(store.scan(NS, 0..1000, 1000).unwrap().len(), 0);
+    assert!(
+        after.disk_bytes < full / 3,
+        "{} of {full}",
+        after.disk_bytes
+    );
+}
+
+#[test]
+fn concurrent_submitters_on_real_files_survive_reopen() {
+    let dir = std::env::temp_dir().join(format!("metro-kv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let disk: Arc<dyn Disk> = Arc::new(FileDisk::open_dir(&dir).unwrap());
+    let (store, writer) = Store::open(disk.clone(), small_options()).unwrap();
+    #[allow(clippy::disallowed_methods)] // tests drive the writer like the node does
+    let writer_thread = std::thread::spawn(move || writer.run());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let store = store.clone();
+            #[allow(clippy::disallowed_methods)]
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let mut b = WriteBatch::new();
+                    b.put(NS, t * 1000 + i, (t * 1000 + i).to_le_bytes().repeat(64));
+                    store.write(b).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = store.stats();
+    assert!(
+        stats.group_commits < stats.batches,
+        "group commit batched: {stats:?}"
+    );
+    drop(store);
+    writer_thread.join().unwrap();
+    let (store, writer) = Store::open(disk, small_options()).unwrap();
+    drop(writer);
+    for t in 0..8u64 {
+        for i in 0..200u64 {
+            let key = t * 1000 + i;
+            assert_eq!(
+                store.get(NS, key).unwrap().unwrap(),
+                key.to_le_bytes().repeat(64)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
