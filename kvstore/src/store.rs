@@ -31,6 +31,9 @@ use crate::writer::{Options, SUBMIT_QUEUE_MAX, Submission, Writer};
 /// the error that kept it from becoming durable.
 pub type Completion = Box<dyn FnOnce(Result<u64, StoreError>) + Send>;
 
+/// Where a blocking [`Store::write`] waits for its completion.
+type WriteSlot = (Mutex<Option<Result<u64, StoreError>>>, Condvar);
+
 /// A pinned point-in-time view of one namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Snapshot {
@@ -78,7 +81,7 @@ impl Store {
     /// The wait parks at once on a condition variable: many blocked
     /// submitters must not spin, or they steal the writer's CPU.
     pub fn write(&self, batch: WriteBatch) -> Result<u64, StoreError> {
-        let slot: Arc<(Mutex<Option<Result<u64, StoreError>>>, Condvar)> = Arc::default();
+        let slot: Arc<WriteSlot> = Arc::default();
         let filler = slot.clone();
         self.submit(
             batch,
