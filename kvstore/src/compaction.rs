@@ -199,11 +199,17 @@ impl Writer {
         let out = self.compact_out.map(|h| h.id);
         let (meta, bytes, dead) = {
             let read = self.shared.read.read();
-            let keep =
-                |id: u32| id == self.log.id || Some(id) == out || read.index.segment_live(id) > 0;
+            // Replay restarts in the segment of the newest published batch;
+            // every log segment from there on holds records a crash must
+            // replay (the writer may have appended batches not yet synced).
+            let replay_from = self.published_log_id;
+            let keep = |id: u32| {
+                let replayed = self.segments[&id].kind == SegmentKind::Log && id >= replay_from;
+                replayed || Some(id) == out || read.index.segment_live(id) > 0
+            };
             let meta = CheckpointMeta {
-                seq: self.next_seq - 1,
-                replay_from: self.log.id,
+                seq: self.published_seq,
+                replay_from,
                 next_segment_id: self.next_segment_id,
                 segments: self
                     .segments

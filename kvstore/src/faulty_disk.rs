@@ -306,9 +306,9 @@ impl DiskFile for FaultyFile {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.check_alive("read")?;
         self.disk.inject(FaultOp::Read, &self.name)?;
         let file = self.cell.lock();
+        self.check_alive("read")?;
         let start = offset as usize;
         let end = start.saturating_add(buf.len());
         if end > file.current.len() {
@@ -328,9 +328,9 @@ impl DiskFile for FaultyFile {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.check_alive("write")?;
         self.disk.inject(FaultOp::Write, &self.name)?;
         let mut file = self.cell.lock();
+        self.check_alive("write")?;
         apply_write(&mut file.current, offset, buf);
         file.pending.push(PendingOp::Write {
             offset,
@@ -344,9 +344,11 @@ impl DiskFile for FaultyFile {
     }
 
     fn sync_data(&self) -> Result<(), DiskError> {
-        self.check_alive("fdatasync")?;
         self.disk.inject(FaultOp::Sync, &self.name)?;
         let mut file = self.cell.lock();
+        // Checked under the file lock: a crash resets files under the same
+        // lock, so a sync either completes before the crash or fails.
+        self.check_alive("fdatasync")?;
         file.durable = file.current.clone();
         file.pending.clear();
         self.disk.shared.syncs.fetch_add(1, Ordering::Relaxed);
@@ -359,8 +361,8 @@ impl DiskFile for FaultyFile {
     }
 
     fn set_len(&self, len: u64) -> Result<(), DiskError> {
-        self.check_alive("truncate")?;
         let mut file = self.cell.lock();
+        self.check_alive("truncate")?;
         file.current.resize(len as usize, 0);
         file.pending.push(PendingOp::SetLen(len));
         Ok(())

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::Receiver;
 
 use crate::batch::{DecodedOp, Op, WriteBatch, decode_ops};
 use crate::disk::{Disk, DiskFile, OpenMode};
@@ -79,30 +79,12 @@ impl Options {
     }
 }
 
-/// Groups of completions waiting for the [`Completer`], at most.
-pub const COMPLETION_QUEUE_MAX: usize = 64;
-
 /// A group's completions with their results, in submission order.
-type CompletedGroup = Vec<(Completion, Result<u64, StoreError>)>;
+pub(crate) type CompletedGroup = Vec<(Completion, Result<u64, StoreError>)>;
 
-fn run_completions(group: CompletedGroup) {
+pub(crate) fn run_completions(group: CompletedGroup) {
     for (done, result) in group {
         done(result);
-    }
-}
-
-/// Runs completions handed over by a [`Writer`] (see [`Writer::completer`]).
-#[derive(Debug)]
-pub struct Completer {
-    rx: Receiver<CompletedGroup>,
-}
-
-impl Completer {
-    /// Runs completions until the writer is gone.
-    pub fn run(self) {
-        while let Ok(group) = self.rx.recv() {
-            run_completions(group);
-        }
     }
 }
 
@@ -137,10 +119,13 @@ struct Written {
     range: std::ops::Range<usize>,
 }
 
-/// The encoded group: one buffer per segment it touched, and its records.
-struct GroupImage {
+/// The encoded group: one buffer per segment it touched, its records, the
+/// files to fsync and the logical bytes it carries.
+pub(crate) struct GroupImage {
     buffers: Vec<Vec<u8>>,
     records: Vec<Written>,
+    pub(crate) dirty: Vec<Arc<dyn DiskFile>>,
+    logical: u64,
 }
 
 /// The single writer of a store. Drive it with [`Writer::run`] on a thread,
@@ -163,8 +148,13 @@ pub struct Writer {
     pub(crate) pending_victims: BTreeSet<u32>,
     /// Size of the previous group, to decide whether to wait for more.
     pub(crate) last_group_len: usize,
-    /// Where completions go when a [`Completer`] runs them.
-    pub(crate) completer: Option<Sender<CompletedGroup>>,
+    /// Sequence number of the newest published (durable, visible) batch.
+    pub(crate) published_seq: u64,
+    /// Log segment holding the end of the newest published batch: replay
+    /// after a checkpoint at `published_seq` starts there.
+    pub(crate) published_log_id: u32,
+    /// The fsync stage, when a [`crate::Syncer`] runs it (see `pipeline.rs`).
+    pub(crate) syncer: Option<crate::pipeline::SyncerLink>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -178,15 +168,19 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Writes until every [`crate::Store`] handle is dropped.
+    /// Writes until every [`crate::Store`] handle is dropped. With a
+    /// [`crate::Syncer`] attached ([`Writer::syncer`]) fsyncs are pipelined.
     pub fn run(mut self) {
+        if self.syncer.is_some() {
+            return self.run_pipelined();
+        }
         while let Ok(first) = self.rx.recv() {
             self.process(first, true);
         }
     }
 
-    /// Commits whatever is queued now, without blocking. Returns the number
-    /// of batches handled (0: the queue was empty).
+    /// Commits whatever is queued now, without blocking, fsyncing inline
+    /// (the simulator's way). Returns the number of batches handled.
     pub fn step(&mut self) -> usize {
         match self.rx.try_recv() {
             Ok(first) => self.process(first, false),
@@ -198,13 +192,53 @@ impl Writer {
         let group = self.gather(first, may_yield);
         self.last_group_len = group.len();
         let count = group.len();
-        self.commit_group(group);
+        let written = self.write_group(&group);
+        let synced = written.and_then(|image| {
+            for file in &image.dirty {
+                file.sync_data()?;
+            }
+            Ok(image)
+        });
+        run_completions(self.finish_group(group, synced));
+        self.maintain_or_poison();
+        count
+    }
+
+    pub(crate) fn maintain_or_poison(&mut self) {
         if self.shared.check_poisoned().is_ok()
             && let Err(e) = self.maintain()
         {
             self.poison(&e);
         }
-        count
+    }
+
+    /// Publishes a synced group (or fails it) and pairs each completion with
+    /// its result; the caller runs them.
+    pub(crate) fn finish_group(
+        &mut self,
+        group: Vec<Submission>,
+        synced: Result<GroupImage, StoreError>,
+    ) -> CompletedGroup {
+        let results: Vec<Result<u64, StoreError>> =
+            match synced.and_then(|image| self.shared.check_poisoned().map(|_| image)) {
+                Ok(image) => {
+                    self.publish(&image);
+                    image.records.iter().map(|w| Ok(w.seq)).collect()
+                }
+                Err(e) => {
+                    self.poison(&e);
+                    let why = self
+                        .shared
+                        .check_poisoned()
+                        .err()
+                        .map_or(e.to_string(), |p| p.to_string());
+                    group
+                        .iter()
+                        .map(|_| Err(StoreError::Poisoned(why.clone())))
+                        .collect()
+                }
+            };
+        group.into_iter().map(|s| s.done).zip(results).collect()
     }
 
     fn gather(&mut self, first: Submission, may_yield: bool) -> Vec<Submission> {
@@ -228,54 +262,6 @@ impl Writer {
         group
     }
 
-    fn commit_group(&mut self, group: Vec<Submission>) {
-        let results: Vec<Result<u64, StoreError>> = match self.shared.check_poisoned() {
-            Err(e) => {
-                let why = e.to_string();
-                group
-                    .iter()
-                    .map(|_| Err(StoreError::Poisoned(why.clone())))
-                    .collect()
-            }
-            Ok(()) => {
-                let logical: u64 = group.iter().map(|s| s.batch.value_bytes()).sum();
-                match self.write_group(&group) {
-                    Ok(image) => {
-                        self.publish(&image, logical);
-                        image.records.iter().map(|w| Ok(w.seq)).collect()
-                    }
-                    Err(e) => {
-                        self.poison(&e);
-                        let why = e.to_string();
-                        group
-                            .iter()
-                            .map(|_| Err(StoreError::Poisoned(why.clone())))
-                            .collect()
-                    }
-                }
-            }
-        };
-        let done: CompletedGroup = group.into_iter().map(|s| s.done).zip(results).collect();
-        match &self.completer {
-            Some(tx) => {
-                if let Err(rejected) = tx.send(done) {
-                    run_completions(rejected.into_inner());
-                }
-            }
-            None => run_completions(done),
-        }
-    }
-
-    /// Hands completions to a [`Completer`] from now on: the writer then
-    /// sends one message per group instead of waking every submitter itself,
-    /// which keeps wake-ups off the critical path. The caller runs the
-    /// completer (a thread in production).
-    pub fn completer(&mut self) -> Completer {
-        let (tx, rx) = bounded(COMPLETION_QUEUE_MAX);
-        self.completer = Some(tx);
-        Completer { rx }
-    }
-
     pub(crate) fn poison(&self, e: &StoreError) {
         self.shared
             .poisoned
@@ -283,20 +269,22 @@ impl Writer {
             .get_or_insert_with(|| e.to_string());
     }
 
-    /// Appends the group to the log and fsyncs it. Nothing is visible yet.
-    fn write_group(&mut self, group: &[Submission]) -> Result<GroupImage, StoreError> {
+    /// Appends the group to the log (not yet synced, not yet visible).
+    pub(crate) fn write_group(&mut self, group: &[Submission]) -> Result<GroupImage, StoreError> {
+        self.shared.check_poisoned()?;
         let mut image = GroupImage {
             buffers: Vec::new(),
             records: Vec::with_capacity(group.len()),
+            dirty: Vec::new(),
+            logical: group.iter().map(|s| s.batch.value_bytes()).sum(),
         };
         let mut buf = Vec::with_capacity(group.iter().map(|s| s.batch.encoded_len() + 16).sum());
-        let mut dirty: Vec<Arc<dyn DiskFile>> = Vec::new();
         for sub in group {
             let record_len = (RECORD_HEADER_BYTES + sub.batch.encoded_len()) as u64;
             let at = self.log.offset + buf.len() as u64;
             if at + record_len > u64::from(self.options.segment_bytes) && at > SEGMENT_HEADER_BYTES
             {
-                dirty.push(self.flush_log(&buf)?);
+                image.dirty.push(self.flush_log(&buf)?);
                 image.buffers.push(std::mem::take(&mut buf));
                 self.log = self.open_segment(SegmentKind::Log)?;
             }
@@ -317,11 +305,8 @@ impl Writer {
             });
             self.next_seq += 1;
         }
-        dirty.push(self.flush_log(&buf)?);
+        image.dirty.push(self.flush_log(&buf)?);
         image.buffers.push(buf);
-        for file in &dirty {
-            file.sync_data()?;
-        }
         Ok(image)
     }
 
@@ -352,7 +337,7 @@ impl Writer {
     }
 
     /// Makes the group visible: index, counters.
-    fn publish(&mut self, image: &GroupImage, logical: u64) {
+    fn publish(&mut self, image: &GroupImage) {
         let written = &image.records;
         {
             let mut read = self.shared.read.write();
@@ -362,12 +347,16 @@ impl Writer {
                     .expect("records this writer encoded decode");
             }
         }
+        if let Some(last) = written.last() {
+            self.published_seq = last.seq;
+            self.published_log_id = last.seg;
+        }
         let disk_bytes = self.disk_bytes();
         let mut stats = self.shared.stats.lock();
-        stats.logical_bytes += logical;
+        stats.logical_bytes += image.logical;
         stats.batches += written.len() as u64;
         stats.group_commits += 1;
-        stats.last_durable_seq = self.next_seq - 1;
+        stats.last_durable_seq = self.published_seq;
         stats.disk_bytes = disk_bytes;
     }
 
