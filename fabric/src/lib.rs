@@ -5,5 +5,6 @@
 //! [`env`].
 pub mod env;
 pub mod raft;
+pub mod storage;
 pub mod volume;
 pub mod wire;

@@ -5,8 +5,9 @@
 //! belongs to one group: each RPC it sends is one frame tagged with the
 //! group's [`VolumeId`], so that the peer's [`super::router::GroupRouter`]
 //! hands it to the right `Raft` handle. Raft RPCs travel on [`Lane::Raft`],
-//! snapshots on [`Lane::Bulk`] in chunks of
-//! [`SNAPSHOT_CHUNK_BYTES`], forwarded client operations on [`Lane::Client`].
+//! snapshots on [`Lane::Bulk`] one piece per chunk (at most
+//! [`crate::wire::SNAPSHOT_CHUNK_BYTES`], read from kvstore as it is sent),
+//! forwarded client operations on [`Lane::Client`].
 //!
 //! Errors: [`TransportError::Unreachable`] and the peer's "no such group /
 //! group unavailable" faults become openraft's `Unreachable` (back off);
@@ -29,10 +30,11 @@ use openraft::{AsyncRuntime, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
 use super::types::{RaftNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::env::{Lane, NodeId, Transport, TransportError};
+use crate::storage::StorageError;
 use crate::volume::VolumeId;
 use crate::wire::{
-    ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SNAPSHOT_BYTES_MAX,
-    SNAPSHOT_CHUNK_BYTES, SnapshotChunk, WireError, decode, encode,
+    ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SnapshotChunk, WireError, decode,
+    encode,
 };
 
 /// Why one call to a peer's group failed.
@@ -53,9 +55,10 @@ pub enum CallError {
         request: &'static str,
         reply: String,
     },
-    /// The snapshot is larger than a receiver assembles.
-    #[error("snapshot of {len} bytes exceeds the {SNAPSHOT_BYTES_MAX}-byte limit")]
-    SnapshotTooLarge { len: u64 },
+    /// The local snapshot could not be read (e.g. a newer one replaced it
+    /// mid-transfer): openraft retries with the current snapshot.
+    #[error("reading the snapshot to send: {0}")]
+    Snapshot(#[from] StorageError),
 }
 
 impl CallError {
@@ -197,39 +200,46 @@ impl<T: Transport, RT: AsyncRuntime> GroupNetwork<T, RT> {
         }
     }
 
-    /// Sends `data` chunk by chunk; stops early if `cancel` fires.
+    /// Streams the snapshot piece by piece (one [`SnapshotChunk`] each, see
+    /// [`crate::storage::snapshot`]); stops early if `cancel` fires. Only
+    /// one piece is in memory at a time.
     async fn send_snapshot(
         &self,
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed>,
     ) -> Result<Vote, StreamingError<TypeConfig<RT>>> {
-        let data = snapshot.snapshot.into_inner();
-        let total_bytes = data.len() as u64;
-        if total_bytes > SNAPSHOT_BYTES_MAX {
-            let err = CallError::SnapshotTooLarge { len: total_bytes };
-            return Err(StreamingError::Network(NetworkError::new(&err)));
-        }
+        let Snapshot { meta, snapshot } = snapshot;
+        let mut data: SnapshotData = snapshot;
         let mut cancel = pin!(cancel);
-        let mut offset = 0usize;
         loop {
             let poll = std::future::poll_fn(|cx| Poll::Ready(cancel.as_mut().poll(cx))).await;
             if let Poll::Ready(closed) = poll {
                 return Err(StreamingError::Closed(closed));
             }
-            let end = data.len().min(offset + SNAPSHOT_CHUNK_BYTES as usize);
-            let done = end == data.len();
+            let (piece, done) = match data.next_piece() {
+                Ok(Some(next)) => next,
+                Ok(None) => {
+                    let err = CallError::Snapshot(StorageError::Snapshot(
+                        "stream ended before its last piece".into(),
+                    ));
+                    return Err(err.into_rpc().into());
+                }
+                Err(err) => return Err(CallError::from(err).into_rpc().into()),
+            };
+            // Each chunk is one whole piece: the stream's length is not
+            // known up front, so offset/total describe the piece alone.
             let chunk = SnapshotChunk {
                 vote,
-                meta: snapshot.meta.clone(),
-                offset: offset as u64,
-                total_bytes,
+                meta: meta.clone(),
+                offset: 0,
+                total_bytes: piece.len() as u64,
                 done,
-                data: data[offset..end].to_vec(),
+                data: piece,
             };
             match self.call(Lane::Bulk, Message::SnapshotChunk(chunk)).await {
                 Ok(Message::SnapshotReply(Some(vote))) => return Ok(vote),
-                Ok(Message::SnapshotReply(None)) if !done => offset = end,
+                Ok(Message::SnapshotReply(None)) if !done => {}
                 Ok(other) => return Err(unexpected("snapshot chunk", &other).into_rpc().into()),
                 Err(err) => return Err(err.into_rpc().into()),
             }

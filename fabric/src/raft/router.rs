@@ -5,23 +5,26 @@
 //! volume replica the node hosts, keyed by [`VolumeId`]. [`GroupRouter::dispatch`]
 //! answers every request frame with a reply frame: the group's answer, or a
 //! [`Message::Fault`] when the frame does not decode, the volume is not
-//! hosted here, or the group has stopped. Snapshot chunks from one peer for
-//! one volume are assembled in memory (bounded by
-//! [`crate::wire::SNAPSHOT_BYTES_MAX`]) and installed when the last chunk arrives.
+//! hosted here, or the group has stopped. A snapshot arrives one piece per
+//! chunk ([`crate::storage::snapshot`]): the first piece asks the group's
+//! state machine for a staging area ([`ReceiveSnapshot`]), every piece is
+//! written there (durably) before it is acknowledged, and the last one
+//! installs it. One transfer per volume at a time; a new first piece
+//! replaces a partial transfer. Nothing but the current piece is in memory.
 //!
 //! Locks are held only to look up or update maps, never across an await.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Cursor;
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::storage::RaftStateMachine;
 use openraft::{AsyncRuntime, ReadPolicy};
 
-use super::types::{Snapshot, SnapshotData, TypeConfig, VolumeRaft};
+use super::types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, VolumeRaft};
 use crate::env::{Lane, NodeId, RequestHandler};
+use crate::storage::snapshot::piece_number;
 use crate::volume::{BlockData, VolumeId};
 use crate::wire::{
     ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SnapshotChunk, decode, encode,
@@ -36,6 +39,13 @@ pub trait VolumeRead: Send + 'static {
         offset_blocks: u64,
         len_blocks: u32,
     ) -> impl Future<Output = Result<BlockData, String>> + Send + '_;
+}
+
+/// Where a volume's state machine stages a snapshot being received.
+pub trait ReceiveSnapshot: Send + 'static {
+    /// An empty staging area; the router writes the pieces into it and
+    /// hands it to `install_full_snapshot` once the last one is in.
+    fn begin_receive(&mut self) -> impl Future<Output = Result<SnapshotData, String>> + Send + '_;
 }
 
 /// Why the router could not serve a request (sent back as a fault).
@@ -76,10 +86,11 @@ impl RouterError {
     }
 }
 
-/// A snapshot being received.
+/// A snapshot being received: from whom, what, and its staging area.
 struct Assembly {
-    total_bytes: u64,
-    data: Vec<u8>,
+    from: NodeId,
+    meta: SnapshotMeta,
+    data: SnapshotData,
 }
 
 /// Routes incoming frames to the volume groups hosted on this node.
@@ -89,7 +100,7 @@ where
     SM: RaftStateMachine<TypeConfig<RT>, SnapshotData = SnapshotData>,
 {
     groups: RwLock<BTreeMap<VolumeId, VolumeRaft<RT, SM>>>,
-    snapshots: Mutex<BTreeMap<(NodeId, VolumeId), Assembly>>,
+    snapshots: Mutex<BTreeMap<VolumeId, Assembly>>,
 }
 
 impl<RT, SM> std::fmt::Debug for GroupRouter<RT, SM>
@@ -120,7 +131,9 @@ where
 impl<RT, SM> GroupRouter<RT, SM>
 where
     RT: AsyncRuntime,
-    SM: RaftStateMachine<TypeConfig<RT>, SnapshotData = SnapshotData> + VolumeRead,
+    SM: RaftStateMachine<TypeConfig<RT>, SnapshotData = SnapshotData>
+        + VolumeRead
+        + ReceiveSnapshot,
 {
     /// A router hosting no group yet.
     pub fn new() -> Self {
@@ -139,7 +152,7 @@ where
             .snapshots
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        snapshots.retain(|(_, vol), _| *vol != volume);
+        snapshots.remove(&volume);
         drop(snapshots);
         let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
         groups.remove(&volume)
@@ -215,7 +228,14 @@ where
         })
     }
 
-    /// Adds a chunk to the snapshot being received; installs it when done.
+    fn lock_snapshots(&self) -> std::sync::MutexGuard<'_, BTreeMap<VolumeId, Assembly>> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes one received piece to the staging area; installs the snapshot
+    /// after the last one.
     async fn take_chunk(
         &self,
         from: NodeId,
@@ -223,64 +243,53 @@ where
         raft: &VolumeRaft<RT, SM>,
         chunk: SnapshotChunk,
     ) -> Result<Message<RT>, RouterError> {
-        let Some(data) = self.assemble(from, volume, &chunk)? else {
-            return Ok(Message::SnapshotReply(None));
+        let fail = |reason: String| RouterError::Snapshot {
+            volume,
+            from,
+            reason,
         };
+        let unavailable = |reason: String| RouterError::Unavailable { volume, reason };
+        let piece = piece_number(&chunk.data).map_err(|e| fail(e.to_string()))?;
+        let mut assembly = if piece == 0 {
+            // A (re)started transfer replaces any partial one.
+            self.lock_snapshots().remove(&volume);
+            let data = raft
+                .with_state_machine(|sm: &mut SM| {
+                    Box::pin(sm.begin_receive())
+                        as openraft::base::BoxFuture<'_, Result<SnapshotData, String>>
+                })
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .map_err(fail)?;
+            Assembly {
+                from,
+                meta: chunk.meta.clone(),
+                data,
+            }
+        } else {
+            match self.lock_snapshots().remove(&volume) {
+                Some(assembly) if assembly.from == from && assembly.meta == chunk.meta => assembly,
+                _ => return Err(fail(format!("piece {piece} of no transfer in progress"))),
+            }
+        };
+        assembly
+            .data
+            .write_piece(&chunk.data)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !chunk.done {
+            self.lock_snapshots().insert(volume, assembly);
+            return Ok(Message::SnapshotReply(None));
+        }
         let snapshot = Snapshot {
             meta: chunk.meta,
-            snapshot: Cursor::new(data),
+            snapshot: assembly.data,
         };
         let reply = raft
             .install_full_snapshot(chunk.vote, snapshot)
             .await
-            .map_err(|e| RouterError::Unavailable {
-                volume,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| unavailable(e.to_string()))?;
         Ok(Message::SnapshotReply(Some(reply.vote)))
-    }
-
-    /// Appends `chunk`; returns the whole snapshot once its last chunk is in.
-    fn assemble(
-        &self,
-        from: NodeId,
-        volume: VolumeId,
-        chunk: &SnapshotChunk,
-    ) -> Result<Option<Vec<u8>>, RouterError> {
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = (from, volume);
-        if chunk.offset == 0 {
-            // A (re)started transfer replaces any partial one.
-            snapshots.insert(
-                key,
-                Assembly {
-                    total_bytes: chunk.total_bytes,
-                    data: Vec::new(),
-                },
-            );
-        }
-        let in_order = snapshots.get(&key).is_some_and(|assembly| {
-            assembly.total_bytes == chunk.total_bytes && assembly.data.len() as u64 == chunk.offset
-        });
-        if !in_order {
-            snapshots.remove(&key);
-            return Err(RouterError::Snapshot {
-                volume,
-                from,
-                reason: format!("chunk at offset {} out of order", chunk.offset),
-            });
-        }
-        let assembly = snapshots
-            .get_mut(&key)
-            .ok_or(RouterError::UnknownVolume(volume))?;
-        assembly.data.extend_from_slice(&chunk.data);
-        if !chunk.done {
-            return Ok(None);
-        }
-        Ok(snapshots.remove(&key).map(|assembly| assembly.data))
     }
 }
 
@@ -348,7 +357,9 @@ fn failed(err: impl std::fmt::Display) -> ClientReply {
 impl<RT, SM> RequestHandler for GroupRouter<RT, SM>
 where
     RT: AsyncRuntime,
-    SM: RaftStateMachine<TypeConfig<RT>, SnapshotData = SnapshotData> + VolumeRead,
+    SM: RaftStateMachine<TypeConfig<RT>, SnapshotData = SnapshotData>
+        + VolumeRead
+        + ReceiveSnapshot,
     VolumeRaft<RT, SM>: Send + Sync,
 {
     async fn handle(&self, from: NodeId, _lane: Lane, request: Vec<u8>) -> Result<Vec<u8>, String> {

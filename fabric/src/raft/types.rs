@@ -6,10 +6,10 @@
 //! concrete and runtime-independent, so log entries, votes and log ids are
 //! the same Rust types whatever the runtime (see the aliases below).
 //!
-//! Snapshot data ([`SnapshotData`]) is for now a whole snapshot in memory
-//! (`Cursor<Vec<u8>>`); the network already ships it in chunks
-//! ([`crate::wire::SNAPSHOT_CHUNK_BYTES`]), so replacing it with a streaming
-//! reader over kvstore's snapshot files changes only the two ends.
+//! Snapshot data ([`SnapshotData`]) is a cursor over a pinned (or staged)
+//! kvstore view of the volume's block map, read and written in pieces of at
+//! most [`crate::wire::SNAPSHOT_CHUNK_BYTES`] (see [`crate::storage::snapshot`]);
+//! a snapshot is never whole in memory.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -61,9 +61,9 @@ pub type StoredMembership = openraft::StoredMembership<LeaderId, NodeId, RaftNod
 /// The metadata of a state-machine snapshot.
 pub type SnapshotMeta = openraft::SnapshotMeta<LeaderId, NodeId, RaftNode>;
 
-/// The bytes of a state-machine snapshot, whole in memory for now (see the
-/// module docs).
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+/// The data of a state-machine snapshot: a piece-by-piece cursor over
+/// kvstore (see the module docs).
+pub type SnapshotData = crate::storage::SnapshotData;
 
 /// A snapshot: metadata and data.
 pub type Snapshot = openraft::Snapshot<LeaderId, NodeId, RaftNode, SnapshotData>;

@@ -1,0 +1,464 @@
+//! [`LogStore`]: openraft's `RaftLogStorage` for one group, in kvstore.
+//!
+//! Layout: entry `i` under key `i` of the group's
+//! [`KIND_RAFT_LOG`](super::namespaces::KIND_RAFT_LOG) namespace
+//! (`codec::encode_entry`); vote, committed and last purged log id under
+//! [`KIND_RAFT_META`](super::namespaces::KIND_RAFT_META).
+//!
+//! Operations, their atomicity and durability:
+//! - `append`: all entries of one call are one batch (atomic). The call
+//!   returns once they are queued and kept in an in-memory tail, so a
+//!   [`LogReader`] sees them at once; openraft's `IOFlushed` callback runs
+//!   from the kvstore completion, after the fdatasync that made them
+//!   durable. The tail entry is dropped when its batch is durable.
+//! - `truncate_after`: one `delete_range` batch; durable on return. Until
+//!   it is, readers hide the truncated entries still visible in kvstore.
+//! - `purge`: one batch deleting the prefix and recording the last purged
+//!   log id; durable on return.
+//! - `save_vote`: one batch; durable on return (openraft requires it).
+//! - `save_committed`: queued, not awaited: durable no later than the next
+//!   awaited write (openraft treats it as optional).
+//!
+//! A failed write poisons the kvstore; this store then fails every call.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use metro_kvstore::{Store, WriteBatch};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{AsyncRuntime, OptionalSend, RaftLogReader};
+
+use super::StorageError;
+use super::codec::{decode_entry, decode_log_id, decode_vote, encode_entry};
+use super::codec::{encode_log_id, encode_vote};
+use super::durable::submit_then;
+use super::namespaces::{GroupNamespaces, RAFT_KEY_COMMITTED, RAFT_KEY_LAST_PURGED, RAFT_KEY_VOTE};
+use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
+use crate::volume::VolumeId;
+
+/// Entries read from kvstore per scan.
+const LOG_SCAN_PAGE: usize = 16;
+/// Bytes `limited_get_log_entries` returns, about, at most (at least one
+/// entry is always returned).
+pub const LOG_READ_BYTES_MAX: u64 = 32 << 20;
+
+/// What the group's log looks like now, beyond kvstore's durable view.
+#[derive(Debug, Default)]
+struct LogMemory {
+    /// Appended entries whose batch is not durable yet, by index, with the
+    /// ticket of that batch.
+    tail: BTreeMap<u64, (u64, Entry)>,
+    next_ticket: u64,
+    /// The last entry in the log (not counting purged ones).
+    last: Option<LogId>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    /// A truncation not yet durable: (ticket, entries above this index are
+    /// gone even if kvstore still shows them).
+    hide_above: Option<(u64, u64)>,
+    /// Why an earlier write failed.
+    failure: Option<String>,
+}
+
+#[derive(Debug)]
+struct LogShared {
+    store: Store,
+    ns: GroupNamespaces,
+    memory: Mutex<LogMemory>,
+}
+
+impl LogShared {
+    fn memory(&self) -> MutexGuard<'_, LogMemory> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        match &self.memory().failure {
+            Some(why) => Err(StorageError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The Raft log of one volume group. Cheap to clone (shared state).
+pub struct LogStore<RT> {
+    shared: Arc<LogShared>,
+    _runtime: PhantomData<fn() -> RT>,
+}
+
+/// A reader of the same log, for openraft's replication tasks.
+pub struct LogReader<RT> {
+    shared: Arc<LogShared>,
+    _runtime: PhantomData<fn() -> RT>,
+}
+
+impl<RT> Clone for LogStore<RT> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _runtime: PhantomData,
+        }
+    }
+}
+
+impl<RT> Debug for LogStore<RT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogStore({})", self.shared.ns.volume)
+    }
+}
+
+impl<RT> Debug for LogReader<RT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogReader({})", self.shared.ns.volume)
+    }
+}
+
+fn meta_value(
+    store: &Store,
+    ns: &GroupNamespaces,
+    key: u64,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    Ok(store.get(ns.raft_meta(), key)?)
+}
+
+impl<RT: AsyncRuntime> LogStore<RT> {
+    /// Opens `volume`'s log from `store`: reads the vote, committed and last
+    /// purged log ids and finds the last entry (a binary search of
+    /// one-entry scans: the log is contiguous).
+    pub fn open(store: Store, volume: VolumeId) -> Result<Self, StorageError> {
+        let ns = GroupNamespaces::new(volume);
+        let vote = meta_value(&store, &ns, RAFT_KEY_VOTE)?
+            .map(|bytes| decode_vote(RAFT_KEY_VOTE, &bytes))
+            .transpose()?;
+        let committed = meta_value(&store, &ns, RAFT_KEY_COMMITTED)?
+            .map(|bytes| decode_log_id(RAFT_KEY_COMMITTED, &bytes))
+            .transpose()?;
+        let last_purged = meta_value(&store, &ns, RAFT_KEY_LAST_PURGED)?
+            .map(|bytes| decode_log_id(RAFT_KEY_LAST_PURGED, &bytes))
+            .transpose()?;
+        let last = find_last::<RT>(&store, &ns)?;
+        let memory = LogMemory {
+            last,
+            last_purged,
+            vote,
+            committed,
+            ..LogMemory::default()
+        };
+        let shared = LogShared {
+            store,
+            ns,
+            memory: Mutex::new(memory),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            _runtime: PhantomData,
+        })
+    }
+
+    fn reader(&self) -> LogReader<RT> {
+        LogReader {
+            shared: Arc::clone(&self.shared),
+            _runtime: PhantomData,
+        }
+    }
+}
+
+/// The last entry of the log in kvstore, if any.
+fn find_last<RT: AsyncRuntime>(
+    store: &Store,
+    ns: &GroupNamespaces,
+) -> Result<Option<LogId>, StorageError> {
+    let first_at = |from: u64| -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        Ok(store.scan(ns.raft_log(), from..u64::MAX, 1)?.pop())
+    };
+    let Some((mut low, mut value)) = first_at(0)? else {
+        return Ok(None);
+    };
+    // Invariant: key `low` exists (its value in `value`); no key >= `high`.
+    let mut high = u64::MAX;
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        match first_at(mid)? {
+            Some((key, found)) => {
+                low = key;
+                value = found;
+            }
+            None => high = mid,
+        }
+    }
+    Ok(Some(decode_entry::<RT>(ns.volume, low, &value)?.log_id))
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl LogShared {
+    /// Entries in `start..end`, stopping early after about `bytes_max`
+    /// bytes: the durable ones from kvstore, overlaid with the tail.
+    fn read<RT: AsyncRuntime>(
+        &self,
+        start: u64,
+        end: u64,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (tail, hide_above, purged) = {
+            let memory = self.memory();
+            if let Some(why) = &memory.failure {
+                return Err(StorageError::Failed(why.clone()));
+            }
+            let tail: BTreeMap<u64, Entry> = memory
+                .tail
+                .range(start..end)
+                .map(|(index, (_, entry))| (*index, entry.clone()))
+                .collect();
+            (
+                tail,
+                memory.hide_above.map(|(_, above)| above),
+                memory.last_purged,
+            )
+        };
+        let start = purged.map_or(start, |p| start.max(p.index.saturating_add(1)));
+        let mut entries = BTreeMap::new();
+        let mut bytes = 0u64;
+        let mut from = start;
+        while from < end && bytes <= bytes_max {
+            let page = self
+                .store
+                .scan(self.ns.raft_log(), from..end, LOG_SCAN_PAGE)?;
+            let full = page.len() == LOG_SCAN_PAGE;
+            for (index, value) in page {
+                from = index + 1;
+                if hide_above.is_some_and(|above| index > above) {
+                    continue;
+                }
+                bytes += value.len() as u64;
+                entries.insert(index, decode_entry::<RT>(self.ns.volume, index, &value)?);
+            }
+            if !full {
+                break;
+            }
+        }
+        entries.extend(tail.into_iter().filter(|(index, _)| *index >= start));
+        let mut out = Vec::with_capacity(entries.len());
+        // No holes: from the first entry found, stop at the first gap.
+        let first = entries.keys().next().copied().unwrap_or(start);
+        for (expected, (index, entry)) in (first..).zip(entries) {
+            if index != expected {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogReader<TypeConfig<RT>> for LogReader<RT> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = bounds(&range);
+        Ok(self.shared.read::<RT>(start, end, u64::MAX)?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.shared.check()?;
+        Ok(self.shared.memory().vote)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.shared.read::<RT>(start, end, LOG_READ_BYTES_MAX)?)
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogReader<TypeConfig<RT>> for LogStore<RT> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.reader().try_get_log_entries(range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.reader().read_vote().await
+    }
+}
+
+/// Records a failed write so that every later call fails too.
+fn note_failure(shared: &LogShared, result: &Result<u64, metro_kvstore::StoreError>) {
+    if let Err(err) = result {
+        shared
+            .memory()
+            .failure
+            .get_or_insert_with(|| err.to_string());
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
+    type LogReader = LogReader<RT>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig<RT>>, io::Error> {
+        self.shared.check()?;
+        let memory = self.shared.memory();
+        Ok(LogState {
+            last_purged_log_id: memory.last_purged,
+            last_log_id: memory.last.or(memory.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.shared.check()?;
+        let mut batch = WriteBatch::new();
+        batch.put(self.shared.ns.raft_meta(), RAFT_KEY_VOTE, encode_vote(vote));
+        let shared = Arc::clone(&self.shared);
+        submit_then(&self.shared.store, batch, move |r| note_failure(&shared, r))
+            .await
+            .map_err(StorageError::from)?;
+        self.shared.memory().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.shared.check()?;
+        let ns = self.shared.ns.raft_meta();
+        let mut batch = WriteBatch::new();
+        match &committed {
+            Some(id) => batch.put(ns, RAFT_KEY_COMMITTED, encode_log_id(id)),
+            None => batch.delete(ns, RAFT_KEY_COMMITTED),
+        };
+        let shared = Arc::clone(&self.shared);
+        // Not awaited: see the module docs.
+        drop(submit_then(&self.shared.store, batch, move |r| {
+            note_failure(&shared, r)
+        }));
+        self.shared.memory().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        self.shared.check()?;
+        Ok(self.shared.memory().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig<RT>>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.shared.check()?;
+        let ns = self.shared.ns;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        let mut batch = WriteBatch::new();
+        for entry in &entries {
+            let bytes = encode_entry::<RT>(ns.volume, entry)?;
+            batch.put(ns.raft_log(), entry.log_id.index, bytes);
+        }
+        let ticket = {
+            let mut memory = self.shared.memory();
+            let ticket = memory.next_ticket;
+            memory.next_ticket += 1;
+            for entry in entries {
+                memory.tail.insert(entry.log_id.index, (ticket, entry));
+            }
+            memory.last = Some(last);
+            ticket
+        };
+        let shared = Arc::clone(&self.shared);
+        let durable = submit_then(&self.shared.store, batch, move |result| {
+            note_failure(&shared, result);
+            shared.memory().tail.retain(|_, (t, _)| *t != ticket);
+            let flushed = match result {
+                Ok(_) => Ok(()),
+                Err(err) => Err(io::Error::other(err.to_string())),
+            };
+            callback.io_completed(flushed);
+        });
+        drop(durable); // the callback reports durability
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        self.shared.check()?;
+        let from = last.map_or(0, |id| id.index + 1);
+        let ticket = {
+            let mut memory = self.shared.memory();
+            let ticket = memory.next_ticket;
+            memory.next_ticket += 1;
+            memory.tail.retain(|index, _| *index < from);
+            memory.hide_above = Some((ticket, from.saturating_sub(1)));
+            let purged = memory.last_purged;
+            // Only a log reaching past `last` changes its end.
+            if memory.last.is_some_and(|cur| cur.index >= from) {
+                memory.last = last.filter(|id| purged.is_none_or(|p| id.index > p.index));
+            }
+            ticket
+        };
+        let mut batch = WriteBatch::new();
+        batch.delete_range(self.shared.ns.raft_log(), from, u64::MAX);
+        let shared = Arc::clone(&self.shared);
+        submit_then(&self.shared.store, batch, move |result| {
+            note_failure(&shared, result);
+            let mut memory = shared.memory();
+            if memory.hide_above.is_some_and(|(t, _)| t == ticket) && result.is_ok() {
+                memory.hide_above = None;
+            }
+        })
+        .await
+        .map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.shared.check()?;
+        let ns = self.shared.ns;
+        let mut batch = WriteBatch::new();
+        batch
+            .delete_range(ns.raft_log(), 0, log_id.index.saturating_add(1))
+            .put(ns.raft_meta(), RAFT_KEY_LAST_PURGED, encode_log_id(&log_id));
+        {
+            let mut memory = self.shared.memory();
+            memory.tail.retain(|index, _| *index > log_id.index);
+            memory.last_purged = Some(log_id);
+            if memory.last.is_some_and(|last| last.index <= log_id.index) {
+                memory.last = None;
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        submit_then(&self.shared.store, batch, move |r| note_failure(&shared, r))
+            .await
+            .map_err(StorageError::from)?;
+        Ok(())
+    }
+}

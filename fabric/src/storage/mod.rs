@@ -1,0 +1,121 @@
+//! The kvstore-backed storage of volume groups: each volume's Raft log
+//! ([`LogStore`]) and state machine ([`VolumeStateMachine`]) in the node's
+//! one [`metro_kvstore::Store`].
+//!
+//! Model: a node opens one `Store` and wraps it in a [`NodeStorage`]; every
+//! volume replica it hosts opens its pair with [`NodeStorage::open_group`].
+//! All groups share the store's single writer, so appends from every group
+//! are group-committed into one fdatasync. Namespaces are listed in
+//! [`namespaces`].
+//!
+//! What is durable when:
+//! - Log appends: durable when openraft's `IOFlushed` callback runs (it runs
+//!   from the kvstore completion, i.e. after the fdatasync returned); readable
+//!   as soon as `append` returns (an in-memory tail covers the gap).
+//! - Vote, truncation, purge: durable when the call returns.
+//! - Committed log id: submitted, not awaited (optional in openraft);
+//!   durable no later than anything submitted after it.
+//! - State machine: an applied entry's blocks and the applied log id travel
+//!   in one batch, submitted and *not* awaited; reads see it at once through
+//!   an in-memory overlay. After a crash the applied log id read back is
+//!   exactly the one matching the durable blocks, and openraft re-applies the
+//!   log after it (the log, fsynced before commit, is the durability).
+//! - Snapshots: pinned kvstore snapshots of the block map, durable when
+//!   built or installed (see [`snapshot`]).
+//!
+//! kvstore runs batches in submission order (one writer, one FIFO queue), so
+//! any batch being durable implies every batch submitted before it is too;
+//! the storage relies on this ordering throughout. `Store::submit` blocks
+//! while kvstore's queue is full; the state machine keeps at most
+//! [`APPLY_IN_FLIGHT_MAX`] of its batches queued so that one group cannot
+//! fill it.
+
+pub mod codec;
+mod durable;
+pub mod log_store;
+pub mod namespaces;
+mod overlay;
+pub mod snapshot;
+pub mod state_machine;
+
+use std::io;
+use std::sync::Arc;
+
+use metro_kvstore::{Store, StoreError};
+
+pub use log_store::{LogReader, LogStore};
+pub use namespaces::GroupNamespaces;
+pub use snapshot::{PIECE_RECORDS_MAX, SnapshotData};
+pub use state_machine::{VolumeHandle, VolumeStateMachine};
+
+use crate::volume::VolumeId;
+
+/// Apply batches one state machine keeps queued in kvstore, at most.
+pub const APPLY_IN_FLIGHT_MAX: usize = 64;
+
+/// Errors of the kvstore-backed storage; openraft sees them as `io::Error`.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// kvstore failed the read or the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored value does not decode: damage kvstore's checksums missed, or
+    /// a bug. Never guessed at.
+    #[error("corrupt {what} under key {key}: {reason}")]
+    Corrupt {
+        what: &'static str,
+        key: u64,
+        reason: String,
+    },
+    /// A value could not be encoded (a limit of the wire format).
+    #[error("cannot encode {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+    /// A snapshot stream is malformed, out of order or from elsewhere.
+    #[error("snapshot stream: {0}")]
+    Snapshot(String),
+    /// An earlier write of this group failed; its durability is unknown, so
+    /// the group refuses further work until the node reopens the store.
+    #[error("group storage stopped after a failed write: {0}")]
+    Failed(String),
+}
+
+impl From<StorageError> for io::Error {
+    fn from(err: StorageError) -> Self {
+        io::Error::other(err)
+    }
+}
+
+/// One node's kvstore, shared by every group the node hosts.
+///
+/// Its identity (the `Arc`) tells a snapshot received on this node apart
+/// from one read from another store, so that installing it can swap a
+/// staged namespace instead of copying.
+#[derive(Debug)]
+pub struct NodeStorage {
+    store: Store,
+}
+
+impl NodeStorage {
+    /// Wraps the node's open store (whose `Writer` the caller drives).
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self { store })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Opens (recovering from kvstore) the log and state machine of
+    /// `volume`'s group. `size_blocks` is the volume's size until a `Resize`
+    /// entry or an installed snapshot says otherwise.
+    pub fn open_group<RT: openraft::AsyncRuntime>(
+        self: &Arc<Self>,
+        volume: VolumeId,
+        size_blocks: u64,
+    ) -> Result<(LogStore<RT>, VolumeStateMachine<RT>), StorageError> {
+        let log = LogStore::open(self.store.clone(), volume)?;
+        let sm = VolumeStateMachine::open(Arc::clone(self), volume, size_blocks)?;
+        Ok((log, sm))
+    }
+}

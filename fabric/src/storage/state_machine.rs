@@ -1,0 +1,694 @@
+//! [`VolumeStateMachine`]: openraft's `RaftStateMachine` for one volume, its
+//! block map in kvstore.
+//!
+//! Apply: each committed entry becomes one kvstore batch holding its block
+//! changes (puts, or a `delete_range` for trim / write-zeroes / shrink) and
+//! the new applied log id (plus membership or size when they change). The
+//! batch is submitted and *not* awaited: the entry is already durable in the
+//! log of a majority, and on restart the applied log id read back matches
+//! the blocks of the same batch, so openraft re-applies exactly the entries
+//! after it. The client is answered at once; reads see the applied data
+//! through a [`BlockOverlay`] of not-yet-durable batches (kvstore shows a
+//! batch only once durable), so a read never misses an applied write.
+//! At most [`APPLY_IN_FLIGHT_MAX`] batches are queued per volume.
+//!
+//! Blocks never written read as zeroes. Commands past the volume's end are
+//! answered [`VolumeResponse::OutOfRange`] on every replica alike.
+//! `CreateSnapshot`/`DeleteSnapshot` commands (DR snapshots) are accepted
+//! and not acted upon yet: their catalogue belongs to the DR work.
+//!
+//! Snapshots: see `snapshot.rs`. Building pins the active block-map slot
+//! (awaited, durable); installing swaps a staged slot in (awaited, durable).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures_util::TryStreamExt;
+use metro_kvstore::{Store, WriteBatch};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{AsyncRuntime, OptionalSend, RaftSnapshotBuilder};
+
+use super::codec::{
+    SnapshotRecord, decode_log_id, decode_meta, decode_snapshot_record, decode_u64, encode_log_id,
+    encode_meta, encode_snapshot_record, encode_u64,
+};
+use super::durable::{Durable, submit, submit_then};
+use super::namespaces::{
+    BLOCK_MAP_SLOTS, GroupNamespaces, SM_KEY_ACTIVE_SLOT, SM_KEY_APPLIED, SM_KEY_MEMBERSHIP,
+    SM_KEY_SIZE, SM_KEY_SNAPSHOT, SM_KEY_SNAPSHOT_META,
+};
+use super::overlay::{BlockOverlay, Lookup};
+use super::snapshot::SnapshotData;
+use super::{APPLY_IN_FLIGHT_MAX, NodeStorage, StorageError};
+use crate::raft::router::{ReceiveSnapshot, VolumeRead};
+use crate::raft::types::{
+    Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use crate::volume::{BLOCK_BYTES, BlockData, VolumeCommand, VolumeId, VolumeResponse};
+
+/// The state machine's view beyond kvstore's durable one.
+#[derive(Debug)]
+struct SmState {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    size_blocks: u64,
+    active_slot: u8,
+    /// The current Raft snapshot: where it is pinned, and its metadata.
+    current: Option<(SnapshotRecord, SnapshotMeta)>,
+    /// The slot used for staging last (staging rotates over the others).
+    last_staging: u8,
+    /// Why an earlier write failed.
+    failure: Option<String>,
+}
+
+#[derive(Debug)]
+struct SmShared {
+    node: Arc<NodeStorage>,
+    ns: GroupNamespaces,
+    state: Mutex<SmState>,
+    overlay: Mutex<BlockOverlay>,
+}
+
+/// The state machine of one volume group.
+pub struct VolumeStateMachine<RT> {
+    shared: Arc<SmShared>,
+    /// Apply batches submitted and not yet known durable, oldest first.
+    in_flight: VecDeque<Durable>,
+    _runtime: PhantomData<fn() -> RT>,
+}
+
+impl<RT> std::fmt::Debug for VolumeStateMachine<RT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VolumeStateMachine({})", self.shared.ns.volume)
+    }
+}
+
+/// A cloneable read handle on a volume's applied blocks (for tests,
+/// metrics, and local reads that tolerate racing a snapshot install).
+#[derive(Clone, Debug)]
+pub struct VolumeHandle {
+    shared: Arc<SmShared>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SmShared {
+    fn state(&self) -> MutexGuard<'_, SmState> {
+        lock(&self.state)
+    }
+
+    fn store(&self) -> &Store {
+        self.node.store()
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        match &self.state().failure {
+            Some(why) => Err(StorageError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn note(&self, result: &Result<u64, metro_kvstore::StoreError>) {
+        if let Err(err) = result {
+            self.state().failure.get_or_insert_with(|| err.to_string());
+        }
+    }
+
+    fn sm_value(&self, key: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.store().get(self.ns.sm_meta(), key)?)
+    }
+}
+
+/// What `open` reads back from the metadata namespace.
+fn load_state<RT: AsyncRuntime>(
+    shared: &SmShared,
+    size_blocks: u64,
+) -> Result<SmState, StorageError> {
+    let volume = shared.ns.volume;
+    let applied = shared
+        .sm_value(SM_KEY_APPLIED)?
+        .map(|b| decode_log_id(SM_KEY_APPLIED, &b))
+        .transpose()?;
+    let membership = shared
+        .sm_value(SM_KEY_MEMBERSHIP)?
+        .map(|b| decode_meta::<RT>(volume, SM_KEY_MEMBERSHIP, &b))
+        .transpose()?
+        .map(|meta| meta.last_membership)
+        .unwrap_or_default();
+    let size_blocks = shared
+        .sm_value(SM_KEY_SIZE)?
+        .map(|b| decode_u64("volume size", SM_KEY_SIZE, &b))
+        .transpose()?
+        .unwrap_or(size_blocks);
+    let active_slot = match shared.sm_value(SM_KEY_ACTIVE_SLOT)? {
+        None => 0,
+        Some(b) => match decode_u64("active slot", SM_KEY_ACTIVE_SLOT, &b)? {
+            slot if slot < u64::from(BLOCK_MAP_SLOTS) => slot as u8,
+            slot => {
+                return Err(StorageError::Corrupt {
+                    what: "active slot",
+                    key: SM_KEY_ACTIVE_SLOT,
+                    reason: format!("slot {slot}"),
+                });
+            }
+        },
+    };
+    let current = load_current::<RT>(shared, active_slot)?;
+    Ok(SmState {
+        applied,
+        membership,
+        size_blocks,
+        active_slot,
+        current,
+        last_staging: active_slot,
+        failure: None,
+    })
+}
+
+/// The recorded current snapshot, if it is still pinned in the active slot.
+fn load_current<RT: AsyncRuntime>(
+    shared: &SmShared,
+    active_slot: u8,
+) -> Result<Option<(SnapshotRecord, SnapshotMeta)>, StorageError> {
+    let Some(record) = shared.sm_value(SM_KEY_SNAPSHOT)? else {
+        return Ok(None);
+    };
+    let record = decode_snapshot_record(SM_KEY_SNAPSHOT, &record)?;
+    let pinned = shared.store().snapshots(shared.ns.block_map(active_slot));
+    if record.slot != active_slot || !pinned.iter().any(|s| s.seq == record.seq) {
+        return Ok(None);
+    }
+    let Some(meta) = shared.sm_value(SM_KEY_SNAPSHOT_META)? else {
+        return Ok(None);
+    };
+    let meta = decode_meta::<RT>(shared.ns.volume, SM_KEY_SNAPSHOT_META, &meta)?;
+    Ok(Some((record, meta)))
+}
+
+impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
+    /// Opens `volume`'s state machine from `node`'s store; `size_blocks` is
+    /// the size until a stored one says otherwise. Empties stale staging
+    /// slots and unpins snapshots no longer current (queued, not awaited:
+    /// later writes are ordered after them).
+    pub fn open(
+        node: Arc<NodeStorage>,
+        volume: VolumeId,
+        size_blocks: u64,
+    ) -> Result<Self, StorageError> {
+        let shared = SmShared {
+            node,
+            ns: GroupNamespaces::new(volume),
+            state: Mutex::new(placeholder_state()),
+            overlay: Mutex::new(BlockOverlay::default()),
+        };
+        let state = load_state::<RT>(&shared, size_blocks)?;
+        *shared.state() = state;
+        let shared = Arc::new(shared);
+        clean_up(&shared);
+        Ok(Self {
+            shared,
+            in_flight: VecDeque::new(),
+            _runtime: PhantomData,
+        })
+    }
+
+    /// A read handle sharing this state machine's view.
+    pub fn handle(&self) -> VolumeHandle {
+        VolumeHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Submits an apply batch; waits only while [`APPLY_IN_FLIGHT_MAX`] are queued.
+    async fn submit_apply(&mut self, batch: WriteBatch, ticket: u64) -> Result<(), StorageError> {
+        while self.in_flight.front().is_some_and(Durable::is_done) {
+            if let Some(done) = self.in_flight.pop_front() {
+                done.await?;
+            }
+        }
+        if self.in_flight.len() >= APPLY_IN_FLIGHT_MAX
+            && let Some(oldest) = self.in_flight.pop_front()
+        {
+            oldest.await?;
+        }
+        let shared = Arc::clone(&self.shared);
+        let durable = submit_then(self.shared.store(), batch, move |result| {
+            shared.note(result);
+            lock(&shared.overlay).durable(ticket);
+        });
+        self.in_flight.push_back(durable);
+        Ok(())
+    }
+
+    /// Waits until every submitted apply batch is durable.
+    async fn drain(&mut self) -> Result<(), StorageError> {
+        while let Some(durable) = self.in_flight.pop_front() {
+            durable.await?;
+        }
+        Ok(())
+    }
+
+    /// Pins the active slot as the current Raft snapshot; durable on return.
+    async fn pin_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let shared = Arc::clone(&self.shared);
+        let (slot, size_blocks, meta, old) = {
+            let state = shared.state();
+            let meta = SnapshotMeta {
+                last_log_id: state.applied,
+                last_membership: state.membership.clone(),
+            };
+            (
+                state.active_slot,
+                state.size_blocks,
+                meta,
+                state.current.as_ref().map(|c| c.0),
+            )
+        };
+        let ns = shared.ns.block_map(slot);
+        let seq = submit(shared.store(), WriteBatch::create_snapshot(ns)).await?;
+        let record = SnapshotRecord {
+            slot,
+            seq,
+            size_blocks,
+        };
+        let mut batch = WriteBatch::new();
+        batch
+            .put(
+                shared.ns.sm_meta(),
+                SM_KEY_SNAPSHOT,
+                encode_snapshot_record(&record),
+            )
+            .put(
+                shared.ns.sm_meta(),
+                SM_KEY_SNAPSHOT_META,
+                encode_meta::<RT>(shared.ns.volume, &meta)?,
+            );
+        submit(shared.store(), batch).await?;
+        shared.state().current = Some((record, meta.clone()));
+        if let Some(old) = old.filter(|old| old.slot == slot && old.seq != seq) {
+            // Not awaited: a transfer still reading it fails and is retried.
+            drop(submit(
+                shared.store(),
+                WriteBatch::drop_snapshot(ns, old.seq),
+            ));
+        }
+        let data = SnapshotData::pinned(Arc::clone(&shared.node), shared.ns.volume, record);
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+
+    /// Empties an unused block-map slot and returns it as a staging area.
+    async fn begin_staging(&mut self) -> Result<SnapshotData, StorageError> {
+        let slot = {
+            let mut state = self.shared.state();
+            let mut slot = state.last_staging;
+            loop {
+                slot = (slot + 1) % BLOCK_MAP_SLOTS;
+                if slot != state.active_slot {
+                    break;
+                }
+            }
+            state.last_staging = slot;
+            slot
+        };
+        let mut batch = WriteBatch::new();
+        batch.drop_namespace(self.shared.ns.block_map(slot));
+        submit(self.shared.store(), batch).await?;
+        let node = Arc::clone(&self.shared.node);
+        Ok(SnapshotData::staging(node, self.shared.ns.volume, slot))
+    }
+
+    /// Points the volume at the staged `slot` with `meta`'s applied state,
+    /// dropping the old block map; durable on return.
+    async fn swap_in(
+        &mut self,
+        slot: u8,
+        size_blocks: u64,
+        meta: &SnapshotMeta,
+    ) -> Result<(), StorageError> {
+        let ns = self.shared.ns;
+        let volume = ns.volume;
+        let sm = ns.sm_meta();
+        let old = self.shared.state().active_slot;
+        let membership = SnapshotMeta {
+            last_log_id: None,
+            last_membership: meta.last_membership.clone(),
+        };
+        let mut batch = WriteBatch::new();
+        batch
+            .put(sm, SM_KEY_ACTIVE_SLOT, encode_u64(u64::from(slot)))
+            .put(
+                sm,
+                SM_KEY_MEMBERSHIP,
+                encode_meta::<RT>(volume, &membership)?,
+            )
+            .put(sm, SM_KEY_SIZE, encode_u64(size_blocks))
+            .delete(sm, SM_KEY_SNAPSHOT)
+            .delete(sm, SM_KEY_SNAPSHOT_META);
+        match &meta.last_log_id {
+            Some(id) => batch.put(sm, SM_KEY_APPLIED, encode_log_id(id)),
+            None => batch.delete(sm, SM_KEY_APPLIED),
+        };
+        if old != slot {
+            batch.drop_namespace(ns.block_map(old));
+        }
+        submit(self.shared.store(), batch).await?;
+        let mut state = self.shared.state();
+        state.active_slot = slot;
+        state.applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        state.size_blocks = size_blocks;
+        state.current = None;
+        lock(&self.shared.overlay).clear();
+        Ok(())
+    }
+
+    async fn install(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut data: SnapshotData,
+    ) -> Result<(), StorageError> {
+        self.shared.check()?;
+        self.drain().await?;
+        let (slot, size_blocks) = match data.staged_slot(&self.shared.node, self.shared.ns.volume) {
+            Some(slot) => (slot, data.size_blocks()),
+            None => {
+                let mut staging = self.begin_staging().await?;
+                data.copy_into(&mut staging).await?;
+                let slot = staging
+                    .staged_slot(&self.shared.node, self.shared.ns.volume)
+                    .ok_or_else(|| StorageError::Snapshot("empty snapshot stream".into()))?;
+                (slot, staging.size_blocks())
+            }
+        };
+        self.swap_in(slot, size_blocks, meta).await?;
+        self.pin_snapshot().await?;
+        Ok(())
+    }
+}
+
+fn placeholder_state() -> SmState {
+    SmState {
+        applied: None,
+        membership: StoredMembership::default(),
+        size_blocks: 0,
+        active_slot: 0,
+        current: None,
+        last_staging: 0,
+        failure: None,
+    }
+}
+
+/// Empties slots other than the active one and unpins snapshots of the
+/// active slot other than the current one (leftovers of a crash).
+fn clean_up(shared: &SmShared) {
+    let store = shared.store();
+    let (active, current) = {
+        let state = shared.state();
+        (state.active_slot, state.current.as_ref().map(|c| c.0.seq))
+    };
+    for slot in (0..BLOCK_MAP_SLOTS).filter(|s| *s != active) {
+        let ns = shared.ns.block_map(slot);
+        let used = !store.snapshots(ns).is_empty()
+            || store
+                .scan(ns, 0..u64::MAX, 1)
+                .is_ok_and(|page| !page.is_empty());
+        if used {
+            let mut batch = WriteBatch::new();
+            batch.drop_namespace(ns);
+            drop(submit(store, batch));
+        }
+    }
+    let ns = shared.ns.block_map(active);
+    for snapshot in store.snapshots(ns) {
+        if Some(snapshot.seq) != current {
+            drop(submit(store, WriteBatch::drop_snapshot(ns, snapshot.seq)));
+        }
+    }
+}
+
+/// Adds `command`'s block changes to `batch` and the overlay.
+fn apply_command(
+    shared: &SmShared,
+    state: &mut SmState,
+    overlay: &mut BlockOverlay,
+    ticket: u64,
+    command: &VolumeCommand,
+    batch: &mut WriteBatch,
+) -> VolumeResponse {
+    let size_blocks = state.size_blocks;
+    if let Some((offset, len)) = command.block_range()
+        && offset.checked_add(len).is_none_or(|end| end > size_blocks)
+    {
+        return VolumeResponse::OutOfRange { size_blocks };
+    }
+    let ns = shared.ns.block_map(state.active_slot);
+    match command {
+        VolumeCommand::Write {
+            offset_blocks,
+            data,
+        } => {
+            for (i, block) in data.blocks().enumerate() {
+                batch.put(ns, offset_blocks + i as u64, block.to_vec());
+            }
+            overlay.write(ticket, *offset_blocks, data);
+        }
+        VolumeCommand::Trim {
+            offset_blocks,
+            len_blocks,
+        }
+        | VolumeCommand::WriteZeroes {
+            offset_blocks,
+            len_blocks,
+        } => {
+            let end = offset_blocks + len_blocks;
+            batch.delete_range(ns, *offset_blocks, end);
+            overlay.zero(ticket, *offset_blocks..end);
+        }
+        VolumeCommand::Resize { size_blocks: size } => {
+            if *size < size_blocks {
+                batch.delete_range(ns, *size, u64::MAX);
+                overlay.zero(ticket, *size..u64::MAX);
+            }
+            state.size_blocks = *size;
+            batch.put(shared.ns.sm_meta(), SM_KEY_SIZE, encode_u64(*size));
+        }
+        VolumeCommand::CreateSnapshot { .. } | VolumeCommand::DeleteSnapshot { .. } => {}
+    }
+    VolumeResponse::Applied
+}
+
+impl SmShared {
+    /// Builds the batch applying `entry`, updating state and overlay.
+    fn prepare<RT: AsyncRuntime>(
+        &self,
+        entry: &Entry,
+    ) -> Result<(WriteBatch, u64, VolumeResponse), StorageError> {
+        let mut state = self.state();
+        let mut overlay = lock(&self.overlay);
+        let ticket = overlay.ticket();
+        let sm = self.ns.sm_meta();
+        let mut batch = WriteBatch::new();
+        batch.put(sm, SM_KEY_APPLIED, encode_log_id(&entry.log_id));
+        state.applied = Some(entry.log_id);
+        let response = match &entry.payload {
+            EntryPayload::Blank => VolumeResponse::Applied,
+            EntryPayload::Membership(membership) => {
+                state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                let meta = SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: state.membership.clone(),
+                };
+                batch.put(
+                    sm,
+                    SM_KEY_MEMBERSHIP,
+                    encode_meta::<RT>(self.ns.volume, &meta)?,
+                );
+                VolumeResponse::Applied
+            }
+            EntryPayload::Normal(command) => {
+                apply_command(self, &mut state, &mut overlay, ticket, command, &mut batch)
+            }
+        };
+        Ok((batch, ticket, response))
+    }
+}
+
+impl VolumeHandle {
+    /// Reads `len_blocks` applied blocks from `offset_blocks` (zeroes where
+    /// never written).
+    pub fn read_blocks(
+        &self,
+        offset_blocks: u64,
+        len_blocks: u32,
+    ) -> Result<BlockData, StorageError> {
+        self.shared.check()?;
+        let end = offset_blocks.saturating_add(u64::from(len_blocks));
+        let (slot, size_blocks) = {
+            let state = self.shared.state();
+            (state.active_slot, state.size_blocks)
+        };
+        if end > size_blocks {
+            return Err(StorageError::Snapshot(format!(
+                "read of blocks {offset_blocks}..{end} passes the volume end {size_blocks}"
+            )));
+        }
+        // The overlay first, then kvstore: a batch that turns durable in
+        // between is then seen in one place or the other, never neither.
+        let pending: Vec<Option<Option<Vec<u8>>>> = {
+            let overlay = lock(&self.shared.overlay);
+            (offset_blocks..end)
+                .map(|block| match overlay.lookup(block) {
+                    Lookup::Data(bytes) => Some(Some(bytes.to_vec())),
+                    Lookup::Zero => Some(None),
+                    Lookup::Miss => None,
+                })
+                .collect()
+        };
+        let ns = self.shared.ns.block_map(slot);
+        let stored = self
+            .shared
+            .store()
+            .scan(ns, offset_blocks..end, len_blocks as usize)?;
+        let mut out = vec![0u8; len_blocks as usize * BLOCK_BYTES];
+        for (block, value) in stored {
+            if value.len() != BLOCK_BYTES {
+                return Err(StorageError::Corrupt {
+                    what: "block",
+                    key: block,
+                    reason: format!("{} bytes", value.len()),
+                });
+            }
+            let at = (block - offset_blocks) as usize * BLOCK_BYTES;
+            out[at..at + BLOCK_BYTES].copy_from_slice(&value);
+        }
+        for (i, pending) in pending.into_iter().enumerate() {
+            if let Some(bytes) = pending {
+                let target = &mut out[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                match bytes {
+                    Some(bytes) => target.copy_from_slice(&bytes),
+                    None => target.fill(0),
+                }
+            }
+        }
+        BlockData::new(out).map_err(|err| StorageError::Snapshot(err.to_string()))
+    }
+
+    /// One applied block (zeroes if never written).
+    pub fn block(&self, index: u64) -> Result<Vec<u8>, StorageError> {
+        Ok(self.read_blocks(index, 1)?.as_bytes().to_vec())
+    }
+
+    /// The last applied log id.
+    pub fn applied(&self) -> Option<LogId> {
+        self.shared.state().applied
+    }
+
+    /// The volume's size in blocks.
+    pub fn size_blocks(&self) -> u64 {
+        self.shared.state().size_blocks
+    }
+}
+
+/// Hands out the snapshot pinned when the builder was made.
+#[derive(Debug)]
+pub struct VolumeSnapshotBuilder {
+    snapshot: Option<Result<Snapshot, StorageError>>,
+}
+
+impl<RT: AsyncRuntime> RaftSnapshotBuilder<TypeConfig<RT>> for VolumeSnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        match self.snapshot.take() {
+            Some(result) => Ok(result?),
+            None => Err(io::Error::other("snapshot builder used twice")),
+        }
+    }
+}
+
+impl<RT: AsyncRuntime> RaftStateMachine<TypeConfig<RT>> for VolumeStateMachine<RT> {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = VolumeSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        self.shared.check()?;
+        let state = self.shared.state();
+        Ok((state.applied, state.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
+    where
+        S: futures_util::Stream<Item = Result<EntryResponder<TypeConfig<RT>>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            self.shared.check()?;
+            let (batch, ticket, response) = self.shared.prepare::<RT>(&entry)?;
+            self.submit_apply(batch, ticket).await?;
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let snapshot = match self.shared.check() {
+            Ok(()) => self.pin_snapshot().await,
+            Err(err) => Err(err),
+        };
+        VolumeSnapshotBuilder {
+            snapshot: Some(snapshot),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        Ok(self.install(meta, snapshot).await?)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        self.shared.check()?;
+        let state = self.shared.state();
+        Ok(state.current.as_ref().map(|(record, meta)| Snapshot {
+            meta: meta.clone(),
+            snapshot: SnapshotData::pinned(
+                Arc::clone(&self.shared.node),
+                self.shared.ns.volume,
+                *record,
+            ),
+        }))
+    }
+}
+
+impl<RT: AsyncRuntime> VolumeRead for VolumeStateMachine<RT> {
+    fn read_blocks(
+        &mut self,
+        offset_blocks: u64,
+        len_blocks: u32,
+    ) -> impl Future<Output = Result<BlockData, String>> + Send + '_ {
+        let result = self
+            .handle()
+            .read_blocks(offset_blocks, len_blocks)
+            .map_err(|err| err.to_string());
+        std::future::ready(result)
+    }
+}
+
+impl<RT: AsyncRuntime> ReceiveSnapshot for VolumeStateMachine<RT> {
+    async fn begin_receive(&mut self) -> Result<SnapshotData, String> {
+        self.begin_staging().await.map_err(|err| err.to_string())
+    }
+}
