@@ -17,4 +17,6 @@ need() {
 }
 
 need cargo "the Rust toolchain (https://rustup.rs)"
+# etcd-client (metro-node) generates its gRPC code with protoc at build time.
+need protoc protobuf-compiler
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

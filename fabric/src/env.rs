@@ -81,10 +81,7 @@ pub trait RequestHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
-/// The cluster's desired-state store (etcd in production, an in-memory model
-/// in the demo, unit tests and the simulator).
-///
-/// Declared now so the seam is visible; its operations (ranges, leases with
-/// TTL, watches, compare-and-swap transactions, election) are filled in with
-/// both implementations by the control-plane issue.
-pub trait Membership: Send + Sync + 'static {}
+// The cluster's desired-state store (etcd in production, an in-memory model
+// in the demo, unit tests and the simulator): the trait, its types and its
+// contract live in `crate::membership`.
+pub use crate::membership::{Membership, MembershipError, WatchStream};

@@ -1,6 +1,8 @@
 //! metro-node: the production implementations of fabric's environment seam
-//! (QUIC transport with mutual TLS, the cluster CA) used by the `metro` binary.
+//! (QUIC transport with mutual TLS, the cluster CA, etcd membership) used by
+//! the `metro` binary.
 
+pub mod etcd_membership;
 pub mod quic_frame;
 mod quic_server;
 pub mod quic_tls;
