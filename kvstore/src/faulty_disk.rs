@@ -30,7 +30,10 @@ use crate::rng::SplitMix64;
 pub enum FaultOp {
     Read,
     Write,
+    /// `fdatasync` of a file.
     Sync,
+    /// `fsync` of the directory.
+    SyncDir,
 }
 
 /// Counters of what the disk was asked to do.
@@ -220,6 +223,7 @@ impl FaultyDisk {
                 FaultOp::Read => "read",
                 FaultOp::Write => "write",
                 FaultOp::Sync => "fdatasync",
+                FaultOp::SyncDir => "fsync(dir)",
             };
             return Err(DiskError::io(what, name, eio()));
         }
@@ -275,7 +279,7 @@ impl Disk for FaultyDisk {
     }
 
     fn sync_dir(&self) -> Result<(), DiskError> {
-        self.inject(FaultOp::Sync, "<dir>")?;
+        self.inject(FaultOp::SyncDir, "<dir>")?;
         let mut dir = self.shared.dir.lock();
         dir.durable_names = dir.names.clone();
         Ok(())

@@ -1,16 +1,17 @@
-//! Pipelined group commit: the fsync of one group overlaps the gathering of
-//! the next.
+//! Pipelined group commit: the log keeps growing while it is being synced.
 //!
-//! With a [`Syncer`] attached, [`Writer::run`] keeps at most one group in
-//! flight: it appends group N to the log and hands the files to the syncer;
-//! while `fdatasync` runs, it keeps collecting submissions for group N+1.
-//! When the sync reports back it publishes N, appends N+1 and starts its
-//! sync, and only then runs N's completions and any upkeep — so wake-ups and
-//! compaction overlap the next fsync instead of delaying it.
+//! With a [`Syncer`] attached, [`Writer::run`] appends every group to the
+//! log as soon as it arrives, without waiting. At most one `fdatasync` runs
+//! at a time, on the syncer; it covers every group written before it
+//! started. When it returns, the writer immediately starts the next one for
+//! whatever was written meanwhile, then publishes and acknowledges the
+//! groups the finished sync covered, then does upkeep. So the disk always
+//! has the next sync queued behind the current one, and wake-ups, index
+//! updates and compaction overlap an fsync instead of delaying it.
 //!
 //! Durability is unchanged: a batch is published and acknowledged only after
 //! an `fdatasync` that started after its bytes were written has returned.
-//! A checkpoint taken while N+1 is written but not yet synced records
+//! A checkpoint taken while groups are written but not yet synced records
 //! `published_seq` and replays from the segment of the newest published
 //! batch, so unsynced records are never claimed by a checkpoint.
 //!
@@ -25,8 +26,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select_biased};
 use crate::disk::DiskFile;
 use crate::error::StoreError;
 use crate::writer::{
-    CompletedGroup, GROUP_BYTES_MAX, GROUP_SUBMISSIONS_MAX, GroupImage, Submission, Writer,
-    run_completions,
+    GROUP_BYTES_MAX, GROUP_SUBMISSIONS_MAX, GroupImage, Submission, Writer, run_completions,
 };
 
 /// Files to fsync for one group.
@@ -64,12 +64,22 @@ impl Syncer {
     }
 }
 
-/// A group appended to the log whose fsync is running (or, for a lone
-/// batch, already done inline: `synced` is then set).
-struct InFlight {
+/// A group appended to the log, not yet known to be durable.
+struct Written {
     group: Vec<Submission>,
-    image: Result<GroupImage, StoreError>,
-    synced: Option<Result<(), StoreError>>,
+    image: GroupImage,
+}
+
+/// Groups between "appended" and "acknowledged".
+#[derive(Default)]
+struct Pipeline {
+    /// Appended after the running sync started (or with none running).
+    written: Vec<Written>,
+    /// Covered by the running sync.
+    syncing: Vec<Written>,
+    sync_running: bool,
+    /// The submission queue is closed: finish what is pending and stop.
+    closed: bool,
 }
 
 impl Writer {
@@ -89,129 +99,132 @@ impl Writer {
     }
 
     pub(crate) fn run_pipelined(mut self) {
-        let mut next: Vec<Submission> = Vec::new();
-        let mut in_flight: Option<InFlight> = None;
-        let mut open = true;
+        let mut p = Pipeline::default();
         loop {
-            match in_flight.take() {
-                None => {
-                    if next.is_empty() {
-                        match self.rx.recv() {
-                            Ok(first) => next.push(first),
-                            Err(_) => return,
-                        }
-                    }
-                    self.top_up(&mut next);
-                    in_flight = Some(self.start(std::mem::take(&mut next)));
+            if !p.sync_running && !p.written.is_empty() {
+                self.start_sync(&mut p);
+            }
+            if p.closed && !p.sync_running && p.written.is_empty() {
+                return;
+            }
+            let link = self.syncer.as_ref().expect("pipelined writer has a syncer");
+            let results = link.results.clone();
+            if p.closed {
+                let result = recv_result(&results);
+                self.sync_finished(&mut p, result);
+                continue;
+            }
+            select_biased! {
+                recv(results) -> r => {
+                    let result = r.unwrap_or_else(|_| Err(syncer_gone()));
+                    self.sync_finished(&mut p, result);
                 }
-                Some(current) => {
-                    // A group that failed to be written was never sent to the
-                    // syncer: there is nothing to wait for.
-                    let synced = match (&current.image, current.synced.is_some()) {
-                        (Ok(_), false) => self.wait_for_sync(&mut next, &mut open),
-                        _ => Ok(()),
-                    };
-                    let done = self.finish(current, synced);
-                    if !next.is_empty() {
-                        self.top_up(&mut next);
-                        in_flight = Some(self.start(std::mem::take(&mut next)));
-                    }
-                    run_completions(done);
-                    self.maintain_or_poison();
-                    if !open && in_flight.is_none() {
-                        return;
-                    }
-                }
+                recv(self.rx) -> sub => match sub {
+                    Ok(first) => self.append(&mut p, first),
+                    Err(_) => p.closed = true,
+                },
             }
         }
     }
 
-    /// Adds whatever is queued to `next`, within the group limits.
-    fn top_up(&mut self, next: &mut Vec<Submission>) {
-        let mut bytes: usize = next.iter().map(|s| s.batch.encoded_len()).sum();
-        while next.len() < GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX {
+    /// Gathers what is queued behind `first` and appends it as one group.
+    /// A lone batch with nothing else pending is synced inline: at queue
+    /// depth one there is nothing to overlap, and the hand-off to the syncer
+    /// would only add latency.
+    fn append(&mut self, p: &mut Pipeline, first: Submission) {
+        let mut group = vec![first];
+        self.top_up(&mut group);
+        self.last_group_len = group.len();
+        let image = match self.write_group(&group) {
+            Ok(image) => image,
+            Err(e) => return run_completions(self.finish_group(group, Err(e))),
+        };
+        let lone = group.len() == 1 && !p.sync_running && p.written.is_empty();
+        if lone && self.rx.is_empty() {
+            let synced = image
+                .dirty
+                .iter()
+                .try_for_each(|f| f.sync_data())
+                .map_err(StoreError::from)
+                .map(|()| image);
+            run_completions(self.finish_group(group, synced));
+            self.maintain_or_poison();
+            return;
+        }
+        p.written.push(Written { group, image });
+    }
+
+    /// Adds whatever is queued to `group`, within the group limits.
+    fn top_up(&mut self, group: &mut Vec<Submission>) {
+        let mut bytes: usize = group.iter().map(|s| s.batch.encoded_len()).sum();
+        while group.len() < GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX {
             match self.rx.try_recv() {
                 Ok(sub) => {
                     bytes += sub.batch.encoded_len();
-                    next.push(sub);
+                    group.push(sub);
                 }
                 Err(_) => break,
             }
         }
     }
 
-    /// Appends `group` and starts its fsync. A lone batch with nothing queued
-    /// behind it is synced inline: at queue depth one there is nothing to
-    /// overlap, and the hand-off to the syncer would only add latency.
-    fn start(&mut self, group: Vec<Submission>) -> InFlight {
-        self.last_group_len = group.len();
-        let image = self.write_group(&group);
-        let inline = group.len() == 1 && self.rx.is_empty();
-        let mut synced = None;
-        let image = image.and_then(|image| {
-            if inline {
-                synced = Some(
-                    image
-                        .dirty
-                        .iter()
-                        .try_for_each(|f| f.sync_data())
-                        .map_err(Into::into),
-                );
-                return Ok(image);
-            }
-            let link = self.syncer.as_ref().expect("pipelined writer has a syncer");
-            link.jobs
-                .send(image.dirty.clone())
-                .map_err(|_| StoreError::Poisoned("the syncer has stopped".into()))?;
-            Ok(image)
-        });
-        InFlight {
-            group,
-            image,
-            synced,
-        }
-    }
-
-    /// Waits for the running fsync, collecting the next group meanwhile.
-    fn wait_for_sync(
-        &mut self,
-        next: &mut Vec<Submission>,
-        open: &mut bool,
-    ) -> Result<(), StoreError> {
-        let link = self.syncer.as_ref().expect("pipelined writer has a syncer");
-        loop {
-            let room = *open && next.len() < GROUP_SUBMISSIONS_MAX;
-            if !room {
-                return link.results.recv().unwrap_or_else(|_| {
-                    Err(StoreError::Poisoned("the syncer has stopped".into()))
-                });
-            }
-            select_biased! {
-                recv(link.results) -> result => {
-                    return result.unwrap_or_else(|_| {
-                        Err(StoreError::Poisoned("the syncer has stopped".into()))
-                    });
+    /// Hands every file written since the last sync started to the syncer.
+    fn start_sync(&mut self, p: &mut Pipeline) {
+        let mut files: SyncJob = Vec::new();
+        for w in &p.written {
+            for f in &w.image.dirty {
+                if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    files.push(f.clone());
                 }
-                recv(self.rx) -> sub => match sub {
-                    Ok(sub) => next.push(sub),
-                    Err(_) => *open = false,
-                },
             }
         }
+        p.syncing = std::mem::take(&mut p.written);
+        let link = self.syncer.as_ref().expect("pipelined writer has a syncer");
+        if link.jobs.send(files).is_err() {
+            let failed = std::mem::take(&mut p.syncing);
+            self.fail_all(failed, syncer_gone());
+            return;
+        }
+        p.sync_running = true;
     }
 
-    fn finish(&mut self, current: InFlight, synced: Result<(), StoreError>) -> CompletedGroup {
-        let InFlight {
-            group,
-            image,
-            synced: inline,
-        } = current;
-        let synced = inline.unwrap_or(synced);
-        let image = match (image, synced) {
-            (Ok(image), Ok(())) => Ok(image),
-            // A group that failed to write never reached the syncer.
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-        };
-        self.finish_group(group, image)
+    /// A sync returned: start the next one, then acknowledge what it covered.
+    fn sync_finished(&mut self, p: &mut Pipeline, result: Result<(), StoreError>) {
+        p.sync_running = false;
+        let covered = std::mem::take(&mut p.syncing);
+        if let Err(e) = result {
+            self.fail_all(covered, e);
+            let unsynced = std::mem::take(&mut p.written);
+            self.fail_all(
+                unsynced,
+                StoreError::Poisoned("an earlier fsync failed".into()),
+            );
+            return;
+        }
+        if !p.written.is_empty() {
+            self.start_sync(p);
+        }
+        let mut done = Vec::new();
+        for w in covered {
+            done.extend(self.finish_group(w.group, Ok(w.image)));
+        }
+        run_completions(done);
+        self.maintain_or_poison();
     }
+
+    fn fail_all(&mut self, groups: Vec<Written>, e: StoreError) {
+        self.poison(&e);
+        for w in groups {
+            let err = StoreError::Poisoned(e.to_string());
+            run_completions(self.finish_group(w.group, Err(err)));
+        }
+    }
+}
+
+fn syncer_gone() -> StoreError {
+    StoreError::Poisoned("the syncer has stopped".into())
+}
+
+fn recv_result(results: &Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
+    results.recv().unwrap_or_else(|_| Err(syncer_gone()))
 }

@@ -284,7 +284,11 @@ impl Writer {
             let at = self.log.offset + buf.len() as u64;
             if at + record_len > u64::from(self.options.segment_bytes) && at > SEGMENT_HEADER_BYTES
             {
-                image.dirty.push(self.flush_log(&buf)?);
+                // The sealed segment is made durable before anything lands
+                // in the next one: otherwise a crash could keep a later
+                // segment's unsynced records and lose this one's, leaving a
+                // gap in the log that recovery must refuse.
+                self.flush_log(&buf)?.sync_data()?;
                 image.buffers.push(std::mem::take(&mut buf));
                 self.log = self.open_segment(SegmentKind::Log)?;
             }

@@ -249,3 +249,35 @@ fn concurrent_submitters_on_real_files_survive_reopen() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression: an unacknowledged group that spans a segment roll, then a
+/// crash that keeps the new segment's unsynced tail but not the old one's,
+/// once left a sequence gap that made the store refuse to open.
+#[test]
+fn unacknowledged_group_across_a_segment_roll_never_blocks_recovery() {
+    let options = Options {
+        segment_bytes: 8 << 10,
+        ..small_options()
+    };
+    for seed in 0..64 {
+        let disk = FaultyDisk::new(seed);
+        let (store, mut writer) = open(&disk, &options).unwrap();
+        // Fill the first segment so that the doomed group's first batches
+        // still fit in it and a later one rolls to the next segment.
+        for key in 0..6 {
+            put(&store, &mut writer, key, vec![1; 1000]);
+        }
+        disk.fail_next(metro_kvstore::FaultOp::Sync, 1);
+        for key in 10..14 {
+            let mut b = WriteBatch::new();
+            b.put(NS, key, vec![2; 900]);
+            store.submit(b, Box::new(|r| assert!(r.is_err(), "nothing acknowledged")));
+        }
+        writer.step();
+        drop((store, writer));
+        disk.crash(CrashMode::TearTail);
+        let (store, _w) =
+            open(&disk, &options).unwrap_or_else(|e| panic!("seed {seed}: recovery refused: {e}"));
+        assert_eq!(store.scan(NS, 0..6, 10).unwrap().len(), 6, "seed {seed}");
+    }
+}
