@@ -191,7 +191,7 @@ fn kvstore_runs(args: &Args, blocks: u64, secs: Duration) -> anyhow::Result<KvRu
             row.extra.push((
                 "batches_per_fsync".into(),
                 (after.batches - before.batches) as f64
-                    / (after.group_commits - before.group_commits).max(1) as f64,
+                    / (after.log_syncs - before.log_syncs).max(1) as f64,
             ));
             rows.push(row);
         }

@@ -147,6 +147,7 @@ impl Writer {
                 .try_for_each(|f| f.sync_data())
                 .map_err(StoreError::from)
                 .map(|()| image);
+            self.shared.stats.lock().log_syncs += 1;
             run_completions(self.finish_group(group, synced));
             self.maintain_or_poison();
             return;
@@ -201,6 +202,7 @@ impl Writer {
             );
             return;
         }
+        self.shared.stats.lock().log_syncs += 1;
         if !p.written.is_empty() {
             self.start_sync(p);
         }

@@ -30,8 +30,9 @@ pub struct StoreStats {
     pub disk_bytes: u64,
     /// Durable batches.
     pub batches: u64,
-    /// Group commits, i.e. fdatasync rounds of the log.
-    pub group_commits: u64,
+    /// fdatasync rounds of the log that made batches durable (one per group
+    /// when stepped; one may cover several groups when pipelined).
+    pub log_syncs: u64,
     pub checkpoints: u64,
     pub compacted_segments: u64,
 }

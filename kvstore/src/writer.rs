@@ -197,6 +197,7 @@ impl Writer {
             for file in &image.dirty {
                 file.sync_data()?;
             }
+            self.shared.stats.lock().log_syncs += 1;
             Ok(image)
         });
         run_completions(self.finish_group(group, synced));
@@ -359,7 +360,6 @@ impl Writer {
         let mut stats = self.shared.stats.lock();
         stats.logical_bytes += image.logical;
         stats.batches += written.len() as u64;
-        stats.group_commits += 1;
         stats.last_durable_seq = self.published_seq;
         stats.disk_bytes = disk_bytes;
     }
