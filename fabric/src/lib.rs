@@ -4,6 +4,7 @@
 //! Runs unchanged under the deterministic simulator: every effect goes through
 //! [`env`].
 pub mod env;
+pub mod host;
 pub mod membership;
 pub mod raft;
 pub mod storage;

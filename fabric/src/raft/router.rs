@@ -73,7 +73,8 @@ pub enum RouterError {
 }
 
 impl RouterError {
-    fn into_fault(self) -> Fault {
+    /// The fault that answers a request this error stopped.
+    pub fn into_fault(self) -> Fault {
         let code = match &self {
             Self::Wire(_) | Self::Snapshot { .. } => FaultCode::Malformed,
             Self::UnknownVolume(_) => FaultCode::UnknownVolume,
@@ -324,6 +325,12 @@ where
             }
             Err(err) => failed(err),
         },
+        // Host-level requests are served by `crate::host`, never by a group.
+        ClientRequest::CreateVolume { .. }
+        | ClientRequest::OpenReplica { .. }
+        | ClientRequest::DeleteVolume
+        | ClientRequest::DropReplica
+        | ClientRequest::Status => failed("host-level request sent to a group router"),
     }
 }
 

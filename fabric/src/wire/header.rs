@@ -186,6 +186,26 @@ pub enum TransferReplyHeader {
 pub enum ClientOpHeader {
     Command(WireCommand),
     Read { offset_blocks: u64, len_blocks: u32 },
+    // Host-level requests (see `crate::host`); appended after the original
+    // variants so that the layout of existing messages is unchanged.
+    CreateVolume { size_blocks: u64, members: Vec<u64> },
+    OpenReplica { size_blocks: u64, members: Vec<u64> },
+    DeleteVolume,
+    DropReplica,
+    Status,
+}
+
+/// One replica's report on its volume (see `crate::host`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct VolumeStatusHeader {
+    pub node: u64,
+    pub leader: Option<u64>,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub applied_index: Option<u64>,
+    pub size_blocks: u64,
+    pub blocks_nonzero: u64,
+    pub digest: u32,
 }
 
 /// The state machine's answer to one command.
@@ -212,6 +232,9 @@ pub enum ClientReplyHeader {
     Failed {
         message: String,
     },
+    // Host-level replies, appended (see `ClientOpHeader`).
+    Done,
+    Status(VolumeStatusHeader),
 }
 
 /// An error answer from the receiving host instead of the expected reply.

@@ -22,9 +22,9 @@ use super::frame::{decode_frame, encode_frame};
 use super::header::{
     AppendEntriesHeader, AppendReplyHeader, ArchivedEnvelope, Body, ClientOpHeader,
     ClientReplyHeader, Envelope, FaultHeader, SnapshotChunkHeader, TransferLeaderHeader,
-    TransferReplyHeader, VoteHeader, VoteReplyHeader,
+    TransferReplyHeader, VolumeStatusHeader, VoteHeader, VoteReplyHeader,
 };
-use super::{APPEND_ENTRIES_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, WireError};
+use super::{APPEND_ENTRIES_MAX, MEMBERS_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, WireError};
 use crate::env::NodeId;
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use crate::volume::{BLOCK_BYTES, BlockData, VolumeCommand, VolumeId, VolumeResponse};
@@ -81,6 +81,52 @@ pub enum ClientRequest {
     Command(VolumeCommand),
     /// Read `len_blocks` blocks from `offset_blocks`, linearizably.
     Read { offset_blocks: u64, len_blocks: u32 },
+    /// Host level, from a client to any node: create the volume with a
+    /// replica on each of `members` (idempotent).
+    CreateVolume {
+        size_blocks: u64,
+        members: Vec<NodeId>,
+    },
+    /// Host level, between nodes: open an empty replica of the volume here
+    /// and initialize its group with `members` (idempotent).
+    OpenReplica {
+        size_blocks: u64,
+        members: Vec<NodeId>,
+    },
+    /// Host level, from a client to any node: delete the volume on every
+    /// node that hosts a replica (idempotent).
+    DeleteVolume,
+    /// Host level, between nodes: stop and delete this node's replica.
+    DropReplica,
+    /// Host level: this node's report on its replica ([`VolumeStatus`]).
+    Status,
+}
+
+impl ClientRequest {
+    /// Whether this is a host-level request (served by `crate::host`, not
+    /// by a group's Raft).
+    pub fn is_host_level(&self) -> bool {
+        !matches!(self, Self::Command(_) | Self::Read { .. })
+    }
+}
+
+/// One replica's report on its volume: who leads, the membership, how far
+/// it applied, and a digest of its block map at that point.
+///
+/// `digest` is CRC32C over `(block index u64 LE, 4096 bytes)` of every
+/// block that does not read as zeroes, in index order, all at
+/// `applied_index`: two replicas at the same applied index have the same
+/// digest exactly when their blocks read the same.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeStatus {
+    pub node: NodeId,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub applied_index: Option<u64>,
+    pub size_blocks: u64,
+    pub blocks_nonzero: u64,
+    pub digest: u32,
 }
 
 /// The leader's answer to a [`ClientRequest`].
@@ -97,6 +143,10 @@ pub enum ClientReply {
     Redirect { leader: Option<NodeId> },
     /// The operation failed; retrying may succeed.
     Failed { message: String },
+    /// A host-level request succeeded.
+    Done,
+    /// The answer to [`ClientRequest::Status`].
+    Status(VolumeStatus),
 }
 
 /// Why a receiving host could not serve a request.
@@ -196,18 +246,7 @@ fn body_to_wire<'a, RT: AsyncRuntime>(
         Message::TransferLeaderReply(reply) => {
             Body::TransferLeaderReply(transfer_reply_to_wire(reply))
         }
-        Message::Client(request) => Body::Client(match request {
-            ClientRequest::Command(command) => {
-                ClientOpHeader::Command(command_to_wire(command, blocks))
-            }
-            ClientRequest::Read {
-                offset_blocks,
-                len_blocks,
-            } => ClientOpHeader::Read {
-                offset_blocks: *offset_blocks,
-                len_blocks: *len_blocks,
-            },
-        }),
+        Message::Client(request) => Body::Client(client_op_to_wire(request, blocks)?),
         Message::ClientReply(reply) => Body::ClientReply(client_reply_to_wire(reply, blocks)),
         Message::Fault(fault) => Body::Fault(FaultHeader {
             code: fault.code as u16,
@@ -248,16 +287,7 @@ fn body_from_wire<RT: AsyncRuntime>(
         Body::TransferLeaderReply(header) => {
             Message::TransferLeaderReply(transfer_reply_from_wire(header))
         }
-        Body::Client(ClientOpHeader::Command(command)) => {
-            Message::Client(ClientRequest::Command(command_from_wire(command, blocks)?))
-        }
-        Body::Client(ClientOpHeader::Read {
-            offset_blocks,
-            len_blocks,
-        }) => Message::Client(ClientRequest::Read {
-            offset_blocks,
-            len_blocks,
-        }),
+        Body::Client(header) => Message::Client(client_op_from_wire(header, blocks)?),
         Body::ClientReply(header) => Message::ClientReply(client_reply_from_wire(header, blocks)?),
         Body::Fault(header) => Message::Fault(Fault {
             code: FaultCode::from_wire(header.code)?,
@@ -454,6 +484,17 @@ fn client_reply_to_wire<'a>(
         ClientReply::Failed { message } => ClientReplyHeader::Failed {
             message: message.clone(),
         },
+        ClientReply::Done => ClientReplyHeader::Done,
+        ClientReply::Status(status) => ClientReplyHeader::Status(VolumeStatusHeader {
+            node: status.node,
+            leader: status.leader,
+            voters: status.voters.clone(),
+            learners: status.learners.clone(),
+            applied_index: status.applied_index,
+            size_blocks: status.size_blocks,
+            blocks_nonzero: status.blocks_nonzero,
+            digest: status.digest,
+        }),
     }
 }
 
@@ -478,5 +519,105 @@ fn client_reply_from_wire(
         ClientReplyHeader::Failed { message } => ClientReply::Failed {
             message: text_from_wire(message)?,
         },
+        ClientReplyHeader::Done => ClientReply::Done,
+        ClientReplyHeader::Status(header) => ClientReply::Status(VolumeStatus {
+            node: header.node,
+            leader: header.leader,
+            voters: members_from_wire(header.voters)?,
+            learners: members_from_wire(header.learners)?,
+            applied_index: header.applied_index,
+            size_blocks: header.size_blocks,
+            blocks_nonzero: header.blocks_nonzero,
+            digest: header.digest,
+        }),
+    })
+}
+
+fn members_to_wire(members: &[NodeId]) -> Result<Vec<u64>, WireError> {
+    if members.len() > MEMBERS_MAX as usize {
+        return Err(WireError::Encode(format!(
+            "{} members exceed the {MEMBERS_MAX}-member limit",
+            members.len()
+        )));
+    }
+    Ok(members.to_vec())
+}
+
+/// Members from the wire: at most [`MEMBERS_MAX`], none repeated.
+fn members_from_wire(members: Vec<u64>) -> Result<Vec<NodeId>, WireError> {
+    let distinct: std::collections::BTreeSet<u64> = members.iter().copied().collect();
+    if members.len() > MEMBERS_MAX as usize || distinct.len() != members.len() {
+        return Err(malformed("member list repeats or exceeds its limit"));
+    }
+    Ok(members)
+}
+
+fn client_op_to_wire<'a>(
+    request: &'a ClientRequest,
+    blocks: &mut Vec<&'a [u8]>,
+) -> Result<ClientOpHeader, WireError> {
+    Ok(match request {
+        ClientRequest::Command(command) => {
+            ClientOpHeader::Command(command_to_wire(command, blocks))
+        }
+        ClientRequest::Read {
+            offset_blocks,
+            len_blocks,
+        } => ClientOpHeader::Read {
+            offset_blocks: *offset_blocks,
+            len_blocks: *len_blocks,
+        },
+        ClientRequest::CreateVolume {
+            size_blocks,
+            members,
+        } => ClientOpHeader::CreateVolume {
+            size_blocks: *size_blocks,
+            members: members_to_wire(members)?,
+        },
+        ClientRequest::OpenReplica {
+            size_blocks,
+            members,
+        } => ClientOpHeader::OpenReplica {
+            size_blocks: *size_blocks,
+            members: members_to_wire(members)?,
+        },
+        ClientRequest::DeleteVolume => ClientOpHeader::DeleteVolume,
+        ClientRequest::DropReplica => ClientOpHeader::DropReplica,
+        ClientRequest::Status => ClientOpHeader::Status,
+    })
+}
+
+fn client_op_from_wire(
+    header: ClientOpHeader,
+    blocks: &mut BlockCursor<'_>,
+) -> Result<ClientRequest, WireError> {
+    Ok(match header {
+        ClientOpHeader::Command(command) => {
+            ClientRequest::Command(command_from_wire(command, blocks)?)
+        }
+        ClientOpHeader::Read {
+            offset_blocks,
+            len_blocks,
+        } => ClientRequest::Read {
+            offset_blocks,
+            len_blocks,
+        },
+        ClientOpHeader::CreateVolume {
+            size_blocks,
+            members,
+        } => ClientRequest::CreateVolume {
+            size_blocks,
+            members: members_from_wire(members)?,
+        },
+        ClientOpHeader::OpenReplica {
+            size_blocks,
+            members,
+        } => ClientRequest::OpenReplica {
+            size_blocks,
+            members: members_from_wire(members)?,
+        },
+        ClientOpHeader::DeleteVolume => ClientRequest::DeleteVolume,
+        ClientOpHeader::DropReplica => ClientRequest::DropReplica,
+        ClientOpHeader::Status => ClientRequest::Status,
     })
 }

@@ -142,6 +142,28 @@ fn every_message() -> Vec<Message<Rt>> {
             code: FaultCode::UnknownVolume,
             message: "no such volume".into(),
         }),
+        Message::Client(ClientRequest::CreateVolume {
+            size_blocks: 1 << 20,
+            members: vec![1, 2, 3],
+        }),
+        Message::Client(ClientRequest::OpenReplica {
+            size_blocks: 8,
+            members: vec![3],
+        }),
+        Message::Client(ClientRequest::DeleteVolume),
+        Message::Client(ClientRequest::DropReplica),
+        Message::Client(ClientRequest::Status),
+        Message::ClientReply(ClientReply::Done),
+        Message::ClientReply(ClientReply::Status(crate::wire::VolumeStatus {
+            node: 2,
+            leader: Some(1),
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            applied_index: Some(4000),
+            size_blocks: 8192,
+            blocks_nonzero: 3999,
+            digest: 0xdead_beef,
+        })),
     ];
     let replies = [
         AppendEntriesResponse::Success,

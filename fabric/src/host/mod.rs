@@ -1,0 +1,164 @@
+//! The volume host: one per node, it runs every volume replica the node
+//! holds and answers every request that reaches the node.
+//!
+//! Model: a [`VolumeHost`] owns the node's [`NodeStorage`](crate::storage::NodeStorage) (one kvstore for
+//! all groups), a [`GroupRouter`](crate::raft::router::GroupRouter) with the
+//! `Raft` handle of each hosted replica, and the node's [`Transport`](crate::env::Transport). It is
+//! generic over the async runtime and the transport, so the same code runs
+//! on tokio + QUIC in production and on the simulator's runtime and network.
+//!
+//! Contracts:
+//! - Catalogue: every replica the node hosts is recorded durably in a
+//!   catalogue namespace of the node's kvstore ([`catalogue`]) *before* its
+//!   group starts; [`VolumeHost::open_existing`] reopens exactly those at
+//!   restart. Dropping a replica removes its groups' namespaces and its
+//!   catalogue entry in one atomic batch.
+//! - Create: [`VolumeHost::create_volume`] is idempotent. The coordinating
+//!   node (whichever received the request) asks each member to open an
+//!   empty replica ([`ClientRequest::OpenReplica`](crate::wire::ClientRequest::OpenReplica)); each member records it,
+//!   starts the group and initializes it with the *same* membership, which
+//!   openraft allows (identical initial configurations cannot split).
+//! - Writes go through the group's leader: committed on a majority (durable
+//!   there) before they are acknowledged. Reads are linearizable: the
+//!   leader confirms its leadership (read-index) and waits until it applied
+//!   that index before reading.
+//! - Forwarding: a client request that reaches a follower is forwarded to
+//!   the leader, following at most [`FORWARD_HOPS_MAX`] redirects, each hop
+//!   bounded by [`FORWARD_TIMEOUT_MS`]; when no leader is known the client
+//!   gets [`ClientReply::Redirect`](crate::wire::ClientReply::Redirect) and retries. Requests from other nodes
+//!   (forwarded client operations) are answered locally, never forwarded
+//!   again, so forwarding cannot loop.
+//! - Callers: ids in [`HostConfig::peers`] (and the node itself) are nodes;
+//!   any other authenticated caller is a client and may only send client
+//!   requests on [`Lane::Client`](crate::env::Lane::Client), never Raft
+//!   traffic or replica control.
+//! - [`VolumeHost::status`] reports a replica's leader, membership, applied
+//!   index and a digest of its block map at that index
+//!   ([`crate::wire::VolumeStatus`]); replicas at the same applied index
+//!   with equal digests read identically.
+//! - Deterministic: no wall clock, no spawning, ordered maps only; every
+//!   wait is on the runtime `RT`.
+
+pub mod catalogue;
+mod handler;
+mod status;
+mod volume_host;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+pub use catalogue::{Catalogue, KIND_HOST_CATALOGUE};
+pub use handler::HostHandler;
+pub use volume_host::VolumeHost;
+
+use crate::env::NodeId;
+use crate::raft::network::CallError;
+use crate::storage::StorageError;
+use crate::volume::{VolumeId, VolumeResponse};
+
+/// Redirects one client request follows before giving up for this try.
+pub const FORWARD_HOPS_MAX: usize = 4;
+/// How long one forwarded hop may take before the peer counts as
+/// unreachable (a killed leader never answers).
+pub const FORWARD_TIMEOUT_MS: u64 = 1_500;
+/// How long a replica-control request to a peer may take.
+pub const CONTROL_TIMEOUT_MS: u64 = 10_000;
+/// The most volumes one node hosts (bounds the catalogue and the maps).
+pub const VOLUMES_MAX: usize = 4_096;
+/// Blocks read per step while computing a digest.
+pub const DIGEST_CHUNK_BLOCKS: u32 = 1_024;
+/// The most blocks one read may ask for (one reply frame).
+pub const READ_BLOCKS_MAX: u32 = crate::volume::command::WRITE_BLOCKS_MAX;
+
+/// Raft heartbeat interval of every group.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 150;
+/// Raft election timeout range of every group: long enough that a busy
+/// two-core machine does not see spurious elections, short enough for a
+/// failover of a couple of seconds.
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
+/// See [`ELECTION_TIMEOUT_MIN_MS`].
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2_000;
+
+/// What a node's host needs to know besides its storage and transport.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// This node.
+    pub node: NodeId,
+    /// The other nodes of the cluster (not clients).
+    pub peers: BTreeSet<NodeId>,
+    /// The Raft configuration of every group.
+    pub raft: Arc<openraft::Config>,
+}
+
+impl HostConfig {
+    /// The default configuration for `node` among `peers`.
+    pub fn new(node: NodeId, peers: impl IntoIterator<Item = NodeId>) -> Result<Self, HostError> {
+        let raft = openraft::Config {
+            cluster_name: "metro".into(),
+            heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            ..Default::default()
+        };
+        let raft = raft
+            .validate()
+            .map_err(|err| HostError::Invalid(format!("raft config: {err}")))?;
+        let peers = peers.into_iter().filter(|peer| *peer != node).collect();
+        Ok(Self {
+            node,
+            peers,
+            raft: Arc::new(raft),
+        })
+    }
+
+    /// Whether `id` is a node of the cluster (this one or a peer).
+    pub fn is_node(&self, id: NodeId) -> bool {
+        id == self.node || self.peers.contains(&id)
+    }
+}
+
+/// Errors of the volume host, split by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The request is wrong (bad members, size, range): do not retry.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// No replica of the volume on this node (or, for a forwarded request,
+    /// on any node asked).
+    #[error("no replica of {0} here")]
+    UnknownVolume(VolumeId),
+    /// The node already hosts [`VOLUMES_MAX`] volumes.
+    #[error("this node hosts the maximum of {VOLUMES_MAX} volumes")]
+    Full,
+    /// No leader is known now: back off and retry.
+    #[error("{0} has no known leader now")]
+    NoLeader(VolumeId),
+    /// A peer could not be reached or failed the call: retry.
+    #[error("node {peer}: {reason}")]
+    Peer { peer: NodeId, reason: String },
+    /// The group or the leader failed the operation: retry.
+    #[error("{volume}: {reason}")]
+    Failed { volume: VolumeId, reason: String },
+    /// The state machine refused the command (deterministically on every
+    /// replica, e.g. a range past the end): do not retry.
+    #[error("{volume} refused the command: {response:?}")]
+    Refused {
+        volume: VolumeId,
+        response: VolumeResponse,
+    },
+    /// The node's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The catalogue holds a value that does not decode.
+    #[error("corrupt catalogue entry of {volume}: {reason}")]
+    Catalogue { volume: VolumeId, reason: String },
+}
+
+impl HostError {
+    fn peer(peer: NodeId, err: &CallError) -> Self {
+        Self::Peer {
+            peer,
+            reason: err.to_string(),
+        }
+    }
+}
