@@ -3,6 +3,7 @@
 //!
 //! Runs unchanged under the deterministic simulator: every effect goes through
 //! [`env`].
+pub mod control;
 pub mod env;
 pub mod host;
 pub mod membership;
