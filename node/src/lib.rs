@@ -1,7 +1,12 @@
 //! metro-node: the production implementations of fabric's environment seam
-//! (QUIC transport with mutual TLS, the cluster CA, etcd membership) used by
-//! the `metro` binary.
+//! (QUIC transport with mutual TLS, the cluster CA, etcd membership), the
+//! node daemon ([`daemon`], configured by [`config`]) and the library client
+//! ([`client`]) used by the `metro` binary.
 
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod etcd_membership;
 pub mod quic_frame;
 mod quic_server;

@@ -1,9 +1,13 @@
 //! `metro`: the node daemon and the operator's CLI.
+mod volume_cli;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use metro_node::certs::{CLIENT_ID_MIN, CLIENTS_MAX};
+use metro_node::config::{NodeConfig, Overrides};
 use metro_node::tls::{CA_CERT_FILE, CA_KEY_FILE, ClusterCa, node_cert_file, node_key_file};
 
 /// metro: block storage that survives the loss of a site.
@@ -23,6 +27,48 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The node daemon.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Volume operations through the client API (needs a client certificate).
+    Volume(volume_cli::VolumeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Run a node until SIGTERM or SIGINT.
+    Run(RunArgs),
+}
+
+/// `metro node run`: flags override the config file field by field.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The node's TOML configuration (see `metro_node::config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// QUIC (UDP) listen address, host:port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// A peer as ID=HOST:PORT (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// An injected one-way delay to a peer as ID=MS (repeatable).
+    #[arg(long = "delay")]
+    delays: Vec<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Fsync on the kvstore writer thread (no pipelined syncer).
+    #[arg(long)]
+    kv_inline_sync: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +91,10 @@ enum ClusterCommand {
         /// added to that node's certificate as an extra SAN.
         #[arg(long = "ip")]
         ips: Vec<IpAddr>,
+        /// Number of client certificates to issue, with ids from 1000000
+        /// (clients may only send client requests).
+        #[arg(long, default_value_t = 0)]
+        clients: u64,
     },
 }
 
@@ -62,14 +112,72 @@ fn main() -> anyhow::Result<()> {
                     dir,
                     nodes,
                     ips,
+                    clients,
                 },
-        } => cluster_init(&name, &dir, nodes, &ips),
+        } => cluster_init(&name, &dir, nodes, &ips, clients),
+        Command::Node {
+            command: NodeCommand::Run(args),
+        } => node_run(args),
+        Command::Volume(args) => volume_cli::run(args),
     }
 }
 
-fn cluster_init(name: &str, dir: &Path, nodes: u64, ips: &[IpAddr]) -> anyhow::Result<()> {
+fn init_logging(level: tracing::Level) {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn node_run(args: RunArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        node_id: args.node_id,
+        data_dir: args.data_dir,
+        certs_dir: args.certs_dir,
+        listen: args.listen,
+        log_level: args.log_level,
+        kv_inline_sync: args.kv_inline_sync.then_some(true),
+        peers: args.peers,
+        delays: args.delays,
+    };
+    let config = NodeConfig::load(args.config.as_deref(), overrides)
+        .context("loading the node configuration")?;
+    init_logging(config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("metro-node")
+        .build()
+        .context("starting the tokio runtime")?;
+    let node_id = config.node_id;
+    runtime.block_on(async move {
+        let shutdown = async {
+            if let Err(err) = metro_node::daemon::termination_signal().await {
+                tracing::error!(error = %err, "cannot wait for signals; stopping");
+            }
+        };
+        metro_node::daemon::run(config, shutdown)
+            .await
+            .with_context(|| format!("running node {node_id}"))
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(())
+}
+
+fn cluster_init(
+    name: &str,
+    dir: &Path,
+    nodes: u64,
+    ips: &[IpAddr],
+    clients: u64,
+) -> anyhow::Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
+    }
+    if nodes >= CLIENT_ID_MIN {
+        bail!("--nodes must be below {CLIENT_ID_MIN}");
+    }
+    if clients > CLIENTS_MAX {
+        bail!("--clients must be at most {CLIENTS_MAX}");
     }
     if !ips.is_empty() && ips.len() as u64 != nodes {
         bail!(
@@ -86,7 +194,8 @@ fn cluster_init(name: &str, dir: &Path, nodes: u64, ips: &[IpAddr]) -> anyhow::R
             );
         }
     }
-    for node in 1..=nodes {
+    let client_ids = CLIENT_ID_MIN..CLIENT_ID_MIN + clients;
+    for node in (1..=nodes).chain(client_ids.clone()) {
         for path in [
             dir.join(node_cert_file(node)),
             dir.join(node_key_file(node)),
@@ -116,7 +225,17 @@ fn cluster_init(name: &str, dir: &Path, nodes: u64, ips: &[IpAddr]) -> anyhow::R
                 .with_context(|| format!("writing the certificate of node {node}"))?,
         );
     }
-    println!("cluster {name}: CA and {nodes} node certificates written");
+    for client in client_ids {
+        let identity = ca
+            .issue_node(client, &[])
+            .with_context(|| format!("issuing the certificate of client {client}"))?;
+        written.extend(
+            identity
+                .save(dir)
+                .with_context(|| format!("writing the certificate of client {client}"))?,
+        );
+    }
+    println!("cluster {name}: CA, {nodes} node and {clients} client certificates written");
     for path in written {
         println!("  {}", path.display());
     }

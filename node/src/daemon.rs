@@ -1,0 +1,146 @@
+//! `metro node run`: one node process.
+//!
+//! Start-up, in order: load the trust root and this node's identity (from
+//! `metro cluster init`), open the kvstore in the data directory (recovering
+//! it) and start its writer and syncer threads, bind the QUIC transport with
+//! the [`HostHandler`], reopen every replica in the host's catalogue, then
+//! attach the host so the transport starts serving. Until then requests are
+//! refused and callers retry.
+//!
+//! Shutdown ([`run`]'s `shutdown` future: SIGTERM or SIGINT in the binary):
+//! stop every group, close the transport. Nothing needs flushing: every
+//! acknowledged write is already durable on a majority and every local
+//! write is in the kvstore's log. The writer threads exit with the process.
+//!
+//! Who may call: the peers of the configuration (nodes) on every lane, and
+//! the identities of the reserved client range ([`crate::certs`]) on the
+//! client lane only (checked by the host).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use metro_fabric::host::{HostConfig, HostError, HostHandler, VolumeHost};
+use metro_fabric::storage::NodeStorage;
+use metro_kvstore::{FileDisk, Options, Store, StoreError};
+use openraft_rt_tokio::TokioRuntime;
+
+use crate::certs::{CertError, client_ids, load_identity, load_trust};
+use crate::config::NodeConfig;
+use crate::quic_transport::{QuicConfig, QuicError, QuicTransport};
+
+/// The host type of a production node.
+pub type NodeHost = VolumeHost<TokioRuntime, QuicTransport>;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("opening the kvstore in {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("starting a kvstore thread: {0}")]
+    Thread(std::io::Error),
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+    #[error("volume host: {0}")]
+    Host(#[from] HostError),
+}
+
+/// Opens the kvstore in `dir` and starts its writer thread, and its syncer
+/// thread unless `inline_sync` (fsync on the writer thread, no pipeline).
+fn open_store(dir: &PathBuf, inline_sync: bool) -> Result<Store, DaemonError> {
+    let data_dir = |reason: String| DaemonError::DataDir {
+        path: dir.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| data_dir(e.to_string()))?;
+    let disk = FileDisk::open_dir(dir).map_err(|e| data_dir(e.to_string()))?;
+    let (store, mut writer) =
+        Store::open(Arc::new(disk), Options::default()).map_err(|source| DaemonError::Store {
+            path: dir.clone(),
+            source,
+        })?;
+    let syncer = (!inline_sync).then(|| writer.syncer());
+    std::thread::Builder::new()
+        .name("metro-kv-writer".into())
+        .spawn(move || writer.run())
+        .map_err(DaemonError::Thread)?;
+    if let Some(syncer) = syncer {
+        std::thread::Builder::new()
+            .name("metro-kv-syncer".into())
+            .spawn(move || syncer.run())
+            .map_err(DaemonError::Thread)?;
+    }
+    Ok(store)
+}
+
+/// A running node: its host and transport.
+#[derive(Debug)]
+pub struct Node {
+    pub host: Arc<NodeHost>,
+    pub transport: Arc<QuicTransport>,
+}
+
+/// Starts the node described by `config` (inside a tokio runtime).
+pub async fn start(config: &NodeConfig) -> Result<Node, DaemonError> {
+    let trust = load_trust(&config.certs_dir)?;
+    let identity = load_identity(&config.certs_dir, &trust, config.node_id)?;
+    let store = open_store(&config.data_dir, config.kv_inline_sync)?;
+    let storage = NodeStorage::new(store);
+    let handler = HostHandler::<TokioRuntime, QuicTransport>::new();
+    let mut quic = QuicConfig::new(identity, trust.ca.clone(), config.listen);
+    for (peer, addr) in &config.peers {
+        quic = quic.with_peer(*peer, *addr);
+    }
+    quic.allowed.extend(client_ids());
+    quic.delays = config.delays.clone();
+    let transport = Arc::new(QuicTransport::bind(quic, Arc::clone(&handler))?);
+    let host_config = HostConfig::new(config.node_id, config.peers.keys().copied())?;
+    let host = VolumeHost::new(host_config, storage, Arc::clone(&transport));
+    let reopened = host.open_existing().await?;
+    handler.attach(Arc::clone(&host));
+    tracing::info!(
+        node = config.node_id,
+        listen = %transport.local_addr(),
+        peers = config.peers.len(),
+        reopened,
+        "node ready"
+    );
+    Ok(Node { host, transport })
+}
+
+impl Node {
+    /// Stops every group and closes the transport.
+    pub async fn stop(&self) {
+        self.host.shutdown().await;
+        self.transport.close();
+        tracing::info!(node = self.host.node(), "node stopped");
+    }
+}
+
+/// Runs the node until `shutdown` resolves, then stops it cleanly.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let node = start(&config).await?;
+    shutdown.await;
+    node.stop().await;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn termination_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        biased;
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
