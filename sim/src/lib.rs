@@ -1,2 +1,47 @@
-//! metro-sim: deterministic simulation of whole metro clusters (lands with the
-//! simulation issue).
+//! metro-sim: deterministic simulation of whole metro clusters.
+//!
+//! Model: everything — every node's openraft groups, its kvstore and the
+//! writer that group-commits it, the packet network between nodes, the
+//! clients and the fault injector — runs as tasks of one
+//! [`openraft_rt_sim::SimRuntime`]: a single-threaded FIFO executor on a
+//! virtual clock whose randomness derives from one seed. Nothing reads the
+//! wall clock, spawns a thread or draws unseeded randomness, so a seed
+//! replays exactly; [`run::run_seed`] hashes the executor's trace (every
+//! spawn, poll, wake, timer and rng draw, in order) to prove it.
+//!
+//! Pieces, one per module:
+//! - [`options`]: everything a run varies (topology, latencies, fault
+//!   rates, workload), derived from the seed and printed first.
+//! - [`network`]: [`network::SimNetwork`], fabric's `Transport` over
+//!   simulated links (latency, jitter, loss, duplication, partitions, nodes
+//!   down, per-request timeout).
+//! - [`node`] and [`cluster`]: a node = `FaultyDisk` + kvstore stepped by
+//!   a sim task + `NodeStorage` + `GroupRouter` + one openraft group; crash
+//!   (power loss) and restart from the disk.
+//! - [`workload`], [`history`], [`checker`]: clients writing unique
+//!   payloads and reading through the leader, the recorded history, and the
+//!   safety checks over it.
+//! - [`faults`]: the fault schedule of the safety phase.
+//! - [`run`]: one seed end to end — safety phase, liveness phase, verdict.
+pub mod checker;
+pub mod cluster;
+pub mod faults;
+pub mod history;
+pub mod kill;
+pub mod network;
+pub mod node;
+pub mod options;
+pub mod rng;
+pub mod run;
+pub mod workload;
+
+/// The runtime every simulated task runs on.
+pub type Rt = openraft_rt_sim::SimRuntime;
+
+/// Virtual nanoseconds since the simulation started.
+pub fn now_ns() -> u64 {
+    use openraft::Instant as _;
+    openraft_rt_sim::SimInstant::now()
+        .elapsed_since_start()
+        .as_nanos() as u64
+}

@@ -1,0 +1,264 @@
+//! [`SimNode`]: one simulated metro node and its lifecycle.
+//!
+//! Model: a node owns a [`FaultyDisk`] that outlives its incarnations. A
+//! running incarnation is the kvstore opened (recovered) on that disk, its
+//! [`Writer`] driven by a sim task, a [`NodeStorage`], a [`GroupRouter`] as
+//! the node's request handler on the [`SimNetwork`], and the openraft group
+//! of the one simulated volume on [`Rt`].
+//!
+//! Disk timing: the writer task commits whatever is queued once per disk
+//! tick of `fsync_us` (one group commit: write + fdatasync, inline in
+//! [`Writer::step`]); a batch is durable, and its completion runs, at the
+//! first tick after it was submitted. Never `Writer::run` and never the
+//! blocking `Store::write` here: the executor has one thread.
+//!
+//! Crash = power loss: the incarnation's tasks end at once (their
+//! [`KillSwitch`]), the network forgets it, the disk loses what was not
+//! synced ([`FaultyDisk::crash`]), and its Raft handle is shut down in the
+//! background (it can no longer send or persist anything). Restart opens a
+//! new incarnation on the same disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metro_fabric::env::{Disk, DiskError, DiskFile, NodeId, OpenMode};
+use metro_fabric::host::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS};
+use metro_fabric::raft::network::NetworkFactory;
+use metro_fabric::raft::router::GroupRouter;
+use metro_fabric::raft::types::VolumeRaft;
+use metro_fabric::storage::{NodeStorage, VolumeHandle, VolumeStateMachine};
+use metro_fabric::volume::VolumeId;
+use metro_kvstore::{CrashMode, FaultyDisk, Options, Store, Writer};
+use openraft::{AsyncRuntime, Config, SnapshotPolicy};
+
+use crate::Rt;
+use crate::kill::KillSwitch;
+use crate::network::{SimNetwork, SimTransport};
+use crate::options::{PlantedBug, SimOptions, VOLUME_BLOCKS};
+
+/// The one volume the cluster replicates.
+pub const VOLUME: VolumeId = VolumeId(1);
+/// Segment size of the simulated stores: small, so segments roll and
+/// compaction and checkpoints run within a short simulation.
+pub const SEGMENT_BYTES: u32 = 4 << 20;
+/// Log bytes between kvstore checkpoints.
+pub const CHECKPOINT_LOG_BYTES: u64 = 16 << 20;
+
+pub type Sm = VolumeStateMachine<Rt>;
+pub type Router = GroupRouter<Rt, Sm>;
+pub type Raft = VolumeRaft<Rt, Sm>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// kvstore refused to open (recover) the disk.
+    #[error("node {node}: store does not open: {reason}")]
+    Store { node: NodeId, reason: String },
+    /// The group's storage or Raft did not start.
+    #[error("node {node}: group does not start: {reason}")]
+    Group { node: NodeId, reason: String },
+}
+
+/// Where a node sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub domain: usize,
+    pub witness: bool,
+}
+
+/// A running incarnation of a node.
+pub struct Running {
+    pub raft: Raft,
+    pub volume: VolumeHandle,
+    pub router: Arc<Router>,
+    pub transport: SimTransport,
+    pub kill: KillSwitch,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One simulated node: its disk, and its incarnation when it runs.
+pub struct SimNode {
+    pub spec: NodeSpec,
+    pub disk: FaultyDisk,
+    pub running: Option<Running>,
+    /// Set while an incarnation is being started.
+    pub starting: bool,
+    pub restarts: u64,
+}
+
+impl std::fmt::Debug for SimNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimNode")
+            .field("spec", &self.spec)
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Raft configuration of every simulated group: production timings.
+pub fn raft_config(options: &SimOptions) -> Arc<Config> {
+    let snapshot_policy = match options.snapshot_logs {
+        0 => SnapshotPolicy::Never,
+        logs => SnapshotPolicy::LogsSinceLast(logs),
+    };
+    let config = Config {
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+        snapshot_policy,
+        max_in_snapshot_log_to_keep: 16,
+        ..Default::default()
+    };
+    Arc::new(
+        config
+            .validate()
+            .expect("the simulated Raft config is valid"),
+    )
+}
+
+fn store_options() -> Options {
+    Options {
+        segment_bytes: SEGMENT_BYTES,
+        checkpoint_log_bytes: CHECKPOINT_LOG_BYTES,
+        ..Options::default()
+    }
+}
+
+/// Commits the queued batches once per disk tick, forever (until killed).
+async fn drive_writer(mut writer: Writer, tick: Duration) {
+    loop {
+        writer.step();
+        Rt::sleep(tick).await;
+    }
+}
+
+impl SimNode {
+    /// A node that has never run, on an empty disk seeded from `disk_seed`.
+    pub fn new(spec: NodeSpec, disk_seed: u64) -> Self {
+        Self {
+            spec,
+            disk: FaultyDisk::new(disk_seed),
+            running: None,
+            starting: false,
+            restarts: 0,
+        }
+    }
+}
+
+/// Opens a new incarnation of `spec` on `disk` (recovering what it holds).
+pub async fn start(
+    spec: NodeSpec,
+    disk: &FaultyDisk,
+    net: &Arc<SimNetwork>,
+    options: &SimOptions,
+) -> Result<Running, NodeError> {
+    let node = spec.id;
+    let seen: Arc<dyn Disk> = match options.bug {
+        Some(PlantedBug::LyingFsync) => Arc::new(LyingDisk(disk.clone())),
+        _ => Arc::new(disk.clone()),
+    };
+    let (store, writer) = Store::open(seen, store_options()).map_err(|e| NodeError::Store {
+        node,
+        reason: e.to_string(),
+    })?;
+    let kill = KillSwitch::new();
+    let tick = Duration::from_micros(options.fsync_us);
+    let writer_kill = kill.clone();
+    Rt::spawn(async move { writer_kill.guard(drive_writer(writer, tick)).await });
+    let storage = NodeStorage::new(store);
+    let group_error = |reason: String| NodeError::Group { node, reason };
+    let (log, sm) = storage
+        .open_group::<Rt>(VOLUME, VOLUME_BLOCKS)
+        .map_err(|e| group_error(e.to_string()))?;
+    let volume = sm.handle();
+    let router = Arc::new(Router::new());
+    let transport = net.start(node, router.clone(), kill.clone());
+    let network = NetworkFactory::<_, Rt>::new(Arc::new(transport.clone()), VOLUME);
+    let raft = Raft::new(node, raft_config(options), network, log, sm)
+        .await
+        .map_err(|e| group_error(e.to_string()))?;
+    if spec.witness {
+        raft.runtime_config().elect(false);
+    }
+    router.insert(VOLUME, raft.clone());
+    Ok(Running {
+        raft,
+        volume,
+        router,
+        transport,
+        kill,
+    })
+}
+
+/// Power loss of a running incarnation: see the module docs.
+pub fn crash(
+    spec: NodeSpec,
+    running: Running,
+    disk: &FaultyDisk,
+    net: &SimNetwork,
+    mode: CrashMode,
+) {
+    net.stop(spec.id);
+    running.kill.kill();
+    disk.crash(mode);
+    running.router.remove(VOLUME);
+    let raft = running.raft;
+    // Nothing waits for this: the incarnation can no longer send or persist.
+    Rt::spawn(async move {
+        let _ = raft.shutdown().await;
+    });
+}
+
+/// A planted bug: a disk whose `fdatasync` succeeds without syncing.
+#[derive(Debug)]
+struct LyingDisk(FaultyDisk);
+
+#[derive(Debug)]
+struct LyingFile(Arc<dyn DiskFile>);
+
+impl Disk for LyingDisk {
+    fn open(&self, name: &str, mode: OpenMode) -> Result<Arc<dyn DiskFile>, DiskError> {
+        Ok(Arc::new(LyingFile(self.0.open(name, mode)?)))
+    }
+    fn list(&self) -> Result<Vec<String>, DiskError> {
+        self.0.list()
+    }
+    fn remove(&self, name: &str) -> Result<(), DiskError> {
+        self.0.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
+        self.0.rename(from, to)
+    }
+    fn sync_dir(&self) -> Result<(), DiskError> {
+        self.0.sync_dir()
+    }
+}
+
+impl DiskFile for LyingFile {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        self.0.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn len(&self) -> Result<u64, DiskError> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        self.0.set_len(len)
+    }
+}

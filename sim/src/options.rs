@@ -1,0 +1,195 @@
+//! [`SimOptions`]: everything one run varies, derived from its seed alone.
+//!
+//! A run prints its options before anything else, so a failing seed shows
+//! at once what it simulated; the same seed always derives the same options
+//! (a [`SplitMix64`] stream of its own, independent of the runtime's).
+
+use std::fmt;
+
+use metro_kvstore::SplitMix64;
+
+/// Nodes in a cluster, at most (the group has every node as a voter).
+pub const NODES_MAX: usize = 7;
+/// Blocks of the simulated volume: small, so that clients collide often.
+pub const VOLUME_BLOCKS: u64 = 32;
+
+/// A deliberate bug on the simulator's side, to prove the checkers catch
+/// what they claim to (never set by a seed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Clients count a write acknowledged as soon as it is sent, before the
+    /// leader answered.
+    EarlyAck,
+    /// Disks acknowledge `fdatasync` without making anything durable.
+    LyingFsync,
+}
+
+/// One failure domain of the topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub nodes: u64,
+    /// A witness domain: its nodes vote but never campaign.
+    pub witness: bool,
+}
+
+/// Latency of one kind of link: `base_us` plus up to `jitter_us` uniformly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency {
+    pub base_us: u64,
+    pub jitter_us: u64,
+}
+
+/// Everything a run varies.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub domains: Vec<DomainSpec>,
+    /// Between nodes of one domain.
+    pub intra_domain: Latency,
+    /// Between domains `i < j`, indexed `[i][j]`.
+    pub inter_domain: Vec<Vec<Latency>>,
+    pub loss_ppm: u64,
+    pub dup_ppm: u64,
+    /// Chance that one message is delayed by a spike of `spike_ms`.
+    pub spike_ppm: u64,
+    pub spike_ms: u64,
+    /// Time one group commit (write + fdatasync) keeps a node's disk busy.
+    pub fsync_us: u64,
+    /// Length of the safety phase (faults on), virtual seconds.
+    pub safety_s: u64,
+    /// Mean pause between injected faults.
+    pub fault_interval_ms: u64,
+    /// Relative weights of the fault kinds: crash, partition, isolate domain.
+    pub fault_weights: [u64; 3],
+    /// Chance a crash tears the unsynced tail instead of dropping it.
+    pub tear_ppm: u64,
+    pub clients: u64,
+    pub write_ppm: u64,
+    pub think_ms_max: u64,
+    /// Raft snapshot (and log purge) every this many entries; 0: never.
+    pub snapshot_logs: u64,
+    pub bug: Option<PlantedBug>,
+}
+
+fn latency(rng: &mut SplitMix64, lo_us: u64, hi_us: u64) -> Latency {
+    let base_us = lo_us + rng.below(hi_us - lo_us + 1);
+    let jitter_us = rng.below(base_us + 1);
+    Latency { base_us, jitter_us }
+}
+
+impl SimOptions {
+    /// The options of `seed`.
+    pub fn from_seed(seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0x6f70_7469_6f6e_7321);
+        let data_domains = 2 + rng.below(2);
+        let mut domains = Vec::new();
+        let mut total = 0;
+        for d in 0..data_domains {
+            let left = data_domains - d;
+            let room = (NODES_MAX as u64 - 1 - total) / left;
+            let nodes = 1 + rng.below(room.clamp(1, 3));
+            total += nodes;
+            domains.push(DomainSpec {
+                nodes,
+                witness: false,
+            });
+        }
+        if data_domains == 2 || (rng.below(2) == 0 && total < NODES_MAX as u64) {
+            domains.push(DomainSpec {
+                nodes: 1,
+                witness: true,
+            });
+        }
+        let intra_domain = latency(&mut rng, 50, 400);
+        let inter_domain = (0..domains.len())
+            .map(|_| {
+                (0..domains.len())
+                    .map(|_| latency(&mut rng, 500, 15_000))
+                    .collect()
+            })
+            .collect();
+        Self {
+            seed,
+            domains,
+            intra_domain,
+            inter_domain,
+            loss_ppm: rng.below(20_001),
+            dup_ppm: rng.below(10_001),
+            spike_ppm: rng.below(2_001),
+            spike_ms: 20 + rng.below(481),
+            fsync_us: 100 + rng.below(2_901),
+            safety_s: 8 + rng.below(13),
+            fault_interval_ms: 800 + rng.below(3_201),
+            fault_weights: [1 + rng.below(4), 1 + rng.below(4), rng.below(3)],
+            tear_ppm: rng.below(500_001),
+            clients: 3 + rng.below(6),
+            write_ppm: 300_000 + rng.below(500_001),
+            think_ms_max: rng.below(31),
+            snapshot_logs: [0, 64, 256, 1_000][rng.below(4) as usize],
+            bug: None,
+        }
+    }
+
+    /// Nodes in the cluster.
+    pub fn node_count(&self) -> u64 {
+        self.domains.iter().map(|d| d.nodes).sum()
+    }
+
+    /// The latency between domains `a` and `b`.
+    pub fn link(&self, a: usize, b: usize) -> Latency {
+        match a.cmp(&b) {
+            std::cmp::Ordering::Equal => self.intra_domain,
+            std::cmp::Ordering::Less => self.inter_domain[a][b],
+            std::cmp::Ordering::Greater => self.inter_domain[b][a],
+        }
+    }
+}
+
+impl fmt::Display for SimOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let topology: Vec<String> = self
+            .domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let role = if d.witness { "witness" } else { "data" };
+                format!("d{i}:{role}x{}", d.nodes)
+            })
+            .collect();
+        writeln!(f, "seed={} topology=[{}]", self.seed, topology.join(" "))?;
+        let mut links = vec![format!(
+            "intra={}+{}us",
+            self.intra_domain.base_us, self.intra_domain.jitter_us
+        )];
+        for a in 0..self.domains.len() {
+            for b in a + 1..self.domains.len() {
+                let l = self.link(a, b);
+                links.push(format!("d{a}-d{b}={}+{}us", l.base_us, l.jitter_us));
+            }
+        }
+        writeln!(f, "  latency {}", links.join(" "))?;
+        writeln!(
+            f,
+            "  faults loss={}ppm dup={}ppm spike={}ppm/{}ms fsync={}us safety={}s every~{}ms weights(crash,partition,isolate)={:?} tear={}ppm",
+            self.loss_ppm,
+            self.dup_ppm,
+            self.spike_ppm,
+            self.spike_ms,
+            self.fsync_us,
+            self.safety_s,
+            self.fault_interval_ms,
+            self.fault_weights,
+            self.tear_ppm
+        )?;
+        write!(
+            f,
+            "  workload clients={} writes={}ppm think<={}ms blocks={} snapshot_logs={} bug={:?}",
+            self.clients,
+            self.write_ppm,
+            self.think_ms_max,
+            VOLUME_BLOCKS,
+            self.snapshot_logs,
+            self.bug
+        )
+    }
+}

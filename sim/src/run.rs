@@ -1,0 +1,362 @@
+//! One seed end to end: boot, safety phase, liveness phase, checks.
+//!
+//! - Safety phase (`safety_s` virtual seconds): clients run the workload
+//!   while the fault schedule crashes nodes and cuts links, on top of the
+//!   options' loss, duplication and latency spikes.
+//! - Liveness phase: clients stop, every fault heals (partitions, loss,
+//!   duplication, spikes; every crashed node restarts). Within
+//!   [`LIVENESS_BUDGET_S`] virtual seconds a write must be acknowledged,
+//!   every replica must apply up to the same index, and then every replica
+//!   must hold byte-identical blocks; each replica's copy and a final read
+//!   through the leader are checked against the history like any read.
+//! - Verdict: the history checks of `checker.rs`; violations are counted.
+//!
+//! A panic in any task (openraft asserts its own invariants, e.g. that a
+//! follower's log never goes backwards) is a violation too: while a run is
+//! active on a thread, a process-wide panic hook records that thread's
+//! panics instead of printing them.
+//!
+//! The scenario runs as one task of a fresh runtime; [`run_seed`] drives it
+//! in slices of [`TRACE_SLICE_MS`] virtual milliseconds and folds the
+//! executor's trace into a 64-bit FNV-1a hash between slices, so the hash
+//! covers the exact scheduling order without keeping the trace in memory.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use futures_util::future::{Either, select};
+use metro_fabric::env::NodeId;
+use openraft::AsyncRuntime;
+use openraft::async_runtime::watch::WatchReceiver;
+
+use crate::checker::check_history;
+use crate::cluster::Cluster;
+use crate::faults::{FaultStats, inject, pause_ms};
+use crate::history::{OpKind, Outcome, decode_blocks};
+use crate::network::{LinkFaults, NetStats};
+use crate::options::{SimOptions, VOLUME_BLOCKS};
+use crate::rng::SimRng;
+use crate::workload::{client, sweep, write};
+use crate::{Rt, now_ns};
+
+/// Virtual seconds the liveness phase may take.
+pub const LIVENESS_BUDGET_S: u64 = 30;
+/// Virtual time between two folds of the trace into its hash.
+pub const TRACE_SLICE_MS: u64 = 250;
+/// Virtual seconds after which a run counts as hung, beyond its phases.
+pub const RUN_SLACK_S: u64 = 60;
+/// Pause between two looks while waiting for convergence.
+pub const CONVERGE_POLL_MS: u64 = 50;
+/// Whole-volume reads tried at the end.
+pub const FINAL_SWEEP_ATTEMPTS: u64 = 20;
+
+/// Panics of one run recorded (all are counted).
+pub const PANICS_KEPT_MAX: usize = 16;
+
+thread_local! {
+    /// `Some` while a run is active on this thread: its panics, and how many.
+    static PANICS: RefCell<Option<(u64, Vec<String>)>> = const { RefCell::new(None) };
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+/// Installs (once per process) the hook that records the panics of active
+/// runs and leaves every other panic to the previous hook.
+fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let recorded = PANICS.with(|panics| match panics.borrow_mut().as_mut() {
+                Some((count, kept)) => {
+                    *count += 1;
+                    if kept.len() < PANICS_KEPT_MAX {
+                        kept.push(info.to_string().replace('\n', " "));
+                    }
+                    true
+                }
+                None => false,
+            });
+            if !recorded {
+                previous(info);
+            }
+        }));
+    });
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Folds `bytes` into an FNV-1a hash.
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// What one seed did.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    /// FNV-1a over every executor trace event, in order.
+    pub trace: u64,
+    pub events: u64,
+    pub violations: u64,
+    /// The first violation messages.
+    pub messages: Vec<String>,
+    pub sim_ns: u64,
+    pub ops: OpCounts,
+    pub net: NetStats,
+    pub faults: FaultStats,
+    pub leaders_per_term_max: usize,
+}
+
+/// Operations of a run by kind and outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    pub writes_acked: u64,
+    pub writes_unknown: u64,
+    pub writes_not_applied: u64,
+    pub reads_answered: u64,
+    pub reads_failed: u64,
+    /// Mean latency of acknowledged writes and answered reads, virtual µs.
+    pub write_us_mean: u64,
+    pub read_us_mean: u64,
+}
+
+impl OpCounts {
+    fn of(ops: &[crate::history::Op]) -> Self {
+        let mut counts = Self::default();
+        let (mut write_ns, mut read_ns) = (0u64, 0u64);
+        for op in ops {
+            let acked = matches!(op.outcome, Outcome::Acked { .. });
+            let took = op.complete_ns.unwrap_or(op.invoke_ns) - op.invoke_ns;
+            match op.kind {
+                OpKind::Write { .. } if acked => write_ns += took,
+                OpKind::Read { .. } if acked => read_ns += took,
+                _ => {}
+            }
+            let slot = match (&op.kind, &op.outcome) {
+                (OpKind::Write { .. }, Outcome::Acked { .. }) => &mut counts.writes_acked,
+                (OpKind::Write { .. }, Outcome::NotApplied) => &mut counts.writes_not_applied,
+                (OpKind::Write { .. }, _) => &mut counts.writes_unknown,
+                (OpKind::Read { .. }, _) if acked => &mut counts.reads_answered,
+                (OpKind::Read { .. }, _) => &mut counts.reads_failed,
+            };
+            *slot += 1;
+        }
+        counts.write_us_mean = write_ns / counts.writes_acked.max(1) / 1_000;
+        counts.read_us_mean = read_ns / counts.reads_answered.max(1) / 1_000;
+        counts
+    }
+}
+
+/// What the scenario task hands back.
+#[derive(Debug, Default)]
+struct Scenario {
+    violations: u64,
+    messages: Vec<String>,
+    ops: OpCounts,
+    net: NetStats,
+    faults: FaultStats,
+    leaders_per_term_max: usize,
+}
+
+/// Runs `options.seed` to its verdict (see the module docs).
+pub fn run_seed(options: SimOptions) -> RunReport {
+    let seed = options.seed;
+    let hard_stop_ns = (options.safety_s + LIVENESS_BUDGET_S + RUN_SLACK_S) * 1_000_000_000;
+    install_panic_hook();
+    PANICS.with(|panics| *panics.borrow_mut() = Some((0, Vec::new())));
+    let mut rt = Rt::with_seed(seed);
+    rt.record_trace(true);
+    let mut trace = FNV_OFFSET;
+    let mut events = 0u64;
+    // Spawned from inside the runtime; the handle is awaited slice by slice.
+    #[allow(clippy::async_yields_async)]
+    // reason: the handle is meant to leave this block unawaited
+    let spawn = async { Rt::spawn(scenario(options)) };
+    let mut task = Box::pin(rt.block_on(spawn));
+    let outcome = loop {
+        let slice = Duration::from_millis(TRACE_SLICE_MS);
+        let step = rt.block_on(async move {
+            match select(task, Box::pin(Rt::sleep(slice))).await {
+                Either::Left((done, _)) => Ok(done),
+                Either::Right(((), task)) => Err((task, now_ns())),
+            }
+        });
+        for event in rt.take_trace() {
+            trace = fnv1a(trace, event.as_bytes());
+            trace = fnv1a(trace, b"\n");
+            events += 1;
+        }
+        match step {
+            Ok(done) => break done.map_err(|e| format!("scenario task failed: {e:?}")),
+            Err((_, now)) if now > hard_stop_ns => break Err("run did not finish".to_string()),
+            Err((next, _)) => task = next,
+        }
+    };
+    let sim_ns = rt.block_on(async { now_ns() });
+    drop(rt);
+    let mut scenario = outcome.unwrap_or_else(|why| Scenario {
+        violations: 1,
+        messages: vec![why],
+        ..Scenario::default()
+    });
+    if let Some((count, kept)) = PANICS.with(|panics| panics.borrow_mut().take()) {
+        scenario.violations += count;
+        scenario
+            .messages
+            .extend(kept.into_iter().map(|p| format!("task panicked: {p}")));
+    }
+    RunReport {
+        seed,
+        trace,
+        events,
+        violations: scenario.violations,
+        messages: scenario.messages,
+        sim_ns,
+        ops: scenario.ops,
+        net: scenario.net,
+        faults: scenario.faults,
+        leaders_per_term_max: scenario.leaders_per_term_max,
+    }
+}
+
+async fn scenario(options: SimOptions) -> Scenario {
+    let rng = SimRng::new(options.seed ^ 0x7369_6d75_6c61_7465);
+    let safety = Duration::from_secs(options.safety_s);
+    let cluster = Cluster::boot(options, rng).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    for number in 0..cluster.options.clients {
+        Rt::spawn(client(Arc::clone(&cluster), number, Arc::clone(&stop)));
+    }
+    let faults = Rt::spawn(inject(Arc::clone(&cluster), Arc::clone(&stop)));
+    Rt::sleep(safety).await;
+    stop.store(true, Ordering::SeqCst);
+    let faults = faults.await.unwrap_or_default();
+    liveness(&cluster).await;
+    let ops = cluster.history.ops();
+    check_history(&ops, &cluster.violations);
+    Scenario {
+        violations: cluster.violations.count(),
+        messages: cluster.violations.messages(),
+        ops: OpCounts::of(&ops),
+        net: cluster.net.stats(),
+        faults,
+        leaders_per_term_max: cluster.observer.leaders_per_term_max(),
+    }
+}
+
+/// Heals everything and requires the cluster to converge in the budget.
+async fn liveness(cluster: &Arc<Cluster>) {
+    let deadline = now_ns() + LIVENESS_BUDGET_S * 1_000_000_000;
+    cluster.net.heal_partitions();
+    cluster.net.set_faults(LinkFaults {
+        loss_ppm: 0,
+        dup_ppm: 0,
+        spike_ppm: 0,
+        spike_ms: 0,
+    });
+    for id in cluster.node_ids() {
+        cluster.restart(id).await;
+    }
+    let fail = |what: &str| {
+        let at = now_ns();
+        cluster.violations.report(format!(
+            "liveness: {what} within {LIVENESS_BUDGET_S} s (at {at} ns)"
+        ));
+    };
+    if !probe_write(cluster, deadline).await {
+        return fail("no write acknowledged");
+    }
+    if !converged(cluster, deadline).await {
+        return fail("replicas did not converge");
+    }
+    compare_replicas(cluster);
+    if !sweep(cluster, "final-sweep", FINAL_SWEEP_ATTEMPTS).await {
+        fail("no final read answered");
+    }
+}
+
+/// Writes block 0 until one write is acknowledged or `deadline` passes.
+async fn probe_write(cluster: &Cluster, deadline: u64) -> bool {
+    while now_ns() < deadline {
+        if let Some(via) = cluster.pick_up_node()
+            && let Outcome::Acked { .. } = write(cluster, "liveness-probe", via, 0, 1).await
+        {
+            return true;
+        }
+        pause_ms(CONVERGE_POLL_MS).await;
+    }
+    false
+}
+
+/// Waits until every node runs and all applied the same, newest index.
+async fn converged(cluster: &Cluster, deadline: u64) -> bool {
+    while now_ns() < deadline {
+        let nodes = cluster.node_ids();
+        let applied: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|id| {
+                let raft = cluster.raft(*id)?;
+                let metrics = raft.metrics();
+                let m = metrics.borrow_watched();
+                let log_end = m.last_log_index;
+                m.last_applied
+                    .map(|l| l.index)
+                    .filter(|i| Some(*i) == log_end)
+            })
+            .collect();
+        if applied.iter().all(Option::is_some) && applied.windows(2).all(|w| w[0] == w[1]) {
+            return true;
+        }
+        pause_ms(CONVERGE_POLL_MS).await;
+    }
+    false
+}
+
+/// Reads every replica's own copy: records it as a read (so a lost
+/// acknowledged write shows) and requires all copies to be identical.
+fn compare_replicas(cluster: &Cluster) {
+    let mut digests: Vec<(NodeId, u64)> = Vec::new();
+    for id in cluster.node_ids() {
+        let Some(volume) = cluster.volume(id) else {
+            continue;
+        };
+        let who = format!("replica-{id}");
+        let data = match volume.read_blocks(0, VOLUME_BLOCKS as u32) {
+            Ok(data) => data,
+            Err(err) => {
+                cluster
+                    .violations
+                    .report(format!("{who}: read fails: {err}"));
+                continue;
+            }
+        };
+        digests.push((id, fnv1a(FNV_OFFSET, data.as_bytes())));
+        match decode_blocks(data.as_bytes(), 0) {
+            Ok(seen) => {
+                let kind = OpKind::Read {
+                    first_block: 0,
+                    seen: Vec::new(),
+                };
+                let now = now_ns();
+                let op = cluster.history.invoke(&who, kind, now);
+                let acked = Outcome::Acked { log_index: None };
+                cluster.history.complete(op, acked, Some(seen), now);
+            }
+            Err(why) => cluster.violations.report(format!("{who}: {why}")),
+        }
+    }
+    if let Some((first, digest)) = digests.first()
+        && let Some((other, theirs)) = digests.iter().find(|(_, d)| d != digest)
+    {
+        cluster.violations.report(format!(
+            "replicas differ: node {first} digest {digest:016x}, node {other} digest {theirs:016x}"
+        ));
+    }
+}

@@ -1,0 +1,30 @@
+//! A small swarm: every seed passes every check. Two halves, so that the
+//! test harness runs them on both cores.
+
+use metro_sim::options::SimOptions;
+use metro_sim::run::run_seed;
+
+fn swarm(seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        let report = run_seed(SimOptions::from_seed(seed));
+        assert_eq!(
+            report.violations, 0,
+            "seed {seed} fails; replay: metro-sim run --seed {seed}\n{:#?}",
+            report.messages
+        );
+        assert!(
+            report.ops.writes_acked > 0,
+            "seed {seed} acknowledged writes"
+        );
+    }
+}
+
+#[test]
+fn seeds_0_to_9_pass() {
+    swarm(0..10);
+}
+
+#[test]
+fn seeds_10_to_19_pass() {
+    swarm(10..20);
+}
