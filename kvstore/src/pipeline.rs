@@ -1,13 +1,13 @@
 //! Pipelined group commit: the log keeps growing while it is being synced.
 //!
-//! With a [`Syncer`] attached, [`Writer::run`] appends every group to the
-//! log as soon as it arrives, without waiting. At most one `fdatasync` runs
-//! at a time, on the syncer; it covers every group written before it
-//! started. When it returns, the writer immediately starts the next one for
-//! whatever was written meanwhile, then publishes and acknowledges the
-//! groups the finished sync covered, then does upkeep. So the disk always
-//! has the next sync queued behind the current one, and wake-ups, index
-//! updates and compaction overlap an fsync instead of delaying it.
+//! With a [`Syncer`] attached, at most one `fdatasync` runs at a time, on
+//! the syncer. While it runs, submissions queue up (the writer waits only for
+//! the sync, so submitters never wake it one by one). When it returns, the
+//! writer drains the queue into one group, appends it and starts its sync,
+//! and only then publishes and acknowledges the groups the finished sync
+//! covered and does upkeep. So the disk always has the next sync right
+//! behind the current one, and wake-ups, index updates and compaction
+//! overlap an fsync instead of delaying it.
 //!
 //! Durability is unchanged: a batch is published and acknowledged only after
 //! an `fdatasync` that started after its bytes were written has returned.
@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, bounded, select_biased};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::disk::DiskFile;
 use crate::error::StoreError;
@@ -78,8 +78,6 @@ struct Pipeline {
     /// Covered by the running sync.
     syncing: Vec<Written>,
     sync_running: bool,
-    /// The submission queue is closed: finish what is pending and stop.
-    closed: bool,
 }
 
 impl Writer {
@@ -101,37 +99,31 @@ impl Writer {
     pub(crate) fn run_pipelined(mut self) {
         let mut p = Pipeline::default();
         loop {
-            if !p.sync_running && !p.written.is_empty() {
-                self.start_sync(&mut p);
-            }
-            if p.closed && !p.sync_running && p.written.is_empty() {
-                return;
-            }
-            let link = self.syncer.as_ref().expect("pipelined writer has a syncer");
-            let results = link.results.clone();
-            if p.closed {
-                let result = recv_result(&results);
+            if p.sync_running {
+                // Submitters queue up meanwhile; waking for each of them
+                // would only cost the writer context switches.
+                let link = self.syncer.as_ref().expect("pipelined writer has a syncer");
+                let result = recv_result(&link.results);
                 self.sync_finished(&mut p, result);
                 continue;
             }
-            select_biased! {
-                recv(results) -> r => {
-                    let result = r.unwrap_or_else(|_| Err(syncer_gone()));
-                    self.sync_finished(&mut p, result);
-                }
-                recv(self.rx) -> sub => match sub {
-                    Ok(first) => self.append(&mut p, first),
-                    Err(_) => p.closed = true,
-                },
+            if !p.written.is_empty() {
+                self.start_sync(&mut p);
+                continue;
+            }
+            match self.rx.recv() {
+                Ok(first) => self.append(&mut p, first, true),
+                Err(_) => return,
             }
         }
     }
 
     /// Gathers what is queued behind `first` and appends it as one group.
-    /// A lone batch with nothing else pending is synced inline: at queue
-    /// depth one there is nothing to overlap, and the hand-off to the syncer
-    /// would only add latency.
-    fn append(&mut self, p: &mut Pipeline, first: Submission) {
+    /// If `may_inline`, a lone batch with nothing else pending is synced and
+    /// published inline: at queue depth one there is nothing to overlap, and
+    /// the hand-off to the syncer would only add latency. (Only allowed when
+    /// no earlier group awaits publication, or publication would reorder.)
+    fn append(&mut self, p: &mut Pipeline, first: Submission, may_inline: bool) {
         let mut group = vec![first];
         self.top_up(&mut group);
         self.last_group_len = group.len();
@@ -139,7 +131,7 @@ impl Writer {
             Ok(image) => image,
             Err(e) => return run_completions(self.finish_group(group, Err(e))),
         };
-        let lone = group.len() == 1 && !p.sync_running && p.written.is_empty();
+        let lone = may_inline && group.len() == 1 && !p.sync_running && p.written.is_empty();
         if lone && self.rx.is_empty() {
             let synced = image
                 .dirty
@@ -189,7 +181,8 @@ impl Writer {
         p.sync_running = true;
     }
 
-    /// A sync returned: start the next one, then acknowledge what it covered.
+    /// A sync returned: append what queued up meanwhile and start its sync,
+    /// then acknowledge what the finished one covered.
     fn sync_finished(&mut self, p: &mut Pipeline, result: Result<(), StoreError>) {
         p.sync_running = false;
         let covered = std::mem::take(&mut p.syncing);
@@ -203,7 +196,11 @@ impl Writer {
             return;
         }
         self.shared.stats.lock().log_syncs += 1;
-        if !p.written.is_empty() {
+        if let Ok(first) = self.rx.try_recv() {
+            // Never inline here: the covered groups must be published first.
+            self.append(p, first, false);
+        }
+        if !p.sync_running && !p.written.is_empty() {
             self.start_sync(p);
         }
         let mut done = Vec::new();
