@@ -36,6 +36,13 @@ enum Command {
         #[arg(long, value_enum)]
         bug: Option<Bug>,
     },
+    /// Prints the options of seeds S..S+K without running them.
+    Options {
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
     /// Runs many seeds.
     Swarm {
         #[arg(long)]
@@ -159,5 +166,11 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { seed, bug } => run(seed, bug),
         Command::Swarm { seeds, start, bug } => swarm(seeds, start, bug),
+        Command::Options { seeds, start } => {
+            for seed in start..start + seeds {
+                println!("{}", SimOptions::from_seed(seed));
+            }
+            ExitCode::SUCCESS
+        }
     }
 }

@@ -14,7 +14,11 @@
 //!
 //! A request may be duplicated (`dup_ppm`): the copy reaches the handler
 //! later and its response is discarded, which the `Transport` contract
-//! allows (handlers must be idempotent). The handler runs as a task of the
+//! allows (handlers must be idempotent). Only Raft and bulk requests are
+//! duplicated ([`duplicates`]): a client write is not idempotent (fabric
+//! has no client-level deduplication), so a late copy would re-apply an old
+//! write over newer acknowledged ones; QUIC, the production transport,
+//! delivers each request at most once. The handler runs as a task of the
 //! receiving node, so a caller that gives up does not cancel it. Any lost
 //! message makes the call fail [`TransportError::Unreachable`] after
 //! [`REQUEST_TIMEOUT_MS`]; a handler error fails it
@@ -416,7 +420,12 @@ impl SimTransport {
                 link: (self.node, peer),
             };
             let hop = net.hop(&mut state, self.node, peer);
-            let duplicate = match self.net.rng.chance(state.faults.dup_ppm) {
+            let dup_ppm = if duplicates(lane) {
+                state.faults.dup_ppm
+            } else {
+                0
+            };
+            let duplicate = match self.net.rng.chance(dup_ppm) {
                 true => Some(net.hop(&mut state, self.node, peer)),
                 false => None,
             };
@@ -476,6 +485,14 @@ impl SimTransport {
                 let _ = rx.await;
             }
         });
+    }
+}
+
+/// Whether requests on `lane` may be duplicated (see the module docs).
+pub fn duplicates(lane: Lane) -> bool {
+    match lane {
+        Lane::Raft | Lane::Bulk => true,
+        Lane::Client => false,
     }
 }
 

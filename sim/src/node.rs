@@ -9,7 +9,8 @@
 //! Disk timing: the writer task commits whatever is queued once per disk
 //! tick of `fsync_us` (one group commit: write + fdatasync, inline in
 //! [`Writer::step`]); a batch is durable, and its completion runs, at the
-//! first tick after it was submitted. Never `Writer::run` and never the
+//! first tick after it was submitted. Ticks of an idle disk back off up to
+//! [`DISK_IDLE_TICK_MAX_US`]. Never `Writer::run` and never the
 //! blocking `Store::write` here: the executor has one thread.
 //!
 //! Crash = power loss: the incarnation's tasks end at once (their
@@ -39,10 +40,14 @@ use crate::options::{PlantedBug, SimOptions, VOLUME_BLOCKS};
 /// The one volume the cluster replicates.
 pub const VOLUME: VolumeId = VolumeId(1);
 /// Segment size of the simulated stores: small, so segments roll and
-/// compaction and checkpoints run within a short simulation.
-pub const SEGMENT_BYTES: u32 = 4 << 20;
+/// compaction and checkpoints run within a short simulation, and because
+/// `FaultyDisk` copies a whole file at every fdatasync.
+pub const SEGMENT_BYTES: u32 = 512 << 10;
+/// The longest pause of an idle disk's commit loop: a batch submitted to
+/// an idle node waits at most this long for its group commit.
+pub const DISK_IDLE_TICK_MAX_US: u64 = 2_000;
 /// Log bytes between kvstore checkpoints.
-pub const CHECKPOINT_LOG_BYTES: u64 = 16 << 20;
+pub const CHECKPOINT_LOG_BYTES: u64 = 2 << 20;
 
 pub type Sm = VolumeStateMachine<Rt>;
 pub type Router = GroupRouter<Rt, Sm>;
@@ -133,10 +138,17 @@ fn store_options() -> Options {
 }
 
 /// Commits the queued batches once per disk tick, forever (until killed).
+/// While the queue stays empty the tick backs off, doubling up to
+/// [`DISK_IDLE_TICK_MAX_US`], so idle disks cost few events.
 async fn drive_writer(mut writer: Writer, tick: Duration) {
+    let idle_max = Duration::from_micros(DISK_IDLE_TICK_MAX_US).max(tick);
+    let mut next = tick;
     loop {
-        writer.step();
-        Rt::sleep(tick).await;
+        next = match writer.step() {
+            0 => (next * 2).min(idle_max),
+            _ => tick,
+        };
+        Rt::sleep(next).await;
     }
 }
 
