@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod etcd_membership;
+pub mod nbd;
 pub mod quic_frame;
 mod quic_server;
 pub mod quic_tls;
