@@ -99,7 +99,7 @@ fn run_once(seed: u64, pipelined: bool) {
 
 #[test]
 fn pipelined_writer_survives_crashes_under_load() {
-    for seed in 1..=6 {
+    for seed in 1..=12 {
         run_once(seed, true);
     }
 }

@@ -36,7 +36,7 @@ use crate::certs::{CertError, is_client_id, load_identity, load_trust};
 use crate::quic_transport::{QuicConfig, QuicError, QuicTransport};
 
 /// Default bound on one attempt.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on one operation, retries included.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(30);
 /// Pause before retrying when no leader is known or a node failed.

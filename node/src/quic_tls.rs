@@ -33,9 +33,9 @@ pub const ALPN: &[u8] = b"metro/1";
 /// Most concurrently open request streams a peer may have on one connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Keep-alive interval, well under [`IDLE_TIMEOUT`].
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Per-stream receive window (flow control), bytes.
 pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
 /// Per-connection receive window (flow control), bytes.

@@ -63,7 +63,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for an accepted connection to complete its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a whole `call` may take, connection set-up included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the server waits for a complete request frame on a stream.
 pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -41,10 +41,6 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(80);
 const TEST_TIMEOUT: Duration = Duration::from_secs(170);
 const POLL: Duration = Duration::from_millis(200);
-/// kvstore's pipelined syncer (committed minutes before this test) panics
-/// under this load ("versions of a key arrive in seq order", index.rs),
-/// so the nodes fsync inline until it is fixed; drop this line then.
-const KV_SYNC_LINE: &str = "kv_inline_sync = true";
 
 /// Block `index`'s unique content: its index, then a stream seeded by it.
 fn pattern(index: u64) -> BlockData {
@@ -121,11 +117,10 @@ impl Cluster {
 
     fn write_config(&self, id: NodeId) -> anyhow::Result<()> {
         let mut text = format!(
-            "node_id = {id}\ndata_dir = {:?}\ncerts_dir = {:?}\nlisten = \"{}\"\n{}\n[peers]\n",
+            "node_id = {id}\ndata_dir = {:?}\ncerts_dir = {:?}\nlisten = \"{}\"\n[peers]\n",
             self.dir.join(format!("data-{id}")),
             self.dir.join("certs"),
             self.addrs[&id],
-            KV_SYNC_LINE,
         );
         for (peer, addr) in self.addrs.iter().filter(|(peer, _)| **peer != id) {
             text.push_str(&format!("{peer} = \"{addr}\"\n"));
