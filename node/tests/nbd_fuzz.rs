@@ -564,6 +564,16 @@ async fn error_replies_follow_the_protocol() {
         .await
         .unwrap();
     assert_eq!(read_reply(&mut s).await.unwrap(), (EINVAL, 9));
+    assert!(!server.is_finished());
+    drop(backend);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_fua_and_oversized_writes() {
+    let (addr, backend, server) = start().await;
+    let (mut s, size) = connect_go(addr, EXPORT).await.unwrap();
+    let big = metro_node::nbd::MAX_PAYLOAD_BYTES + 1;
+    let block = vec![7u8; 4096];
     // Backend failures are EIO; the connection survives them.
     let vol = backend.volume(EXPORT).unwrap();
     vol.set_failing(true);
