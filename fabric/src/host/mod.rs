@@ -36,9 +36,14 @@
 //!   index and a digest of its block map at that index
 //!   ([`crate::wire::VolumeStatus`]); replicas at the same applied index
 //!   with equal digests read identically.
+//! - Replacement: [`VolumeHost::open_learner`] (or `OpenReplica` with no
+//!   members) opens an empty replica without initializing its group; the
+//!   leader then adds it as a learner. The host implements the
+//!   coordinator's [`GroupAdmin`](crate::control::GroupAdmin) (`admin_impl`).
 //! - Deterministic: no wall clock, no spawning, ordered maps only; every
 //!   wait is on the runtime `RT`.
 
+mod admin_impl;
 pub mod catalogue;
 mod handler;
 mod status;
@@ -47,6 +52,7 @@ mod volume_host;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+pub use admin_impl::{CATCH_UP_TIMEOUT_MS, MEMBERSHIP_CHANGE_TIMEOUT_MS};
 pub use catalogue::{Catalogue, KIND_HOST_CATALOGUE};
 pub use handler::HostHandler;
 pub use volume_host::VolumeHost;

@@ -178,13 +178,17 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
 
     /// Opens an empty replica of `volume` here (recorded durably first)
     /// and initializes its group with `members`. Idempotent: an open
-    /// replica of the same size is left as it is.
+    /// replica of the same size is left as it is. With no `members` the
+    /// replica is opened but not initialized ([`Self::open_learner`]).
     pub async fn open_replica(
         &self,
         volume: VolumeId,
         size_blocks: u64,
         members: &[NodeId],
     ) -> Result<(), HostError> {
+        if members.is_empty() {
+            return self.open_learner(volume, size_blocks).await;
+        }
         self.check_members(size_blocks, members)?;
         if !members.contains(&self.config.node) {
             return Err(HostError::Invalid(format!(
@@ -192,25 +196,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 self.config.node
             )));
         }
-        {
-            let _guard = self.lifecycle.lock().await;
-            let existing = lock(&self.replicas).get(&volume).copied();
-            match existing {
-                Some(size) if size == size_blocks => {}
-                Some(size) => {
-                    return Err(HostError::Invalid(format!(
-                        "{volume} exists here with {size} blocks, not {size_blocks}"
-                    )));
-                }
-                None => {
-                    if lock(&self.replicas).len() >= VOLUMES_MAX {
-                        return Err(HostError::Full);
-                    }
-                    self.catalogue.record::<RT>(volume, size_blocks).await?;
-                    self.start_group(volume, size_blocks).await?;
-                }
-            }
-        }
+        self.ensure_open(volume, size_blocks).await?;
         let raft = self.raft(volume).ok_or(HostError::UnknownVolume(volume))?;
         let initialized = raft.is_initialized().await.map_err(|e| failed(volume, e))?;
         if !initialized {
@@ -219,6 +205,40 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             match raft.initialize(nodes).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(err) => return Err(failed(volume, format!("initializing: {err}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens an empty replica of `volume` here without initializing its
+    /// group: a replacement member, which the group's leader then adds as
+    /// a learner and catches up (idempotent).
+    pub async fn open_learner(&self, volume: VolumeId, size_blocks: u64) -> Result<(), HostError> {
+        if size_blocks == 0 {
+            return Err(HostError::Invalid(
+                "a volume needs at least one block".into(),
+            ));
+        }
+        self.ensure_open(volume, size_blocks).await
+    }
+
+    /// Records and starts `volume`'s replica unless it is open already.
+    async fn ensure_open(&self, volume: VolumeId, size_blocks: u64) -> Result<(), HostError> {
+        let _guard = self.lifecycle.lock().await;
+        let existing = lock(&self.replicas).get(&volume).copied();
+        match existing {
+            Some(size) if size == size_blocks => {}
+            Some(size) => {
+                return Err(HostError::Invalid(format!(
+                    "{volume} exists here with {size} blocks, not {size_blocks}"
+                )));
+            }
+            None => {
+                if lock(&self.replicas).len() >= VOLUMES_MAX {
+                    return Err(HostError::Full);
+                }
+                self.catalogue.record::<RT>(volume, size_blocks).await?;
+                self.start_group(volume, size_blocks).await?;
             }
         }
         Ok(())
@@ -249,7 +269,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// Sends a replica-control request to `peer`; `Done` is success.
-    async fn control(
+    pub(crate) async fn control(
         &self,
         peer: NodeId,
         volume: VolumeId,

@@ -1,0 +1,86 @@
+//! [`GroupAdmin`]: the coordinator's hands on the volumes' Raft groups.
+//!
+//! The desired state lives in the store; a group's *actual* voter set lives
+//! in its own log (openraft membership). The coordinator changes the actual
+//! state only through this trait, so the control loop runs unchanged against
+//! the production [`VolumeHost`](crate::host::VolumeHost) (see
+//! `host/admin_impl.rs`), the simulator, and hand-written fakes in tests.
+//!
+//! Contract (every method):
+//! - **Idempotent.** The coordinator may call again after a crash, a lost
+//!   answer or a failover, before or after its store write went through:
+//!   creating an existing group with the same members, or replacing a member
+//!   that was already replaced, succeeds without changing anything.
+//! - **Errors say what to do.** [`AdminError::Retry`] (no leader now, a peer
+//!   unreachable, the leader is elsewhere) means "try again next round";
+//!   [`AdminError::Failed`] means the request cannot work as asked.
+//! - Witness members are voters like data members. (Their "never serve I/O,
+//!   never lead" behaviour is future work in the group itself.)
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use crate::control::state::{Placement, VolumeSpec};
+use crate::env::NodeId;
+
+/// Why a [`GroupAdmin`] call did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// Not now (no leader, a peer unreachable, the leader is elsewhere, a
+    /// catch-up that did not finish in time): retry next round.
+    #[error("group of {volume} not ready: {reason}")]
+    Retry { volume: String, reason: String },
+    /// The group refused the request as asked: do not retry it unchanged.
+    #[error("group of {volume} failed the request: {reason}")]
+    Failed { volume: String, reason: String },
+}
+
+impl AdminError {
+    /// Whether the same call may succeed later.
+    pub fn is_retry(&self) -> bool {
+        matches!(self, AdminError::Retry { .. })
+    }
+}
+
+/// Actions on a volume's Raft group (see the module contract).
+pub trait GroupAdmin: Send + Sync + 'static {
+    /// Creates `spec`'s group with every member of `placement` as a voter
+    /// (data and witness members alike).
+    fn create_group(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+
+    /// Replaces voter `dead` of the group (whose desired members are
+    /// `placement`) by `replacement`: adds `replacement` as a learner, waits
+    /// until it has caught up, then changes the voters to `placement` with
+    /// `dead` swapped for `replacement` (removing `dead` from the group).
+    fn replace_member(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        dead: NodeId,
+        replacement: NodeId,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+
+    /// The members of `placement` the group reports in sync: their matched
+    /// log index equals the leader's last log index (the leader counts).
+    fn in_sync(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> impl Future<Output = Result<BTreeSet<NodeId>, AdminError>> + Send;
+}
+
+/// The voter set after replacing `dead` by `replacement` in `placement`.
+pub fn voters_after_replace(
+    placement: &Placement,
+    dead: NodeId,
+    replacement: NodeId,
+) -> BTreeSet<NodeId> {
+    placement
+        .nodes()
+        .map(|node| if node == dead { replacement } else { node })
+        .collect()
+}

@@ -1,0 +1,192 @@
+//! [`GroupAdmin`] for [`VolumeHost`]: the coordinator's actions on real
+//! openraft groups.
+//!
+//! - `create_group` opens a replica on every member (the witness included:
+//!   witnesses are voters like data members; their "never lead, no data"
+//!   behaviour is future work) and initializes each with the same voter set,
+//!   as [`VolumeHost::create_volume`] does, but asks every member even when
+//!   one fails (a majority that opened is already a live group, which
+//!   repair can complete if the others stay down). It succeeds once every
+//!   member has opened; until then the coordinator calls it again.
+//! - `replace_member` runs on the group's leader, which must be this node:
+//!   it opens an *uninitialized* replica on the replacement
+//!   ([`VolumeHost::open_learner`], or `OpenReplica` with no members when
+//!   remote), adds it as a learner blocking until openraft considers it
+//!   caught up (bounded by [`CATCH_UP_TIMEOUT_MS`]), then replaces the voter
+//!   set in one joint-consensus change with `retain = false`, which removes
+//!   the dead voter from the group.
+//! - `in_sync` reads the leader's replication metrics: members whose
+//!   matched log index equals the leader's last log index, the leader
+//!   included.
+//!
+//! Known limit: membership changes and replication metrics are only
+//! available where the leader runs. When the leader is another node the
+//! calls answer [`AdminError::Retry`] naming it; forwarding them needs a
+//! host-level wire request (future work), or a coordinator co-located with
+//! the leaders.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::AsyncRuntime;
+use openraft::rt::WatchReceiver as _;
+
+use super::{HostError, VolumeHost};
+use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec, voters_after_replace};
+use crate::env::{NodeId, Transport};
+use crate::raft::types::RaftNode;
+use crate::volume::{BLOCK_BYTES, VolumeId};
+use crate::wire::ClientRequest;
+
+/// How long a new learner may take to catch up before the repair is
+/// retried in a later round.
+pub const CATCH_UP_TIMEOUT_MS: u64 = 120_000;
+/// How long one membership change may take to commit.
+pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 30_000;
+
+fn retry(spec: &VolumeSpec, reason: impl std::fmt::Display) -> AdminError {
+    AdminError::Retry {
+        volume: spec.name.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+fn admin_error(spec: &VolumeSpec, error: HostError) -> AdminError {
+    match error {
+        HostError::Invalid(reason) => AdminError::Failed {
+            volume: spec.name.clone(),
+            reason,
+        },
+        other => retry(spec, other),
+    }
+}
+
+fn size_blocks(spec: &VolumeSpec) -> u64 {
+    spec.size_bytes / BLOCK_BYTES as u64
+}
+
+impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
+    /// Opens `volume` on `node` (here or remote) with `members` (none: as
+    /// an uninitialized learner).
+    async fn open_on(
+        &self,
+        node: NodeId,
+        volume: VolumeId,
+        size_blocks: u64,
+        members: &[NodeId],
+    ) -> Result<(), HostError> {
+        if node == self.node() {
+            return self.open_replica(volume, size_blocks, members).await;
+        }
+        let request = ClientRequest::OpenReplica {
+            size_blocks,
+            members: members.to_vec(),
+        };
+        self.control(node, volume, request).await
+    }
+
+    /// This node's replica of `spec`'s volume, if it leads the group.
+    fn local_leader(
+        &self,
+        spec: &VolumeSpec,
+    ) -> Result<
+        crate::raft::types::VolumeRaft<RT, super::volume_host::HostStateMachine<RT>>,
+        AdminError,
+    > {
+        let volume = VolumeId(spec.id);
+        let raft = self
+            .raft(volume)
+            .ok_or_else(|| retry(spec, format!("no replica on node {}", self.node())))?;
+        let leader = raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.node()) {
+            return Err(retry(
+                spec,
+                format!(
+                    "the leader is {leader:?}, not node {}: membership changes run on the leader",
+                    self.node()
+                ),
+            ));
+        }
+        Ok(raft)
+    }
+}
+
+impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
+    async fn create_group(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> Result<(), AdminError> {
+        let volume = VolumeId(spec.id);
+        let members: Vec<NodeId> = placement.nodes().collect();
+        let mut first_error = None;
+        for &node in &members {
+            match self
+                .open_on(node, volume, size_blocks(spec), &members)
+                .await
+            {
+                Ok(()) => {}
+                Err(HostError::Invalid(reason)) => {
+                    return Err(AdminError::Failed {
+                        volume: spec.name.clone(),
+                        reason,
+                    });
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), |error| Err(admin_error(spec, error)))
+    }
+
+    async fn replace_member(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        dead: NodeId,
+        replacement: NodeId,
+    ) -> Result<(), AdminError> {
+        let raft = self.local_leader(spec)?;
+        let volume = VolumeId(spec.id);
+        self.open_on(replacement, volume, size_blocks(spec), &[])
+            .await
+            .map_err(|error| admin_error(spec, error))?;
+        let node = RaftNode {
+            addr: format!("node-{replacement}"),
+        };
+        let catch_up = Duration::from_millis(CATCH_UP_TIMEOUT_MS);
+        match RT::timeout(catch_up, raft.add_learner(replacement, node, true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(retry(spec, format!("adding learner: {error}"))),
+            Err(_) => return Err(retry(spec, "the learner did not catch up in time")),
+        }
+        let voters = voters_after_replace(placement, dead, replacement);
+        let change = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        match RT::timeout(change, raft.change_membership(voters, false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(retry(spec, format!("changing membership: {error}"))),
+            Err(_) => Err(retry(spec, "the membership change did not commit in time")),
+        }
+    }
+
+    async fn in_sync(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> Result<BTreeSet<NodeId>, AdminError> {
+        let raft = self.local_leader(spec)?;
+        let metrics = raft.metrics().borrow_watched().clone();
+        let last = metrics.last_log_index;
+        let replication = metrics
+            .replication
+            .ok_or_else(|| retry(spec, "leadership is changing"))?;
+        let matched = |node: NodeId| {
+            node == self.node()
+                || replication
+                    .get(&node)
+                    .is_some_and(|log_id| log_id.as_ref().map(|l| l.index) == last)
+        };
+        Ok(placement.nodes().filter(|node| matched(*node)).collect())
+    }
+}

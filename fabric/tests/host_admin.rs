@@ -1,0 +1,173 @@
+//! `GroupAdmin` for `VolumeHost` on real openraft groups: four hosts in one
+//! process (tokio, in-memory transport, in-memory disks). A group is
+//! created on three, written to, one member is cut off, and the leader
+//! replaces it by the fourth host (learner, catch-up, joint change that
+//! removes the dead voter); the new member ends up a voter with identical
+//! data, and the leader reports the new members in sync.
+
+#[allow(dead_code)] // each test binary uses its own subset of the helpers
+mod common;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use common::{MemNet, MemTransport, Rt, open_storage};
+use metro_fabric::control::{GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
+use metro_fabric::env::{Lane, NodeId, RequestHandler};
+use metro_fabric::host::{HostConfig, VolumeHost};
+use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
+use metro_kvstore::FaultyDisk;
+use tokio::time::{Instant, sleep};
+
+type Host = VolumeHost<Rt, MemTransport<Handler>>;
+type Net = MemNet<Handler>;
+
+const NODES: [NodeId; 4] = [1, 2, 3, 4];
+const SIZE_BLOCKS: u64 = 256;
+const BLOCKS_WRITTEN: u64 = 16;
+const WAIT: Duration = Duration::from_secs(30);
+const PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Handler(OnceLock<Arc<Host>>);
+
+impl RequestHandler for Handler {
+    fn handle(
+        &self,
+        from: NodeId,
+        lane: Lane,
+        request: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
+        let host = self.0.get().cloned();
+        let future: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
+            match host {
+                Some(host) => host.serve(from, lane, request).await,
+                None => Err("no host".to_string()),
+            }
+        });
+        future
+    }
+}
+
+fn start(net: &Arc<Net>, id: NodeId) -> Arc<Host> {
+    let handler = Arc::new(Handler::default());
+    net.register(id, Arc::clone(&handler));
+    let transport = Arc::new(MemTransport {
+        node: id,
+        net: Arc::clone(net),
+    });
+    let storage = open_storage(Arc::new(FaultyDisk::new(id)));
+    let config = HostConfig::new(id, NODES).expect("host config");
+    let host = VolumeHost::new(config, storage, transport);
+    let _ = handler.0.set(Arc::clone(&host));
+    host
+}
+
+fn placement(nodes: &[NodeId]) -> Placement {
+    let members = nodes
+        .iter()
+        .map(|node| Member {
+            node: *node,
+            domain: format!("site-{node}"),
+            role: MemberRole::Data,
+        })
+        .collect();
+    Placement { members }
+}
+
+fn block(index: u64) -> BlockData {
+    BlockData::new(vec![index as u8 + 1; BLOCK_BYTES]).expect("one block")
+}
+
+/// Polls `probe` until it answers.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        sleep(PAUSE).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_replaces_a_dead_member() {
+    let net = MemNet::new();
+    let hosts: Vec<Arc<Host>> = NODES.iter().map(|id| start(&net, *id)).collect();
+    let spec = VolumeSpec {
+        name: "db".into(),
+        id: 21,
+        size_bytes: SIZE_BLOCKS * BLOCK_BYTES as u64,
+        replicas: 3,
+    };
+    let volume = VolumeId(spec.id);
+    let before = placement(&[1, 2, 3]);
+    hosts[0].create_group(&spec, &before).await.expect("create");
+    hosts[0]
+        .create_group(&spec, &before)
+        .await
+        .expect("idempotent");
+    for i in 0..BLOCKS_WRITTEN {
+        eventually("a write", || async {
+            hosts[0].write(volume, i, block(i)).await.ok()
+        })
+        .await;
+    }
+
+    net.set_cut_off(3, true);
+    let leader = eventually("a leader that is not node 3", || async {
+        let status = hosts[0].status(volume).await.ok()?;
+        status.leader.filter(|leader| *leader != 3)
+    })
+    .await;
+    let admin = &hosts[leader as usize - 1];
+    let follower = &hosts[if leader == 1 { 1 } else { 0 }];
+    let refused = follower.replace_member(&spec, &before, 3, 4).await;
+    assert!(
+        refused.is_err_and(|e| e.is_retry()),
+        "only the leader changes membership"
+    );
+    eventually("the replacement", || async {
+        admin.replace_member(&spec, &before, 3, 4).await.ok()
+    })
+    .await;
+
+    let after = placement(&[1, 2, 4]);
+    let expected: BTreeSet<NodeId> = after.nodes().collect();
+    eventually("1, 2, 4 in sync", || async {
+        let in_sync = admin.in_sync(&spec, &after).await.ok()?;
+        (in_sync == expected).then_some(())
+    })
+    .await;
+    let statuses = eventually("identical replicas on 1, 2, 4", || async {
+        let mut statuses = Vec::new();
+        for node in [1, 2, 4] {
+            statuses.push(hosts[node as usize - 1].status(volume).await.ok()?);
+        }
+        let same = statuses.iter().all(|s| {
+            s.applied_index == statuses[0].applied_index && s.digest == statuses[0].digest
+        });
+        same.then_some(statuses)
+    })
+    .await;
+    for status in &statuses {
+        assert_eq!(status.voters, vec![1, 2, 4], "{status:?}");
+        assert!(status.learners.is_empty(), "{status:?}");
+        assert_eq!(status.blocks_nonzero, BLOCKS_WRITTEN, "{status:?}");
+    }
+    admin
+        .replace_member(&spec, &before, 3, 4)
+        .await
+        .expect("replacing again changes nothing");
+    for host in &hosts {
+        host.shutdown().await;
+    }
+}
