@@ -155,11 +155,7 @@ fn kvstore_runs(args: &Args, blocks: u64, secs: Duration) -> anyhow::Result<KvRu
         segment_bytes: args.segment_mib << 20,
         ..Options::default()
     };
-    let (store, mut writer) = Store::open(disk, options)?;
-    let syncer = writer.syncer();
-    let syncer_thread = std::thread::Builder::new()
-        .name("kv-sync".into())
-        .spawn(move || syncer.run())?;
+    let (store, writer) = Store::open(disk, options)?;
     let writer_thread = std::thread::Builder::new()
         .name("kv-writer".into())
         .spawn(move || writer.run())?;
@@ -203,9 +199,6 @@ fn kvstore_runs(args: &Args, blocks: u64, secs: Duration) -> anyhow::Result<KvRu
     writer_thread
         .join()
         .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
-    syncer_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("syncer thread panicked"))?;
     Ok(KvRuns {
         rows,
         write_amplification,

@@ -24,7 +24,6 @@ mod error;
 mod faulty_disk;
 mod file_disk;
 mod index;
-mod pipeline;
 mod record;
 mod recovery;
 mod rng;
@@ -39,10 +38,9 @@ pub use error::StoreError;
 pub use faulty_disk::{CrashMode, DiskStats, FaultOp, FaultyDisk};
 pub use file_disk::FileDisk;
 pub use index::ChangeKind;
-pub use pipeline::Syncer;
 pub use rng::SplitMix64;
 pub use shared::StoreStats;
 pub use store::{Change, Completion, Snapshot, Store};
 pub use writer::{
-    GATHER_YIELDS_MAX, GROUP_BYTES_MAX, GROUP_SUBMISSIONS_MAX, Options, SUBMIT_QUEUE_MAX, Writer,
+    GATHER_WAIT, GROUP_BYTES_MAX, GROUP_SUBMISSIONS_MAX, Options, SUBMIT_QUEUE_MAX, Writer,
 };

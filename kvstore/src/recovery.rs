@@ -126,7 +126,6 @@ impl Writer {
             last_group_len: 0,
             published_seq: end.last_seq,
             published_log_id: 0,
-            syncer: None,
         };
         writer.log = writer.resume_log(end.head)?;
         writer.published_log_id = writer.log.id;

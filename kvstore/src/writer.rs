@@ -36,10 +36,10 @@ pub const SUBMIT_QUEUE_MAX: usize = 1024;
 pub const GROUP_SUBMISSIONS_MAX: usize = 256;
 /// Encoded bytes in one group commit, at most (a single larger batch goes alone).
 pub const GROUP_BYTES_MAX: usize = 8 << 20;
-/// When a group is much smaller than the previous one, the threaded writer
-/// yields its core up to this many times to let woken submitters resubmit
-/// (no clock involved; the stepped writer never waits).
-pub const GATHER_YIELDS_MAX: usize = 32;
+/// How long the threaded writer waits, at a time, for more submissions when
+/// its group is much smaller than the previous one (the stepped writer used
+/// under the simulator never waits).
+pub const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Tuning of a store. The defaults suit a node holding many volumes.
 #[derive(Clone, Debug)]
@@ -153,8 +153,6 @@ pub struct Writer {
     /// Log segment holding the end of the newest published batch: replay
     /// after a checkpoint at `published_seq` starts there.
     pub(crate) published_log_id: u32,
-    /// The fsync stage, when a [`crate::Syncer`] runs it (see `pipeline.rs`).
-    pub(crate) syncer: Option<crate::pipeline::SyncerLink>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -168,12 +166,8 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// Writes until every [`crate::Store`] handle is dropped. With a
-    /// [`crate::Syncer`] attached ([`Writer::syncer`]) fsyncs are pipelined.
+    /// Writes until every [`crate::Store`] handle is dropped.
     pub fn run(mut self) {
-        if self.syncer.is_some() {
-            return self.run_pipelined();
-        }
         while let Ok(first) = self.rx.recv() {
             self.process(first, true);
         }
@@ -242,23 +236,29 @@ impl Writer {
         group.into_iter().map(|s| s.done).zip(results).collect()
     }
 
-    fn gather(&mut self, first: Submission, may_yield: bool) -> Vec<Submission> {
+    /// Takes `first` and whatever is queued behind it. When `may_wait` (the
+    /// threaded writer) and the previous group was larger, waits up to
+    /// [`GATHER_WAIT`] at a time for the submitters it just acknowledged to
+    /// come back, so a closed loop of N submitters keeps filling one group of
+    /// about N per fsync instead of splitting into small groups. A wait that
+    /// times out ends the gathering; at queue depth one nothing waits.
+    fn gather(&mut self, first: Submission, may_wait: bool) -> Vec<Submission> {
         let mut bytes = first.batch.encoded_len();
         let mut group = vec![first];
         let want = self.last_group_len * 3 / 4;
-        let mut yields = 0;
         while group.len() < GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX {
-            match self.rx.try_recv() {
-                Ok(next) => {
-                    bytes += next.batch.encoded_len();
-                    group.push(next);
-                }
-                Err(_) if may_yield && group.len() < want && yields < GATHER_YIELDS_MAX => {
-                    yields += 1;
-                    std::thread::yield_now();
+            let next = match self.rx.try_recv() {
+                Ok(next) => next,
+                Err(_) if may_wait && group.len() < want => {
+                    match self.rx.recv_timeout(GATHER_WAIT) {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
                 }
                 Err(_) => break,
-            }
+            };
+            bytes += next.batch.encoded_len();
+            group.push(next);
         }
         group
     }

@@ -7,8 +7,6 @@
 //! certs_dir = "/etc/metro/certs"       # from `metro cluster init`
 //! listen = "127.0.0.1:7001"            # QUIC (UDP) address
 //! log_level = "info"                   # error|warn|info|debug|trace
-//! kv_inline_sync = false               # true: fsync on the kvstore writer
-//!                                      # thread (no pipelined syncer)
 //!
 //! [peers]                              # every other node: id = "address"
 //! 2 = "127.0.0.1:7002"
@@ -74,7 +72,6 @@ struct FileConfig {
     certs_dir: Option<PathBuf>,
     listen: Option<String>,
     log_level: Option<String>,
-    kv_inline_sync: Option<bool>,
     #[serde(default)]
     peers: BTreeMap<String, String>,
     #[serde(default)]
@@ -89,7 +86,6 @@ pub struct Overrides {
     pub certs_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub log_level: Option<String>,
-    pub kv_inline_sync: Option<bool>,
     /// `ID=ADDRESS`, added to (or replacing) the file's peers.
     pub peers: Vec<String>,
     /// `ID=MS`, added to (or replacing) the file's delays.
@@ -106,9 +102,6 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     pub delays: BTreeMap<NodeId, Duration>,
     pub log_level: tracing::Level,
-    /// Run kvstore fsyncs on its writer thread instead of a pipelined
-    /// syncer thread (default: pipelined).
-    pub kv_inline_sync: bool,
 }
 
 fn bad(what: &'static str, value: &str, reason: impl ToString) -> ConfigError {
@@ -196,10 +189,6 @@ impl NodeConfig {
             log_level: level
                 .as_deref()
                 .map_or(Ok(tracing::Level::INFO), parse_level)?,
-            kv_inline_sync: overrides
-                .kv_inline_sync
-                .or(file.kv_inline_sync)
-                .unwrap_or(false),
         };
         config.check()?;
         Ok(config)

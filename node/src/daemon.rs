@@ -2,7 +2,7 @@
 //!
 //! Start-up, in order: load the trust root and this node's identity (from
 //! `metro cluster init`), open the kvstore in the data directory (recovering
-//! it) and start its writer and syncer threads, bind the QUIC transport with
+//! it) and start its writer thread, bind the QUIC transport with
 //! the [`HostHandler`], reopen every replica in the host's catalogue, then
 //! attach the host so the transport starts serving. Until then requests are
 //! refused and callers retry.
@@ -49,31 +49,23 @@ pub enum DaemonError {
     Host(#[from] HostError),
 }
 
-/// Opens the kvstore in `dir` and starts its writer thread, and its syncer
-/// thread unless `inline_sync` (fsync on the writer thread, no pipeline).
-fn open_store(dir: &PathBuf, inline_sync: bool) -> Result<Store, DaemonError> {
+/// Opens the kvstore in `dir` and starts its writer thread.
+fn open_store(dir: &PathBuf) -> Result<Store, DaemonError> {
     let data_dir = |reason: String| DaemonError::DataDir {
         path: dir.clone(),
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| data_dir(e.to_string()))?;
     let disk = FileDisk::open_dir(dir).map_err(|e| data_dir(e.to_string()))?;
-    let (store, mut writer) =
+    let (store, writer) =
         Store::open(Arc::new(disk), Options::default()).map_err(|source| DaemonError::Store {
             path: dir.clone(),
             source,
         })?;
-    let syncer = (!inline_sync).then(|| writer.syncer());
     std::thread::Builder::new()
         .name("metro-kv-writer".into())
         .spawn(move || writer.run())
         .map_err(DaemonError::Thread)?;
-    if let Some(syncer) = syncer {
-        std::thread::Builder::new()
-            .name("metro-kv-syncer".into())
-            .spawn(move || syncer.run())
-            .map_err(DaemonError::Thread)?;
-    }
     Ok(store)
 }
 
@@ -88,7 +80,7 @@ pub struct Node {
 pub async fn start(config: &NodeConfig) -> Result<Node, DaemonError> {
     let trust = load_trust(&config.certs_dir)?;
     let identity = load_identity(&config.certs_dir, &trust, config.node_id)?;
-    let store = open_store(&config.data_dir, config.kv_inline_sync)?;
+    let store = open_store(&config.data_dir)?;
     let storage = NodeStorage::new(store);
     let handler = HostHandler::<TokioRuntime, QuicTransport>::new();
     let mut quic = QuicConfig::new(identity, trust.ca.clone(), config.listen);

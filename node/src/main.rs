@@ -66,9 +66,6 @@ struct RunArgs {
     /// error, warn, info, debug or trace.
     #[arg(long)]
     log_level: Option<String>,
-    /// Fsync on the kvstore writer thread (no pipelined syncer).
-    #[arg(long)]
-    kv_inline_sync: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,7 +133,6 @@ fn node_run(args: RunArgs) -> anyhow::Result<()> {
         certs_dir: args.certs_dir,
         listen: args.listen,
         log_level: args.log_level,
-        kv_inline_sync: args.kv_inline_sync.then_some(true),
         peers: args.peers,
         delays: args.delays,
     };

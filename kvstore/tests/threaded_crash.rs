@@ -1,4 +1,4 @@
-//! The threaded writers (plain and pipelined) under concurrent load, with a
+//! The threaded writer (as production runs it) under concurrent load, with a
 //! crash at a random moment while segments roll, compaction runs and
 //! checkpoints are written. After recovery every key holds its last
 //! acknowledged value, or the value of the one write to it that was still
@@ -31,7 +31,7 @@ fn value(thread: u64, counter: u64) -> Vec<u8> {
     v
 }
 
-fn run_once(seed: u64, pipelined: bool) {
+fn run_once(seed: u64) {
     let disk = FaultyDisk::new(seed);
     let options = Options {
         segment_bytes: 16 << 10,
@@ -39,10 +39,8 @@ fn run_once(seed: u64, pipelined: bool) {
         checkpoint_log_bytes: 64 << 10,
         spare_segments_max: 2,
     };
-    let (store, mut writer) = Store::open(Arc::new(disk.clone()), options.clone()).unwrap();
-    let syncer = pipelined.then(|| writer.syncer());
+    let (store, writer) = Store::open(Arc::new(disk.clone()), options.clone()).unwrap();
     let writer_thread = std::thread::spawn(move || writer.run());
-    let syncer_thread = syncer.map(|s| std::thread::spawn(move || s.run()));
     let logs: Arc<Mutex<BTreeMap<u64, KeyLog>>> = Arc::default();
     let acked = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..THREADS)
@@ -79,9 +77,6 @@ fn run_once(seed: u64, pipelined: bool) {
     let stats = store.stats();
     drop(store);
     writer_thread.join().unwrap();
-    if let Some(s) = syncer_thread {
-        s.join().unwrap();
-    }
     assert!(
         stats.compacted_segments > 0 && stats.checkpoints > 0,
         "{stats:?}"
@@ -90,23 +85,13 @@ fn run_once(seed: u64, pipelined: bool) {
     for (key, log) in logs.lock().iter() {
         let got = store.get(NS, *key).unwrap();
         let ok = got == log.acked || (got.is_some() && got == log.in_flight);
-        assert!(
-            ok,
-            "seed {seed} pipelined {pipelined}: key {key} lost its acknowledged value"
-        );
+        assert!(ok, "seed {seed}: key {key} lost its acknowledged value");
     }
 }
 
 #[test]
-fn pipelined_writer_survives_crashes_under_load() {
-    for seed in 1..=12 {
-        run_once(seed, true);
-    }
-}
-
-#[test]
-fn plain_threaded_writer_survives_crashes_under_load() {
-    for seed in 11..=14 {
-        run_once(seed, false);
+fn threaded_writer_survives_crashes_under_load() {
+    for seed in 1..=16 {
+        run_once(seed);
     }
 }
