@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod kvstore_bench;
+mod replicate_bench;
 mod report;
 
 #[derive(Debug, Parser)]
@@ -16,10 +17,13 @@ struct Cli {
 enum Bench {
     /// Raw pwrite+fdatasync vs kvstore durable 4 KiB writes at 1, 8, 32 submitters.
     Kvstore(kvstore_bench::Args),
+    /// Replicated 4 KiB writes over real QUIC: 1 and 3 replicas, 0 and 2 ms delay, depth 1 and 32.
+    Replicate(replicate_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Kvstore(args) => kvstore_bench::run(&args),
+        Bench::Replicate(args) => replicate_bench::run(&args),
     }
 }

@@ -1,0 +1,320 @@
+//! `metro-bench replicate`: replicated 4 KiB writes over real QUIC, one run.
+//!
+//! For each of 1 and 3 replicas and each injected one-way delay (0 and 2 ms
+//! by default), starts that many nodes in this process exactly as `metro node
+//! run` does (kvstore on the file system with its writer thread,
+//! QUIC with mutual TLS on loopback, the volume host), creates one volume
+//! and drives random 4 KiB writes into its leader at queue depth 1 and 32.
+//! In the same run it measures the baselines the targets are stated against:
+//! a kvstore-only durable 4 KiB write (queue depth 1) and the QUIC round trip
+//! between two nodes.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use metro_fabric::env::{Lane, NodeId, Transport};
+use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
+use metro_kvstore::{FileDisk, Namespace, Options, SplitMix64, Store, WriteBatch};
+use metro_node::config::NodeConfig;
+use metro_node::daemon::{self, Node};
+use metro_node::tls::ClusterCa;
+use serde_json::json;
+
+use crate::report::{self, Row, Target, histogram};
+
+const VOLUME: VolumeId = VolumeId(1);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory for the nodes' data (created, then removed).
+    #[arg(long, default_value = "/var/tmp/metro-bench-replicate")]
+    dir: PathBuf,
+    /// Seconds per measured configuration.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Volume size (and working set) in MiB.
+    #[arg(long, default_value_t = 64)]
+    volume_mib: u64,
+    /// Injected one-way delays between nodes, in ms.
+    #[arg(long, value_delimiter = ',', default_value = "0,2")]
+    delays_ms: Vec<u64>,
+    /// Replica counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    replicas: Vec<usize>,
+    /// Queue depths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    depths: Vec<usize>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let secs = Duration::from_secs_f64(args.seconds);
+    let blocks = args.volume_mib * (1 << 20) / BLOCK_BYTES as u64;
+    let mut rows = vec![kvstore_baseline(&args.dir.join("kv-only"), blocks, secs)?];
+    let max_replicas = args.replicas.iter().copied().max().unwrap_or(1).max(2);
+    let certs = args.dir.join("certs");
+    make_certs(&certs, max_replicas)?;
+    let rtt = runtime.block_on(quic_rtt(&args.dir, &certs))?;
+    rows.push(rtt.clone());
+    for &delay in &args.delays_ms {
+        for &replicas in &args.replicas {
+            let dir = args.dir.join(format!("r{replicas}-d{delay}"));
+            let measured = runtime.block_on(replicated(
+                &dir,
+                &certs,
+                replicas,
+                delay,
+                blocks,
+                secs,
+                &args.depths,
+            ))?;
+            rows.extend(measured);
+        }
+    }
+    let targets = targets(&rows);
+    let config = json!({"seconds": args.seconds, "volume_mib": args.volume_mib,
+        "delays_ms": args.delays_ms, "replicas": args.replicas, "depths": args.depths});
+    report::print("replicate", config, &rows, &targets);
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}
+
+fn targets(rows: &[Row]) -> Vec<Target> {
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let mut targets = Vec::new();
+    if let (Some(one), Some(three)) = (find("r1_d0_qd32"), find("r3_d0_qd32")) {
+        let ratio = three.iops() / one.iops();
+        targets.push(Target {
+            name: "3 replicas / 1 replica IOPS at depth 32 (0 ms)".into(),
+            measured: ratio,
+            limit: ">= 0.5".into(),
+            met: ratio >= 0.5,
+        });
+    }
+    if let (Some(r3), Some(kv), Some(rtt)) = (
+        find("r3_d0_qd1"),
+        find("kvstore_only_qd1"),
+        find("quic_rtt"),
+    ) {
+        let bound = kv.p50_us as f64 + rtt.p50_us as f64;
+        let ratio = r3.p50_us as f64 / bound;
+        targets.push(Target {
+            name: "3 replicas depth-1 p50 / (kvstore p50 + QUIC RTT p50)".into(),
+            measured: ratio,
+            limit: "< 1.5".into(),
+            met: ratio < 1.5,
+        });
+    }
+    targets
+}
+
+fn make_certs(dir: &Path, nodes: usize) -> anyhow::Result<()> {
+    let ca = ClusterCa::generate("bench").context("generating the bench CA")?;
+    ca.save(dir).context("saving the CA")?;
+    for id in 1..=nodes as u64 {
+        ca.issue_node(id, &[])?.save(dir)?;
+    }
+    Ok(())
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    // Bind UDP (QUIC) to learn a free port; TCP bind too so both are free.
+    let udp = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = udp.local_addr()?;
+    drop(TcpListener::bind(addr).ok());
+    Ok(addr)
+}
+
+async fn start_nodes(
+    dir: &Path,
+    certs: &Path,
+    count: usize,
+    delay_ms: u64,
+) -> anyhow::Result<Vec<Node>> {
+    let ids: Vec<NodeId> = (1..=count as u64).collect();
+    let addrs: BTreeMap<NodeId, SocketAddr> = ids
+        .iter()
+        .map(|&id| Ok((id, free_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut nodes = Vec::new();
+    for &id in &ids {
+        let peers: BTreeMap<NodeId, SocketAddr> = addrs
+            .iter()
+            .filter(|(p, _)| **p != id)
+            .map(|(p, a)| (*p, *a))
+            .collect();
+        let delays = peers
+            .keys()
+            .map(|p| (*p, Duration::from_millis(delay_ms)))
+            .filter(|_| delay_ms > 0)
+            .collect();
+        let config = NodeConfig {
+            node_id: id,
+            data_dir: dir.join(format!("node-{id}")),
+            certs_dir: certs.to_path_buf(),
+            listen: addrs[&id],
+            peers,
+            delays,
+            log_level: tracing::Level::WARN,
+        };
+        nodes.push(
+            daemon::start(&config)
+                .await
+                .with_context(|| format!("starting node {id}"))?,
+        );
+    }
+    Ok(nodes)
+}
+
+async fn replicated(
+    dir: &Path,
+    certs: &Path,
+    replicas: usize,
+    delay_ms: u64,
+    blocks: u64,
+    secs: Duration,
+    depths: &[usize],
+) -> anyhow::Result<Vec<Row>> {
+    eprintln!("{replicas} replica(s), {delay_ms} ms one-way delay...");
+    let nodes = start_nodes(dir, certs, replicas, delay_ms).await?;
+    let members: Vec<NodeId> = (1..=replicas as u64).collect();
+    nodes[0]
+        .host
+        .create_volume(VOLUME, blocks, &members)
+        .await?;
+    let leader = wait_for_leader(&nodes).await?;
+    let host = Arc::clone(&nodes[leader].host);
+    // Warm up: connections, first elections, allocation.
+    drive(&host, 8, blocks, Duration::from_millis(300)).await?;
+    let mut rows = Vec::new();
+    for &depth in depths {
+        let (ops, elapsed, hist) = drive(&host, depth, blocks, secs).await?;
+        rows.push(Row::new(
+            &format!("r{replicas}_d{delay_ms}_qd{depth}"),
+            ops,
+            elapsed,
+            &hist,
+        ));
+    }
+    for node in &nodes {
+        node.stop().await;
+    }
+    Ok(rows)
+}
+
+async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for (i, node) in nodes.iter().enumerate() {
+            if let Ok(status) = node.host.status(VOLUME).await
+                && status.leader == Some(node.host.node())
+            {
+                return Ok(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("no leader elected within 20 s")
+}
+
+/// `depth` tasks writing random 4 KiB blocks through `host` for `secs`.
+async fn drive(
+    host: &Arc<daemon::NodeHost>,
+    depth: usize,
+    blocks: u64,
+    secs: Duration,
+) -> anyhow::Result<(u64, f64, Histogram<u64>)> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..depth)
+        .map(|t| {
+            let host = Arc::clone(host);
+            tokio::spawn(async move {
+                let mut rng = SplitMix64::new(77 + t as u64);
+                let mut hist = histogram();
+                let mut ops = 0u64;
+                while start.elapsed() < secs {
+                    let mut bytes = vec![t as u8; BLOCK_BYTES];
+                    bytes[..8].copy_from_slice(&ops.to_le_bytes());
+                    let data = BlockData::new(bytes)?;
+                    let t0 = Instant::now();
+                    host.write(VOLUME, rng.below(blocks), data).await?;
+                    hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+                    ops += 1;
+                }
+                anyhow::Ok((ops, hist))
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut merged = histogram();
+    for task in tasks {
+        let (ops, hist) = task.await??;
+        total += ops;
+        merged.add(&hist)?;
+    }
+    Ok((total, start.elapsed().as_secs_f64(), merged))
+}
+
+/// Round trips of an empty request between two nodes (the handler refuses
+/// it at once, so this is transport and TLS only).
+async fn quic_rtt(dir: &Path, certs: &Path) -> anyhow::Result<Row> {
+    eprintln!("QUIC round trip...");
+    let nodes = start_nodes(&dir.join("rtt"), certs, 2, 0).await?;
+    let transport = Arc::clone(&nodes[0].transport);
+    let mut hist = histogram();
+    let start = Instant::now();
+    let mut ops = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        let t0 = Instant::now();
+        let _ = transport.call(2, Lane::Raft, Vec::new()).await;
+        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+        ops += 1;
+    }
+    for node in &nodes {
+        node.stop().await;
+    }
+    Ok(Row::new(
+        "quic_rtt",
+        ops,
+        start.elapsed().as_secs_f64(),
+        &hist,
+    ))
+}
+
+/// kvstore alone: durable 4 KiB writes at queue depth 1.
+fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<Row> {
+    eprintln!("kvstore-only baseline...");
+    let disk = Arc::new(FileDisk::open_dir(dir)?);
+    let (store, writer) = Store::open(disk, Options::default())?;
+    let w = std::thread::spawn(move || writer.run());
+    let ns = Namespace::new(9, 1);
+    let mut rng = SplitMix64::new(5);
+    let mut hist = histogram();
+    let start = Instant::now();
+    let mut ops = 0u64;
+    while start.elapsed() < secs {
+        let mut batch = WriteBatch::new();
+        batch.put(ns, rng.below(blocks), vec![ops as u8; BLOCK_BYTES]);
+        let t0 = Instant::now();
+        store.write(batch)?;
+        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+        ops += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(store);
+    w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
+    Ok(Row::new("kvstore_only_qd1", ops, elapsed, &hist))
+}
