@@ -212,9 +212,18 @@ async fn elects_and_commits_through_the_wire() {
         len_blocks: 1,
     });
     let transport = &nodes[&follower].transport;
-    let reply = forward_client::<_, Rt>(transport, follower, VOLUME, trim)
-        .await
-        .expect("call");
+    // A follower that has not yet heard from the new leader answers
+    // "no leader known"; it must learn it within a few heartbeats.
+    let mut reply = ClientReply::Redirect { leader: None };
+    for _ in 0..100 {
+        reply = forward_client::<_, Rt>(transport, follower, VOLUME, trim.clone())
+            .await
+            .expect("call");
+        if reply != (ClientReply::Redirect { leader: None }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         reply,
         ClientReply::Redirect {
