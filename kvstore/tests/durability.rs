@@ -33,6 +33,15 @@ fn put(store: &Store, writer: &mut Writer, key: u64, value: Vec<u8>) -> u64 {
     rx.recv().unwrap().unwrap()
 }
 
+/// The name of the first log segment on `disk`.
+fn first_log(disk: &FaultyDisk) -> String {
+    disk.list()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.starts_with("log-"))
+        .expect("a log segment exists")
+}
+
 fn open(disk: &FaultyDisk, options: &Options) -> Result<(Store, Writer), StoreError> {
     Store::open(Arc::new(disk.clone()), options.clone())
 }
@@ -45,12 +54,7 @@ fn damage_before_the_tail_is_refused_with_file_and_offset() {
         put(&store, &mut writer, key, vec![key as u8; 100]);
     }
     drop((store, writer));
-    let log = disk
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|n| n.starts_with("log-"))
-        .unwrap();
+    let log = first_log(&disk);
     // Inside the third record's value: acknowledged data, followed by more.
     assert!(disk.corrupt(&log, 32 + 2 * 150 + 60));
     disk.crash(CrashMode::DropUnsynced);
@@ -68,12 +72,7 @@ fn damage_to_the_last_record_is_a_torn_tail() {
         put(&store, &mut writer, key, vec![7; 100]);
     }
     drop((store, writer));
-    let log = disk
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|n| n.starts_with("log-"))
-        .unwrap();
+    let log = first_log(&disk);
     let len = disk.file_len(&log).unwrap();
     assert!(disk.corrupt(&log, len - 3));
     disk.crash(CrashMode::DropUnsynced);
@@ -92,12 +91,7 @@ fn latent_value_corruption_is_reported_on_read() {
     let disk = FaultyDisk::new(13);
     let (store, mut writer) = open(&disk, &Options::default()).unwrap();
     put(&store, &mut writer, 1, vec![1; 4096]);
-    let log = disk
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|n| n.starts_with("log-"))
-        .unwrap();
+    let log = first_log(&disk);
     assert!(disk.corrupt(&log, 32 + 16 + 26 + 100));
     let err = store.get(NS, 1).unwrap_err();
     assert!(err.to_string().contains("CRC"), "{err}");
