@@ -1,23 +1,36 @@
-//! [`Cluster`]: the simulated nodes of one run, their network, and what
-//! every check needs (history, violations, Raft observations).
+//! [`Cluster`]: the simulated nodes of one run, their network, the volumes
+//! they host, and what every check needs (per volume: history and Raft
+//! observations; violations).
 //!
 //! Topology: the domains of the options, nodes numbered from 1 in domain
-//! order. Every node is a voter of the one volume group; witness nodes vote
-//! but never campaign (openraft has no witness role). The group is
-//! initialized once, by the first data node, with every node as a member.
+//! order. Volumes: `options.volumes` of them, ids from 1, each placed by
+//! fabric's [`place`] over the topology seen as a [`ClusterView`] (one
+//! replica per data domain, least-loaded first; a witness voter when the
+//! data replicas are even) and created at boot through
+//! [`VolumeHost::create_volume`](metro_fabric::host::VolumeHost::create_volume)
+//! on a node drawn from the seed (often not a member, so the
+//! replica-control requests cross the network). Creation is idempotent and
+//! retried until it succeeds. Witness replicas are plain voters, as in
+//! production (unless `witness_never_campaigns`).
 //!
 //! Locking: the node table's mutex is held only to read or swap entries,
 //! never across an await; starting a node marks it `starting` so that two
 //! tasks never start the same node at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use metro_fabric::control::{
+    ClusterView, DomainInfo, DomainRole, DomainState, NodeInfo, VolumeRecord, VolumeSpec, place,
+};
 use metro_fabric::env::NodeId;
-use metro_fabric::raft::types::RaftNode;
 use metro_fabric::storage::VolumeHandle;
+use metro_fabric::volume::{BLOCK_BYTES, VolumeId};
 use metro_kvstore::CrashMode;
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::base::BoxFuture;
 use openraft::{AsyncRuntime, ServerState};
 
 use crate::Rt;
@@ -25,18 +38,35 @@ use crate::checker::{RaftObserver, Violations};
 use crate::history::History;
 use crate::kill::KillSwitch;
 use crate::network::SimNetwork;
-use crate::node::{self, NodeSpec, Raft, SimNode};
-use crate::options::SimOptions;
+use crate::node::{self, Host, NodeSpec, Raft, Running, SimNode, Sm};
+use crate::options::{SimOptions, VOLUME_BLOCKS};
 use crate::rng::SimRng;
+
+/// Attempts to create one volume at boot before it counts as a violation.
+pub const CREATE_ATTEMPTS_MAX: u64 = 20;
+/// Pause between two attempts to create a volume.
+pub const CREATE_RETRY_MS: u64 = 500;
+
+/// One replicated volume of the run and its checks' state.
+#[derive(Debug)]
+pub struct SimVolume {
+    pub id: VolumeId,
+    /// The group's members as placed (data replicas, then the witness).
+    pub members: Vec<NodeId>,
+    pub history: History,
+    pub observer: RaftObserver,
+}
 
 /// One run's cluster.
 pub struct Cluster {
     pub options: SimOptions,
     pub net: Arc<SimNetwork>,
     pub rng: SimRng,
-    pub history: History,
+    pub volumes: Vec<SimVolume>,
     pub violations: Violations,
-    pub observer: RaftObserver,
+    /// Write ids are unique across volumes, so a block showing another
+    /// volume's write is caught as a write that never went there.
+    write_ids: AtomicU64,
     nodes: Mutex<BTreeMap<NodeId, SimNode>>,
 }
 
@@ -48,9 +78,84 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The name of domain `index` in the control plane's view.
+fn domain_name(index: usize) -> String {
+    format!("d{index}")
+}
+
+/// The topology of `nodes` as the control plane sees it: every domain
+/// active, every node registered.
+pub fn topology_view(options: &SimOptions, nodes: &BTreeMap<NodeId, SimNode>) -> ClusterView {
+    let mut view = ClusterView::default();
+    for (index, spec) in options.domains.iter().enumerate() {
+        let role = match spec.witness {
+            true => DomainRole::Witness,
+            false => DomainRole::Data,
+        };
+        let name = domain_name(index);
+        let info = DomainInfo {
+            name: name.clone(),
+            role,
+            state: DomainState::Active,
+        };
+        view.domains.insert(name, info);
+    }
+    for node in nodes.values() {
+        let info = NodeInfo {
+            id: node.spec.id,
+            domain: domain_name(node.spec.domain),
+            quic_addr: format!("sim:node-{}", node.spec.id),
+            nbd_addr: String::new(),
+            admin_addr: String::new(),
+            capacity_bytes: 0,
+            version: String::new(),
+        };
+        view.nodes.insert(node.spec.id, info);
+    }
+    view
+}
+
+/// Places `options.volumes` volumes one after the other (each sees the
+/// load of those before it); a placement error is a violation and leaves
+/// the volume out.
+fn place_volumes(
+    options: &SimOptions,
+    nodes: &BTreeMap<NodeId, SimNode>,
+    violations: &Violations,
+) -> Vec<SimVolume> {
+    let mut view = topology_view(options, nodes);
+    let mut volumes = Vec::new();
+    for id in 1..=options.volumes {
+        let name = format!("vol-{id}");
+        let spec = VolumeSpec {
+            name: name.clone(),
+            id,
+            size_bytes: VOLUME_BLOCKS * BLOCK_BYTES as u64,
+            replicas: options.replicas,
+        };
+        match place(&spec, &view) {
+            Ok(placement) => {
+                volumes.push(SimVolume {
+                    id: VolumeId(id),
+                    members: placement.nodes().collect(),
+                    history: History::new(),
+                    observer: RaftObserver::new(),
+                });
+                let record = VolumeRecord {
+                    spec,
+                    placement: Some(placement),
+                };
+                view.volumes.insert(name, record);
+            }
+            Err(err) => violations.report(format!("placing {name}: {err}")),
+        }
+    }
+    volumes
+}
+
 impl Cluster {
-    /// Builds the topology of `options` and starts every node; the first
-    /// data node initializes the group.
+    /// Builds the topology of `options`, starts every node and creates the
+    /// volumes.
     pub async fn boot(options: SimOptions, rng: SimRng) -> Arc<Self> {
         let net = SimNetwork::new(&options, rng.clone());
         let mut nodes = BTreeMap::new();
@@ -67,42 +172,80 @@ impl Cluster {
                 nodes.insert(id, SimNode::new(spec, rng.next_u64()));
             }
         }
+        let violations = Violations::new();
+        let volumes = place_volumes(&options, &nodes, &violations);
         let cluster = Arc::new(Self {
             options,
             net,
             rng,
-            history: History::new(),
-            violations: Violations::new(),
-            observer: RaftObserver::new(),
+            volumes,
+            violations,
+            write_ids: AtomicU64::new(0),
             nodes: Mutex::new(nodes),
         });
         for id in cluster.node_ids() {
             cluster.restart(id).await;
         }
-        cluster.initialize().await;
+        for index in 0..cluster.volumes.len() {
+            cluster.create(index).await;
+        }
         cluster
     }
 
-    async fn initialize(&self) {
-        let members: BTreeMap<NodeId, RaftNode> = self
-            .node_ids()
-            .into_iter()
-            .map(|id| (id, RaftNode::new(format!("node-{id}"))))
-            .collect();
-        let first = self
-            .lock()
-            .values()
-            .find(|n| !n.spec.witness)
-            .map(|n| n.spec.id);
-        let raft = first.and_then(|id| self.raft(id));
-        match raft {
-            Some(raft) => {
-                if let Err(err) = raft.initialize(members).await {
-                    self.violations.report(format!("initialize: {err}"));
+    /// Creates volume `index` through a node drawn from the seed, retrying
+    /// until it succeeds; then follows its replicas.
+    async fn create(self: &Arc<Self>, index: usize) {
+        let volume = &self.volumes[index];
+        let ids = self.node_ids();
+        let mut last_error = String::from("no node up");
+        for _ in 0..CREATE_ATTEMPTS_MAX {
+            let via = self.rng.pick(&ids);
+            if let Some(host) = self.host(via) {
+                let created = host
+                    .create_volume(volume.id, VOLUME_BLOCKS, &volume.members)
+                    .await;
+                match created {
+                    Ok(()) => {
+                        for member in &volume.members {
+                            self.member_started(*member, index);
+                        }
+                        return;
+                    }
+                    Err(err) => last_error = err.to_string(),
                 }
             }
-            None => self.violations.report("no data node to initialize".into()),
+            Rt::sleep(Duration::from_millis(CREATE_RETRY_MS)).await;
         }
+        self.violations.report(format!(
+            "creating {} on {:?}: {last_error}",
+            volume.id, volume.members
+        ));
+    }
+
+    /// After `node`'s replica of volume `index` started: a witness's never
+    /// campaigns, and its metrics are followed.
+    fn member_started(self: &Arc<Self>, node: NodeId, index: usize) {
+        let volume = self.volumes[index].id;
+        let Some((raft, kill, witness)) = self.with_running(node, |n, r| {
+            let raft = r.host.raft(volume)?;
+            Some((raft, r.kill.clone(), n.spec.witness))
+        }) else {
+            return;
+        };
+        if witness && self.options.witness_never_campaigns {
+            raft.runtime_config().elect(false);
+        }
+        self.spawn_observer(node, index, raft, kill);
+    }
+
+    /// The next write id of the run (unique across volumes, from 1).
+    pub fn next_write_id(&self) -> u64 {
+        self.write_ids.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The index of `volume` among the run's volumes.
+    pub fn volume_index(&self, volume: VolumeId) -> Option<usize> {
+        self.volumes.iter().position(|v| v.id == volume)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, SimNode>> {
@@ -140,29 +283,65 @@ impl Cluster {
         (!up.is_empty()).then(|| self.rng.pick(&up))
     }
 
-    /// The Raft handle of `id`, if it runs.
-    pub fn raft(&self, id: NodeId) -> Option<Raft> {
-        self.lock()
-            .get(&id)?
-            .running
-            .as_ref()
-            .map(|r| r.raft.clone())
-    }
-
-    /// The read handle on `id`'s copy of the volume, if it runs.
-    pub fn volume(&self, id: NodeId) -> Option<VolumeHandle> {
+    /// Runs `f` on `id` and its running incarnation, if it runs.
+    fn with_running<T>(
+        &self,
+        id: NodeId,
+        f: impl FnOnce(&SimNode, &Running) -> Option<T>,
+    ) -> Option<T> {
         let nodes = self.lock();
-        nodes.get(&id)?.running.as_ref().map(|r| r.volume.clone())
+        let node = nodes.get(&id)?;
+        f(node, node.running.as_ref()?)
     }
 
-    /// A node that believes it leads, per its metrics.
-    pub fn leader(&self) -> Option<NodeId> {
-        self.up_nodes().into_iter().find(|id| {
-            self.raft(*id).is_some_and(|raft| {
+    /// The volume host of `id`, if it runs.
+    pub fn host(&self, id: NodeId) -> Option<Arc<Host>> {
+        self.with_running(id, |_, r| Some(Arc::clone(&r.host)))
+    }
+
+    /// The volume host of `id` with its incarnation's kill switch.
+    pub fn host_and_kill(&self, id: NodeId) -> Option<(Arc<Host>, KillSwitch)> {
+        self.with_running(id, |_, r| Some((Arc::clone(&r.host), r.kill.clone())))
+    }
+
+    /// The Raft handle of `id`'s replica of `volume`, if it runs one.
+    pub fn raft(&self, id: NodeId, volume: VolumeId) -> Option<Raft> {
+        self.with_running(id, |_, r| r.host.raft(volume))
+    }
+
+    /// The read handle on `id`'s copy of `volume`, if it runs one.
+    pub async fn replica(&self, id: NodeId, volume: VolumeId) -> Option<VolumeHandle> {
+        let raft = self.raft(id, volume)?;
+        raft.with_state_machine(|sm: &mut Sm| {
+            let handle = sm.handle();
+            Box::pin(async move { handle }) as BoxFuture<'_, VolumeHandle>
+        })
+        .await
+        .ok()
+    }
+
+    /// A member of `volume` that believes it leads, per its metrics.
+    pub fn leader(&self, volume: &SimVolume) -> Option<NodeId> {
+        volume.members.iter().copied().find(|id| {
+            self.raft(*id, volume.id).is_some_and(|raft| {
                 let metrics = raft.metrics();
                 let m = metrics.borrow_watched();
                 m.state == ServerState::Leader
             })
+        })
+    }
+
+    /// Whether crashing `id` now leaves every volume a majority of its
+    /// members running.
+    pub fn may_crash(&self, id: NodeId) -> bool {
+        let up: BTreeSet<NodeId> = self.up_nodes().into_iter().collect();
+        self.volumes.iter().all(|v| {
+            let running = v
+                .members
+                .iter()
+                .filter(|m| up.contains(m) && **m != id)
+                .count();
+            running > v.members.len() / 2
         })
     }
 
@@ -179,9 +358,10 @@ impl Cluster {
         true
     }
 
-    /// Starts a new incarnation of `id` from its disk; false if it already
-    /// runs, is being started, or did not start (a violation: a node must
-    /// always recover from its own disk).
+    /// Starts a new incarnation of `id` from its disk, with every replica
+    /// its catalogue records; false if it already runs, is being started,
+    /// or did not start (a violation: a node must always recover from its
+    /// own disk).
     pub async fn restart(self: &Arc<Self>, id: NodeId) -> bool {
         let (spec, disk) = {
             let mut nodes = self.lock();
@@ -194,27 +374,41 @@ impl Cluster {
             node.starting = true;
             (node.spec, node.disk.clone())
         };
-        let started = node::start(spec, &disk, &self.net, &self.options).await;
-        let mut nodes = self.lock();
-        let node = nodes.get_mut(&id).expect("nodes are never removed");
-        node.starting = false;
-        match started {
-            Ok(running) => {
-                self.spawn_observer(id, running.raft.clone(), running.kill.clone());
-                node.restarts += 1;
-                node.running = Some(running);
-                true
+        let peers = self.node_ids().into_iter().collect();
+        let started = node::start(spec, &disk, &self.net, &self.options, peers).await;
+        let hosted = {
+            let mut nodes = self.lock();
+            let node = nodes.get_mut(&id).expect("nodes are never removed");
+            node.starting = false;
+            match started {
+                Ok(running) => {
+                    let hosted = running.host.volumes();
+                    node.restarts += 1;
+                    node.running = Some(running);
+                    hosted
+                }
+                Err(err) => {
+                    drop(nodes);
+                    self.net.stop(id);
+                    self.violations.report(format!("recovery: {err}"));
+                    return false;
+                }
             }
-            Err(err) => {
-                self.net.stop(id);
-                self.violations.report(format!("recovery: {err}"));
-                false
+        };
+        for volume in hosted {
+            match self.volume_index(volume) {
+                Some(index) => self.member_started(id, index),
+                None => self
+                    .violations
+                    .report(format!("node {id} hosts unknown {volume}")),
             }
         }
+        true
     }
 
-    /// Follows `id`'s metrics for as long as this incarnation runs.
-    fn spawn_observer(self: &Arc<Self>, id: NodeId, raft: Raft, kill: KillSwitch) {
+    /// Follows the metrics of `id`'s replica of volume `index` for as long
+    /// as this incarnation runs.
+    fn spawn_observer(self: &Arc<Self>, id: NodeId, index: usize, raft: Raft, kill: KillSwitch) {
         let cluster = Arc::clone(self);
         Rt::spawn(async move {
             let mut metrics = raft.metrics();
@@ -228,15 +422,13 @@ impl Cluster {
                         m.last_applied,
                     )
                 };
+                let observer = &cluster.volumes[index].observer;
                 if leading {
-                    cluster.observer.leader(id, term);
+                    observer.leader(id, term);
                 }
                 if let Some(log_id) = applied {
                     let leader = log_id.leader_id;
-                    let violations = &cluster.violations;
-                    cluster
-                        .observer
-                        .applied(id, leader, log_id.index, violations);
+                    observer.applied(id, leader, log_id.index, &cluster.violations);
                 }
                 match kill.guard(metrics.changed()).await {
                     Some(Ok(())) => {}

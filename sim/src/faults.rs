@@ -5,9 +5,10 @@
 //! options' weights:
 //! - crash: power loss of a running node (unsynced writes dropped, or the
 //!   unsynced tail torn with chance `tear_ppm`), restarted from its disk
-//!   after [`DOWN_MS_MIN`]..[`DOWN_MS_MAX`]; after the restart the whole
-//!   volume is read through the leader (checked like any read). At most a
-//!   minority of nodes is down at once, so the group can make progress.
+//!   after [`DOWN_MS_MIN`]..[`DOWN_MS_MAX`]; after the restart every
+//!   volume is read whole through the leader (checked like any read). Only
+//!   nodes whose crash leaves every volume a majority of its members
+//!   running are chosen, so every group can make progress.
 //! - partition: a random non-empty proper subset of nodes cut off from the
 //!   rest, symmetric or one-way, healed after [`PARTITION_MS_MIN`]..
 //!   [`PARTITION_MS_MAX`];
@@ -83,13 +84,15 @@ pub async fn inject(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> FaultStats 
     }
 }
 
-/// Crashes a random running node, unless a minority is down already, and
+/// Crashes a random running node whose loss every volume survives, and
 /// schedules its restart.
 fn crash_one(cluster: &Arc<Cluster>) -> bool {
-    let all = cluster.node_ids().len();
-    let up = cluster.up_nodes();
-    let down = all - up.len();
-    if up.is_empty() || down + 1 > (all - 1) / 2 {
+    let up: Vec<NodeId> = cluster
+        .up_nodes()
+        .into_iter()
+        .filter(|id| cluster.may_crash(*id))
+        .collect();
+    if up.is_empty() {
         return false;
     }
     let rng = &cluster.rng;
@@ -106,12 +109,10 @@ fn crash_one(cluster: &Arc<Cluster>) -> bool {
     Rt::spawn(async move {
         Rt::sleep(down_for).await;
         if cluster.restart(victim).await {
-            sweep(
-                &cluster,
-                &format!("sweep-after-restart-{victim}"),
-                SWEEP_ATTEMPTS,
-            )
-            .await;
+            let who = format!("sweep-after-restart-{victim}");
+            for volume in &cluster.volumes {
+                sweep(&cluster, volume, &who, SWEEP_ATTEMPTS).await;
+            }
         }
     });
     true

@@ -1,8 +1,9 @@
 //! metro-sim: deterministic simulation of whole metro clusters.
 //!
-//! Model: everything — every node's openraft groups, its kvstore and the
-//! writer that group-commits it, the packet network between nodes, the
-//! clients and the fault injector — runs as tasks of one
+//! Model: everything — every node's volume host with its openraft groups
+//! (several volumes per cluster), its kvstore and the writer that
+//! group-commits it, the packet network between nodes, the clients and the
+//! fault injector — runs as tasks of one
 //! [`openraft_rt_sim::SimRuntime`]: a single-threaded FIFO executor on a
 //! virtual clock whose randomness derives from one seed. Nothing reads the
 //! wall clock, spawns a thread or draws unseeded randomness, so a seed
@@ -16,13 +17,18 @@
 //!   simulated links (latency, jitter, loss, duplication, partitions, nodes
 //!   down, per-request timeout).
 //! - [`node`] and [`cluster`]: a node = `FaultyDisk` + kvstore stepped by
-//!   a sim task + `NodeStorage` + `GroupRouter` + one openraft group; crash
-//!   (power loss) and restart from the disk.
+//!   a sim task + `NodeStorage` + fabric's `VolumeHost` (every replica the
+//!   node hosts) + `HostHandler` as its request handler; 2-4 volumes placed
+//!   by fabric's `control::place` and created through
+//!   `VolumeHost::create_volume`; crash (power loss) and restart from the
+//!   disk (the host reopens its catalogue).
 //! - [`workload`], [`history`], [`checker`]: clients writing unique
-//!   payloads and reading through the leader, the recorded history, and the
-//!   safety checks over it.
+//!   payloads and reading through any node's host (forwarded to the
+//!   volume's leader), the recorded history per volume, and the safety
+//!   checks over it.
 //! - [`faults`]: the fault schedule of the safety phase.
-//! - [`run`]: one seed end to end — safety phase, liveness phase, verdict.
+//! - [`run`]: one seed end to end — safety phase, liveness phase (every
+//!   volume), verdict.
 pub mod checker;
 pub mod cluster;
 pub mod faults;

@@ -6,7 +6,14 @@
 //!   exits non-zero on any violation.
 //! - `metro-sim swarm --seeds K [--start S]` runs seeds S..S+K, one line
 //!   each, then lists the failing seeds with the command that replays each,
-//!   and the speed in simulated seconds per wall-clock second.
+//!   and the speed in simulated seconds per wall-clock second; its last
+//!   line is the summary `swarm: seeds=K failing=F sim_s=.. wall_s=..
+//!   speed=..x`.
+//! - The swarm skips the executor trace (`trace=0 events=0`; a fifth of
+//!   the cost) unless `--trace`; `run` always hashes it.
+//! - `--topology 2,2,2,w1` (run, swarm, options) replaces the topology the
+//!   seed draws: comma-separated domains, `N` a data domain of N nodes,
+//!   `wN` a witness domain (the other options still come from the seed).
 //!
 //! The wall clock is read here only, to report `wall_s`.
 
@@ -14,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use metro_sim::options::{PlantedBug, SimOptions};
-use metro_sim::run::{RunReport, run_seed};
+use metro_sim::run::{RunReport, run_seed, run_seed_untraced};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +42,12 @@ enum Command {
         /// Plants a bug on the simulator's side (to test the checkers).
         #[arg(long, value_enum)]
         bug: Option<Bug>,
+        /// Replaces the drawn topology (e.g. `2,2,2,w1`).
+        #[arg(long)]
+        topology: Option<String>,
+        /// Witness replicas only vote (production lets them campaign).
+        #[arg(long)]
+        witness_never_campaigns: bool,
     },
     /// Prints the options of seeds S..S+K without running them.
     Options {
@@ -42,6 +55,8 @@ enum Command {
         seeds: u64,
         #[arg(long, default_value_t = 0)]
         start: u64,
+        #[arg(long)]
+        topology: Option<String>,
     },
     /// Runs many seeds.
     Swarm {
@@ -51,6 +66,13 @@ enum Command {
         start: u64,
         #[arg(long, value_enum)]
         bug: Option<Bug>,
+        #[arg(long)]
+        topology: Option<String>,
+        #[arg(long)]
+        witness_never_campaigns: bool,
+        /// Hashes every seed's executor trace (slower).
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -90,10 +112,37 @@ impl Stopwatch {
     }
 }
 
-fn options(seed: u64, bug: Option<Bug>) -> SimOptions {
-    let mut options = SimOptions::from_seed(seed);
-    options.bug = bug.map(Bug::planted);
-    options
+/// What a run varies: the seed's options, with `topology` and `bug`
+/// applied.
+#[derive(Clone, Debug)]
+struct Variant {
+    bug: Option<Bug>,
+    topology: Option<String>,
+    witness_never_campaigns: bool,
+}
+
+impl Variant {
+    fn options(&self, seed: u64) -> Result<SimOptions, String> {
+        let mut options = match &self.topology {
+            Some(spec) => SimOptions::with_topology(seed, spec)?,
+            None => SimOptions::from_seed(seed),
+        };
+        options.bug = self.bug.map(Bug::planted);
+        options.witness_never_campaigns = self.witness_never_campaigns;
+        Ok(options)
+    }
+
+    /// The flags that replay a seed of this variant.
+    fn flags(&self) -> String {
+        let mut flags = self.bug.map(Bug::flag).unwrap_or("").to_string();
+        if let Some(spec) = &self.topology {
+            flags.push_str(&format!(" --topology {spec}"));
+        }
+        if self.witness_never_campaigns {
+            flags.push_str(" --witness-never-campaigns");
+        }
+        flags
+    }
 }
 
 fn line(report: &RunReport, wall_s: f64) -> String {
@@ -108,8 +157,14 @@ fn line(report: &RunReport, wall_s: f64) -> String {
     )
 }
 
-fn run(seed: u64, bug: Option<Bug>) -> ExitCode {
-    let options = options(seed, bug);
+fn run(seed: u64, variant: &Variant) -> ExitCode {
+    let options = match variant.options(seed) {
+        Ok(options) => options,
+        Err(why) => {
+            eprintln!("{why}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("{options}");
     let clock = Stopwatch::start();
     let report = run_seed(options);
@@ -129,13 +184,23 @@ fn run(seed: u64, bug: Option<Bug>) -> ExitCode {
     }
 }
 
-fn swarm(seeds: u64, start: u64, bug: Option<Bug>) -> ExitCode {
+fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
     let clock = Stopwatch::start();
     let mut sim_s = 0.0;
     let mut failing = Vec::new();
     for seed in start..start + seeds {
+        let options = match variant.options(seed) {
+            Ok(options) => options,
+            Err(why) => {
+                eprintln!("{why}");
+                return ExitCode::FAILURE;
+            }
+        };
         let one = Stopwatch::start();
-        let report = run_seed(options(seed, bug));
+        let report = match trace {
+            true => run_seed(options),
+            false => run_seed_untraced(options),
+        };
         sim_s += report.sim_ns as f64 / 1e9;
         println!("{}", line(&report, one.seconds()));
         if report.violations > 0 {
@@ -146,14 +211,16 @@ fn swarm(seeds: u64, start: u64, bug: Option<Bug>) -> ExitCode {
         }
     }
     let wall_s = clock.seconds();
-    let flag = bug.map(Bug::flag).unwrap_or("");
+    let flags = variant.flags();
     println!("failing seeds: {}", failing.len());
     for seed in &failing {
-        println!("  replay: metro-sim run --seed {seed}{flag}");
+        println!("  replay: metro-sim run --seed {seed}{flags}");
     }
+    let speed = sim_s / wall_s.max(1e-9);
+    println!("speed: {speed:.1} simulated s per wall s ({sim_s:.1} sim s in {wall_s:.1} wall s)");
     println!(
-        "speed: {:.1} simulated s per wall s ({sim_s:.1} sim s in {wall_s:.1} wall s)",
-        sim_s / wall_s.max(1e-9)
+        "swarm: seeds={seeds} failing={} sim_s={sim_s:.1} wall_s={wall_s:.1} speed={speed:.1}x",
+        failing.len()
     );
     if failing.is_empty() {
         ExitCode::SUCCESS
@@ -164,11 +231,52 @@ fn swarm(seeds: u64, start: u64, bug: Option<Bug>) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { seed, bug } => run(seed, bug),
-        Command::Swarm { seeds, start, bug } => swarm(seeds, start, bug),
-        Command::Options { seeds, start } => {
+        Command::Run {
+            seed,
+            bug,
+            topology,
+            witness_never_campaigns,
+        } => {
+            let variant = Variant {
+                bug,
+                topology,
+                witness_never_campaigns,
+            };
+            run(seed, &variant)
+        }
+        Command::Swarm {
+            seeds,
+            start,
+            bug,
+            topology,
+            witness_never_campaigns,
+            trace,
+        } => {
+            let variant = Variant {
+                bug,
+                topology,
+                witness_never_campaigns,
+            };
+            swarm(seeds, start, &variant, trace)
+        }
+        Command::Options {
+            seeds,
+            start,
+            topology,
+        } => {
+            let variant = Variant {
+                bug: None,
+                topology,
+                witness_never_campaigns: false,
+            };
             for seed in start..start + seeds {
-                println!("{}", SimOptions::from_seed(seed));
+                match variant.options(seed) {
+                    Ok(options) => println!("{options}"),
+                    Err(why) => {
+                        eprintln!("{why}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
             ExitCode::SUCCESS
         }

@@ -1,10 +1,17 @@
 //! [`SimNode`]: one simulated metro node and its lifecycle.
 //!
 //! Model: a node owns a [`FaultyDisk`] that outlives its incarnations. A
-//! running incarnation is the kvstore opened (recovered) on that disk, its
-//! [`Writer`] driven by a sim task, a [`NodeStorage`], a [`GroupRouter`] as
-//! the node's request handler on the [`SimNetwork`], and the openraft group
-//! of the one simulated volume on [`Rt`].
+//! running incarnation is the real node stack: the kvstore opened
+//! (recovered) on that disk, its [`Writer`] driven by a sim task, a
+//! [`NodeStorage`], fabric's [`VolumeHost`] on [`Rt`] and [`SimTransport`]
+//! with every replica the node's catalogue records
+//! ([`VolumeHost::open_existing`]), and a [`HostHandler`] as the node's
+//! request handler on the [`SimNetwork`] (attached once the replicas are
+//! open; until then requests fail as on a starting node). Witness nodes'
+//! groups campaign like any voter, as in production; with
+//! `witness_never_campaigns` they only vote (`elect(false)`, set once a
+//! group is open: a witness may still win the election its own
+//! initialization starts).
 //!
 //! Disk timing: the writer task commits whatever is queued once per disk
 //! tick of `fsync_us` (one group commit: write + fdatasync, inline in
@@ -15,34 +22,34 @@
 //!
 //! Crash = power loss: the incarnation's tasks end at once (their
 //! [`KillSwitch`]), the network forgets it, the disk loses what was not
-//! synced ([`FaultyDisk::crash`]), and its Raft handle is shut down in the
-//! background (it can no longer send or persist anything). Restart opens a
-//! new incarnation on the same disk.
+//! synced ([`FaultyDisk::crash`]), and every Raft handle of its host is
+//! shut down in the background (it can no longer send or persist
+//! anything). Restart opens a new incarnation on the same disk.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use metro_fabric::env::{Disk, DiskError, DiskFile, NodeId, OpenMode};
-use metro_fabric::host::{ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS};
-use metro_fabric::raft::network::NetworkFactory;
-use metro_fabric::raft::router::GroupRouter;
+use metro_fabric::host::{
+    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, HostConfig,
+    HostHandler, VolumeHost,
+};
 use metro_fabric::raft::types::VolumeRaft;
-use metro_fabric::storage::{NodeStorage, VolumeHandle, VolumeStateMachine};
-use metro_fabric::volume::VolumeId;
+use metro_fabric::storage::{NodeStorage, VolumeStateMachine};
 use metro_kvstore::{CrashMode, FaultyDisk, Options, Store, Writer};
 use openraft::{AsyncRuntime, Config, SnapshotPolicy};
 
 use crate::Rt;
 use crate::kill::KillSwitch;
 use crate::network::{SimNetwork, SimTransport};
-use crate::options::{PlantedBug, SimOptions, VOLUME_BLOCKS};
+use crate::options::{PlantedBug, SimOptions};
 
-/// The one volume the cluster replicates.
-pub const VOLUME: VolumeId = VolumeId(1);
 /// Segment size of the simulated stores: small, so segments roll and
 /// compaction and checkpoints run within a short simulation, and because
 /// `FaultyDisk` copies a whole file at every fdatasync.
-pub const SEGMENT_BYTES: u32 = 512 << 10;
+pub const SEGMENT_BYTES: u32 = 128 << 10;
 /// The longest pause of an idle disk's commit loop: a batch submitted to
 /// an idle node waits at most this long for its group commit.
 pub const DISK_IDLE_TICK_MAX_US: u64 = 2_000;
@@ -50,8 +57,9 @@ pub const DISK_IDLE_TICK_MAX_US: u64 = 2_000;
 pub const CHECKPOINT_LOG_BYTES: u64 = 2 << 20;
 
 pub type Sm = VolumeStateMachine<Rt>;
-pub type Router = GroupRouter<Rt, Sm>;
 pub type Raft = VolumeRaft<Rt, Sm>;
+pub type Host = VolumeHost<Rt, SimTransport>;
+pub type Handler = HostHandler<Rt, SimTransport>;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +67,8 @@ pub enum NodeError {
     /// kvstore refused to open (recover) the disk.
     #[error("node {node}: store does not open: {reason}")]
     Store { node: NodeId, reason: String },
-    /// The group's storage or Raft did not start.
-    #[error("node {node}: group does not start: {reason}")]
+    /// The host did not reopen the replicas of its catalogue.
+    #[error("node {node}: replicas do not open: {reason}")]
     Group { node: NodeId, reason: String },
 }
 
@@ -74,9 +82,7 @@ pub struct NodeSpec {
 
 /// A running incarnation of a node.
 pub struct Running {
-    pub raft: Raft,
-    pub volume: VolumeHandle,
-    pub router: Arc<Router>,
+    pub host: Arc<Host>,
     pub transport: SimTransport,
     pub kill: KillSwitch,
 }
@@ -115,6 +121,7 @@ pub fn raft_config(options: &SimOptions) -> Arc<Config> {
         logs => SnapshotPolicy::LogsSinceLast(logs),
     };
     let config = Config {
+        cluster_name: "metro".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
         election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
         election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
@@ -165,12 +172,14 @@ impl SimNode {
     }
 }
 
-/// Opens a new incarnation of `spec` on `disk` (recovering what it holds).
+/// Opens a new incarnation of `spec` on `disk` (recovering what it holds)
+/// among `peers`.
 pub async fn start(
     spec: NodeSpec,
     disk: &FaultyDisk,
     net: &Arc<SimNetwork>,
     options: &SimOptions,
+    peers: BTreeSet<NodeId>,
 ) -> Result<Running, NodeError> {
     let node = spec.id;
     let seen: Arc<dyn Disk> = match options.bug {
@@ -186,28 +195,36 @@ pub async fn start(
     let writer_kill = kill.clone();
     Rt::spawn(async move { writer_kill.guard(drive_writer(writer, tick)).await });
     let storage = NodeStorage::new(store);
-    let group_error = |reason: String| NodeError::Group { node, reason };
-    let (log, sm) = storage
-        .open_group::<Rt>(VOLUME, VOLUME_BLOCKS)
-        .map_err(|e| group_error(e.to_string()))?;
-    let volume = sm.handle();
-    let router = Arc::new(Router::new());
-    let transport = net.start(node, router.clone(), kill.clone());
-    let network = NetworkFactory::<_, Rt>::new(Arc::new(transport.clone()), VOLUME);
-    let raft = Raft::new(node, raft_config(options), network, log, sm)
-        .await
-        .map_err(|e| group_error(e.to_string()))?;
-    if spec.witness {
-        raft.runtime_config().elect(false);
+    let handler = Handler::new();
+    let transport = net.start(node, handler.clone(), kill.clone());
+    let config = HostConfig {
+        node,
+        peers: peers.into_iter().filter(|p| *p != node).collect(),
+        raft: raft_config(options),
+    };
+    let host = Host::new(config, storage, Arc::new(transport.clone()));
+    host.open_existing().await.map_err(|e| NodeError::Group {
+        node,
+        reason: e.to_string(),
+    })?;
+    if spec.witness && options.witness_never_campaigns {
+        never_campaign(&host);
     }
-    router.insert(VOLUME, raft.clone());
+    handler.attach(Arc::clone(&host));
     Ok(Running {
-        raft,
-        volume,
-        router,
+        host,
         transport,
         kill,
     })
+}
+
+/// Keeps every group of `host` from campaigning (a witness only votes).
+pub fn never_campaign(host: &Host) {
+    for volume in host.volumes() {
+        if let Some(raft) = host.raft(volume) {
+            raft.runtime_config().elect(false);
+        }
+    }
 }
 
 /// Power loss of a running incarnation: see the module docs.
@@ -221,12 +238,17 @@ pub fn crash(
     net.stop(spec.id);
     running.kill.kill();
     disk.crash(mode);
-    running.router.remove(VOLUME);
-    let raft = running.raft;
-    // Nothing waits for this: the incarnation can no longer send or persist.
-    Rt::spawn(async move {
-        let _ = raft.shutdown().await;
-    });
+    let router = running.host.router();
+    for volume in router.volumes() {
+        let Some(raft) = router.remove(volume) else {
+            continue;
+        };
+        // Nothing waits for this: the incarnation can no longer send or
+        // persist.
+        Rt::spawn(async move {
+            let _ = raft.shutdown().await;
+        });
+    }
 }
 
 /// A planted bug: a disk whose `fdatasync` succeeds without syncing.

@@ -8,10 +8,14 @@ use std::fmt;
 
 use metro_kvstore::SplitMix64;
 
-/// Nodes in a cluster, at most (the group has every node as a voter).
+/// Nodes in a cluster, at most.
 pub const NODES_MAX: usize = 7;
-/// Blocks of the simulated volume: small, so that clients collide often.
+/// Blocks of each simulated volume: small, so that clients collide often.
 pub const VOLUME_BLOCKS: u64 = 32;
+/// Volumes one cluster hosts, at least.
+pub const VOLUMES_MIN: u64 = 2;
+/// Volumes one cluster hosts, at most.
+pub const VOLUMES_MAX: u64 = 4;
 
 /// A deliberate bug on the simulator's side, to prove the checkers catch
 /// what they claim to (never set by a seed).
@@ -28,7 +32,7 @@ pub enum PlantedBug {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainSpec {
     pub nodes: u64,
-    /// A witness domain: its nodes vote but never campaign.
+    /// A witness domain: its nodes host the witness voters placement adds.
     pub witness: bool,
 }
 
@@ -68,6 +72,15 @@ pub struct SimOptions {
     pub think_ms_max: u64,
     /// Raft snapshot (and log purge) every this many entries; 0: never.
     pub snapshot_logs: u64,
+    /// Volumes created at boot (each its own Raft group, placed by
+    /// fabric's `control::place`).
+    pub volumes: u64,
+    /// Data replicas of every volume (one per data domain); with two, the
+    /// placement adds a witness voter.
+    pub replicas: u8,
+    /// Witness replicas only vote (`elect(false)`). Production lets them
+    /// campaign; never set by a seed (see `tests/regressions.rs`).
+    pub witness_never_campaigns: bool,
     pub bug: Option<PlantedBug>,
 }
 
@@ -126,8 +139,69 @@ impl SimOptions {
             write_ppm: 300_000 + rng.below(500_001),
             think_ms_max: rng.below(31),
             snapshot_logs: [0, 64, 256, 1_000][rng.below(4) as usize],
+            volumes: 0,
+            replicas: 0,
+            witness_never_campaigns: false,
             bug: None,
         }
+        .with_volumes(&mut rng)
+    }
+
+    /// Draws the volume count and replica count (after every other draw,
+    /// so the rest of the options stay what they were before volumes).
+    fn with_volumes(mut self, rng: &mut SplitMix64) -> Self {
+        self.volumes = VOLUMES_MIN + rng.below(VOLUMES_MAX - VOLUMES_MIN + 1);
+        let data = self.domains.iter().filter(|d| !d.witness).count() as u8;
+        let witness = self.domains.iter().any(|d| d.witness);
+        self.replicas = match rng.below(2) {
+            0 if data > 2 && witness => 2,
+            _ => data,
+        };
+        self
+    }
+
+    /// The options of `seed` on the topology `spec` instead of the drawn
+    /// one: comma-separated domains, `N` for a data domain of N nodes,
+    /// `wN` for a witness domain of N nodes (e.g. `2,2,2,w1`). Latencies
+    /// of domains the seed did not draw are drawn from the seed too.
+    pub fn with_topology(seed: u64, spec: &str) -> Result<Self, String> {
+        let mut domains = Vec::new();
+        for part in spec.split(',').map(str::trim) {
+            let (witness, count) = match part.strip_prefix('w') {
+                Some(count) => (true, count),
+                None => (false, part),
+            };
+            let nodes: u64 = count
+                .parse()
+                .map_err(|_| format!("bad domain {part:?} in topology {spec:?}"))?;
+            if nodes == 0 {
+                return Err(format!("empty domain in topology {spec:?}"));
+            }
+            domains.push(DomainSpec { nodes, witness });
+        }
+        let data = domains.iter().filter(|d| !d.witness).count();
+        let total: u64 = domains.iter().map(|d| d.nodes).sum();
+        if data == 0 || total as usize > NODES_MAX {
+            return Err(format!(
+                "topology {spec:?} needs a data domain and at most {NODES_MAX} nodes"
+            ));
+        }
+        let mut options = Self::from_seed(seed);
+        let mut rng = SplitMix64::new(seed ^ 0x746f_706f_6c6f_6779);
+        options.inter_domain = (0..domains.len())
+            .map(|a| {
+                (0..domains.len())
+                    .map(
+                        |b| match options.inter_domain.get(a).and_then(|r| r.get(b)) {
+                            Some(drawn) => *drawn,
+                            None => latency(&mut rng, 500, 15_000),
+                        },
+                    )
+                    .collect()
+            })
+            .collect();
+        options.domains = domains;
+        Ok(options.with_volumes(&mut rng))
     }
 
     /// Nodes in the cluster.
@@ -183,12 +257,15 @@ impl fmt::Display for SimOptions {
         )?;
         write!(
             f,
-            "  workload clients={} writes={}ppm think<={}ms blocks={} snapshot_logs={} bug={:?}",
+            "  workload volumes={}x{}replicas clients={} writes={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} bug={:?}",
+            self.volumes,
+            self.replicas,
             self.clients,
             self.write_ppm,
             self.think_ms_max,
             VOLUME_BLOCKS,
             self.snapshot_logs,
+            self.witness_never_campaigns,
             self.bug
         )
     }

@@ -5,11 +5,13 @@
 //!   options' loss, duplication and latency spikes.
 //! - Liveness phase: clients stop, every fault heals (partitions, loss,
 //!   duplication, spikes; every crashed node restarts). Within
-//!   [`LIVENESS_BUDGET_S`] virtual seconds a write must be acknowledged,
-//!   every replica must apply up to the same index, and then every replica
-//!   must hold byte-identical blocks; each replica's copy and a final read
+//!   [`LIVENESS_BUDGET_S`] virtual seconds, for every volume: a write must
+//!   be acknowledged, every member must apply up to the same index, and
+//!   then every member must hold byte-identical blocks (compared directly
+//!   and by the host's status digest); each replica's copy and a final read
 //!   through the leader are checked against the history like any read.
-//! - Verdict: the history checks of `checker.rs`; violations are counted.
+//! - Verdict: the history checks of `checker.rs`, per volume; violations
+//!   are counted.
 //!
 //! A panic in any task (openraft asserts its own invariants, e.g. that a
 //! follower's log never goes backwards) is a violation too: while a run is
@@ -20,6 +22,9 @@
 //! in slices of [`TRACE_SLICE_MS`] virtual milliseconds and folds the
 //! executor's trace into a 64-bit FNV-1a hash between slices, so the hash
 //! covers the exact scheduling order without keeping the trace in memory.
+//! The runtime formats a string for every traced event, about a fifth of a
+//! run's cost: [`run_seed_untraced`] (the swarm's default) skips the trace;
+//! the run is the same, only `trace` and `events` stay 0.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +37,7 @@ use openraft::AsyncRuntime;
 use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::checker::check_history;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SimVolume};
 use crate::faults::{FaultStats, inject, pause_ms};
 use crate::history::{OpKind, Outcome, decode_blocks};
 use crate::network::{LinkFaults, NetStats};
@@ -101,8 +106,9 @@ pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub seed: u64,
-    /// FNV-1a over every executor trace event, in order.
+    /// FNV-1a over every executor trace event, in order (0 untraced).
     pub trace: u64,
+    /// Executor trace events (0 untraced).
     pub events: u64,
     pub violations: u64,
     /// The first violation messages.
@@ -165,15 +171,25 @@ struct Scenario {
     leaders_per_term_max: usize,
 }
 
-/// Runs `options.seed` to its verdict (see the module docs).
+/// Runs `options.seed` to its verdict (see the module docs), hashing the
+/// executor's trace.
 pub fn run_seed(options: SimOptions) -> RunReport {
+    run(options, true)
+}
+
+/// Runs `options.seed` to its verdict without recording the trace.
+pub fn run_seed_untraced(options: SimOptions) -> RunReport {
+    run(options, false)
+}
+
+fn run(options: SimOptions, traced: bool) -> RunReport {
     let seed = options.seed;
     let hard_stop_ns = (options.safety_s + LIVENESS_BUDGET_S + RUN_SLACK_S) * 1_000_000_000;
     install_panic_hook();
     PANICS.with(|panics| *panics.borrow_mut() = Some((0, Vec::new())));
     let mut rt = Rt::with_seed(seed);
-    rt.record_trace(true);
-    let mut trace = FNV_OFFSET;
+    rt.record_trace(traced);
+    let mut trace = if traced { FNV_OFFSET } else { 0 };
     let mut events = 0u64;
     // Spawned from inside the runtime; the handle is awaited slice by slice.
     #[allow(clippy::async_yields_async)]
@@ -188,10 +204,12 @@ pub fn run_seed(options: SimOptions) -> RunReport {
                 Either::Right(((), task)) => Err((task, now_ns())),
             }
         });
-        for event in rt.take_trace() {
-            trace = fnv1a(trace, event.as_bytes());
-            trace = fnv1a(trace, b"\n");
-            events += 1;
+        if traced {
+            for event in rt.take_trace() {
+                trace = fnv1a(trace, event.as_bytes());
+                trace = fnv1a(trace, b"\n");
+                events += 1;
+            }
         }
         match step {
             Ok(done) => break done.map_err(|e| format!("scenario task failed: {e:?}")),
@@ -238,21 +256,33 @@ async fn scenario(options: SimOptions) -> Scenario {
     Rt::sleep(safety).await;
     stop.store(true, Ordering::SeqCst);
     let faults = faults.await.unwrap_or_default();
-    liveness(&cluster).await;
-    let ops = cluster.history.ops();
-    check_history(&ops, &cluster.violations);
+    for volume in &cluster.volumes {
+        liveness(&cluster, volume).await;
+    }
+    let mut ops = Vec::new();
+    for volume in &cluster.volumes {
+        let volume_ops = volume.history.ops();
+        check_history(&volume_ops, &cluster.violations);
+        ops.extend(volume_ops);
+    }
+    let leaders_per_term_max = cluster
+        .volumes
+        .iter()
+        .map(|v| v.observer.leaders_per_term_max())
+        .max()
+        .unwrap_or(0);
     Scenario {
         violations: cluster.violations.count(),
         messages: cluster.violations.messages(),
         ops: OpCounts::of(&ops),
         net: cluster.net.stats(),
         faults,
-        leaders_per_term_max: cluster.observer.leaders_per_term_max(),
+        leaders_per_term_max,
     }
 }
 
-/// Heals everything and requires the cluster to converge in the budget.
-async fn liveness(cluster: &Arc<Cluster>) {
+/// Heals everything and requires `volume` to converge in the budget.
+async fn liveness(cluster: &Arc<Cluster>, volume: &SimVolume) {
     let deadline = now_ns() + LIVENESS_BUDGET_S * 1_000_000_000;
     cluster.net.heal_partitions();
     cluster.net.set_faults(LinkFaults {
@@ -267,26 +297,28 @@ async fn liveness(cluster: &Arc<Cluster>) {
     let fail = |what: &str| {
         let at = now_ns();
         cluster.violations.report(format!(
-            "liveness: {what} within {LIVENESS_BUDGET_S} s (at {at} ns)"
+            "liveness: {}: {what} within {LIVENESS_BUDGET_S} s (at {at} ns)",
+            volume.id
         ));
     };
-    if !probe_write(cluster, deadline).await {
+    if !probe_write(cluster, volume, deadline).await {
         return fail("no write acknowledged");
     }
-    if !converged(cluster, deadline).await {
+    if !converged(cluster, volume, deadline).await {
         return fail("replicas did not converge");
     }
-    compare_replicas(cluster);
-    if !sweep(cluster, "final-sweep", FINAL_SWEEP_ATTEMPTS).await {
+    compare_replicas(cluster, volume).await;
+    if !sweep(cluster, volume, "final-sweep", FINAL_SWEEP_ATTEMPTS).await {
         fail("no final read answered");
     }
 }
 
-/// Writes block 0 until one write is acknowledged or `deadline` passes.
-async fn probe_write(cluster: &Cluster, deadline: u64) -> bool {
+/// Writes block 0 of `volume` until one write is acknowledged or
+/// `deadline` passes.
+async fn probe_write(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bool {
     while now_ns() < deadline {
         if let Some(via) = cluster.pick_up_node()
-            && let Outcome::Acked { .. } = write(cluster, "liveness-probe", via, 0, 1).await
+            && let Outcome::Acked { .. } = write(cluster, volume, "liveness-probe", via, 0, 1).await
         {
             return true;
         }
@@ -295,14 +327,15 @@ async fn probe_write(cluster: &Cluster, deadline: u64) -> bool {
     false
 }
 
-/// Waits until every node runs and all applied the same, newest index.
-async fn converged(cluster: &Cluster, deadline: u64) -> bool {
+/// Waits until every member of `volume` runs and all applied the same,
+/// newest index.
+async fn converged(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bool {
     while now_ns() < deadline {
-        let nodes = cluster.node_ids();
-        let applied: Vec<Option<u64>> = nodes
+        let applied: Vec<Option<u64>> = volume
+            .members
             .iter()
             .map(|id| {
-                let raft = cluster.raft(*id)?;
+                let raft = cluster.raft(*id, volume.id)?;
                 let metrics = raft.metrics();
                 let m = metrics.borrow_watched();
                 let log_end = m.last_log_index;
@@ -319,21 +352,31 @@ async fn converged(cluster: &Cluster, deadline: u64) -> bool {
     false
 }
 
-/// Reads every replica's own copy: records it as a read (so a lost
-/// acknowledged write shows) and requires all copies to be identical.
-fn compare_replicas(cluster: &Cluster) {
+/// Reads every member's own copy of `volume`: records it as a read (so a
+/// lost acknowledged write shows) and requires all copies, and all the
+/// hosts' status digests, to be identical.
+async fn compare_replicas(cluster: &Cluster, volume: &SimVolume) {
     let mut digests: Vec<(NodeId, u64)> = Vec::new();
-    for id in cluster.node_ids() {
-        let Some(volume) = cluster.volume(id) else {
+    let mut statuses: Vec<(NodeId, Option<u64>, u32)> = Vec::new();
+    for &id in &volume.members {
+        let who = format!("replica-{id}");
+        if let Some(host) = cluster.host(id) {
+            match host.status(volume.id).await {
+                Ok(status) => statuses.push((id, status.applied_index, status.digest)),
+                Err(err) => cluster
+                    .violations
+                    .report(format!("{who}: status of {}: {err}", volume.id)),
+            }
+        }
+        let Some(replica) = cluster.replica(id, volume.id).await else {
             continue;
         };
-        let who = format!("replica-{id}");
-        let data = match volume.read_blocks(0, VOLUME_BLOCKS as u32) {
+        let data = match replica.read_blocks(0, VOLUME_BLOCKS as u32) {
             Ok(data) => data,
             Err(err) => {
                 cluster
                     .violations
-                    .report(format!("{who}: read fails: {err}"));
+                    .report(format!("{who}: read of {} fails: {err}", volume.id));
                 continue;
             }
         };
@@ -345,18 +388,29 @@ fn compare_replicas(cluster: &Cluster) {
                     seen: Vec::new(),
                 };
                 let now = now_ns();
-                let op = cluster.history.invoke(&who, kind, now);
+                let op = volume.history.invoke(&who, kind, now);
                 let acked = Outcome::Acked { log_index: None };
-                cluster.history.complete(op, acked, Some(seen), now);
+                volume.history.complete(op, acked, Some(seen), now);
             }
-            Err(why) => cluster.violations.report(format!("{who}: {why}")),
+            Err(why) => cluster
+                .violations
+                .report(format!("{who}: {}: {why}", volume.id)),
         }
     }
     if let Some((first, digest)) = digests.first()
         && let Some((other, theirs)) = digests.iter().find(|(_, d)| d != digest)
     {
         cluster.violations.report(format!(
-            "replicas differ: node {first} digest {digest:016x}, node {other} digest {theirs:016x}"
+            "{}: replicas differ: node {first} digest {digest:016x}, node {other} digest {theirs:016x}",
+            volume.id
+        ));
+    }
+    if let Some((first, index, digest)) = statuses.first()
+        && let Some((other, i, d)) = statuses.iter().find(|(_, i, d)| (i, d) != (index, digest))
+    {
+        cluster.violations.report(format!(
+            "{}: status digests differ: node {first} {digest:08x} at {index:?}, node {other} {d:08x} at {i:?}",
+            volume.id
         ));
     }
 }

@@ -1,32 +1,38 @@
 //! The client workload: clients that write unique payloads to random block
-//! ranges and read random ranges, through whichever node is up, following
-//! redirects to the leader (as the raft_group test client does), recording
-//! every operation in the [`History`].
+//! ranges of random volumes and read random ranges, entering through
+//! whichever node is up, recording every operation in the volume's
+//! [`History`].
 //!
-//! A client sits beside the node it enters through (`via`), as an NBD
-//! client would: its requests leave from that node's transport. A write's
-//! outcome is `Acked` only on the leader's Applied answer, `NotApplied` only
-//! when no request left (via down) or every answer was a redirect, and
-//! `Unknown` otherwise (timeout, failure): it is never retried, since it
-//! may still take effect.
+//! A client sits inside the node it enters through (`via`), as the NBD
+//! server does: it calls that node's [`VolumeHost::execute`], which serves
+//! locally or forwards to the volume's leader over the network (most nodes
+//! host no replica of a given volume, so forwarding is the common path).
+//! The operation ends with the node's incarnation (a crash of `via` leaves
+//! it `Unknown`). A write's outcome is `Acked` only on the leader's Applied
+//! answer, `NotApplied` only when no request could have been proposed (via
+//! down, no leader known, every answer a redirect, no replica found), and
+//! `Unknown` otherwise (timeout, failure): it is never retried, since it may
+//! still take effect. Requests that were certainly not proposed are retried
+//! after [`NO_LEADER_PAUSE_MS`], up to [`REDIRECTS_MAX`] times.
+//!
+//! [`VolumeHost::execute`]: metro_fabric::host::VolumeHost::execute
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metro_fabric::env::NodeId;
-use metro_fabric::raft::network::forward_client;
+use metro_fabric::host::HostError;
 use metro_fabric::volume::{VolumeCommand, VolumeResponse};
 use metro_fabric::wire::{ClientReply, ClientRequest};
 use openraft::AsyncRuntime;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SimVolume};
 use crate::history::{OpKind, Outcome, decode_blocks, write_payload};
-use crate::node::VOLUME;
 use crate::options::{PlantedBug, VOLUME_BLOCKS};
 use crate::{Rt, now_ns};
 
-/// Redirects one operation follows before it gives up.
+/// Attempts of one operation that was certainly not proposed.
 pub const REDIRECTS_MAX: usize = 8;
 /// Pause before asking again when no leader is known.
 pub const NO_LEADER_PAUSE_MS: u64 = 100;
@@ -40,30 +46,47 @@ pub const READ_BLOCKS_MAX: u64 = 4;
 pub enum Reply {
     /// The leader answered (Applied, Read or a command's response).
     Answer(ClientReply),
-    /// No request left, or every answer was a redirect.
+    /// No request could have been proposed.
     NotSent,
     /// The request may have reached a leader; no answer.
     Unknown(String),
 }
 
-/// Sends `request` entering at `via`, following redirects.
-pub async fn request(cluster: &Cluster, via: NodeId, request: ClientRequest) -> Reply {
-    let mut target = via;
+/// What one attempt through `via`'s host came to.
+async fn attempt(
+    cluster: &Cluster,
+    via: NodeId,
+    volume: &SimVolume,
+    request: &ClientRequest,
+) -> Reply {
+    let Some((host, kill)) = cluster.host_and_kill(via) else {
+        return Reply::NotSent;
+    };
+    let executed = kill.guard(host.execute(volume.id, request.clone())).await;
+    match executed {
+        None => Reply::Unknown(format!("node {via} crashed")),
+        Some(Ok(ClientReply::Redirect { .. })) => Reply::NotSent,
+        Some(Ok(ClientReply::Failed { message })) => Reply::Unknown(message),
+        Some(Ok(answer)) => Reply::Answer(answer),
+        Some(Err(HostError::NoLeader(_) | HostError::UnknownVolume(_) | HostError::Invalid(_))) => {
+            Reply::NotSent
+        }
+        Some(Err(err)) => Reply::Unknown(err.to_string()),
+    }
+}
+
+/// Runs `request` on `volume` entering at `via`, retrying while it was
+/// certainly not proposed.
+pub async fn request(
+    cluster: &Cluster,
+    via: NodeId,
+    volume: &SimVolume,
+    request: ClientRequest,
+) -> Reply {
     for _ in 0..REDIRECTS_MAX {
-        let Some(transport) = cluster.net.transport(via) else {
-            return Reply::NotSent;
-        };
-        match forward_client::<_, Rt>(&transport, target, VOLUME, request.clone()).await {
-            Ok(ClientReply::Redirect {
-                leader: Some(leader),
-            }) => target = leader,
-            Ok(ClientReply::Redirect { leader: None }) => {
-                Rt::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
-                target = via;
-            }
-            Ok(ClientReply::Failed { message }) => return Reply::Unknown(message),
-            Ok(answer) => return Reply::Answer(answer),
-            Err(err) => return Reply::Unknown(err.to_string()),
+        match attempt(cluster, via, volume, &request).await {
+            Reply::NotSent => Rt::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await,
+            other => return other,
         }
     }
     Reply::NotSent
@@ -73,13 +96,14 @@ pub async fn request(cluster: &Cluster, via: NodeId, request: ClientRequest) -> 
 /// and returns its outcome.
 pub async fn write(
     cluster: &Cluster,
+    volume: &SimVolume,
     client: &str,
     via: NodeId,
     first_block: u64,
     blocks: u64,
 ) -> Outcome {
-    let history = &cluster.history;
-    let write_id = history.next_write_id();
+    let history = &volume.history;
+    let write_id = cluster.next_write_id();
     let kind = OpKind::Write {
         first_block,
         blocks,
@@ -95,7 +119,7 @@ pub async fn write(
         offset_blocks: first_block,
         data: write_payload(write_id, first_block, blocks),
     };
-    let outcome = match request(cluster, via, ClientRequest::Command(command)).await {
+    let outcome = match request(cluster, via, volume, ClientRequest::Command(command)).await {
         Reply::Answer(ClientReply::Applied {
             log_index,
             response: VolumeResponse::Applied,
@@ -104,9 +128,10 @@ pub async fn write(
         },
         Reply::NotSent => Outcome::NotApplied,
         Reply::Answer(other) => {
-            cluster
-                .violations
-                .report(format!("write {write_id}: unexpected answer {other:?}"));
+            cluster.violations.report(format!(
+                "{} write {write_id}: unexpected answer {other:?}",
+                volume.id
+            ));
             Outcome::Unknown
         }
         Reply::Unknown(_) => Outcome::Unknown,
@@ -121,12 +146,13 @@ pub async fn write(
 /// Returns whether the read was answered.
 pub async fn read(
     cluster: &Cluster,
+    volume: &SimVolume,
     client: &str,
     via: NodeId,
     first_block: u64,
     blocks: u64,
 ) -> bool {
-    let history = &cluster.history;
+    let history = &volume.history;
     let kind = OpKind::Read {
         first_block,
         seen: Vec::new(),
@@ -136,7 +162,7 @@ pub async fn read(
         offset_blocks: first_block,
         len_blocks: blocks as u32,
     };
-    match request(cluster, via, read).await {
+    match request(cluster, via, volume, read).await {
         Reply::Answer(ClientReply::Read(data)) => match decode_blocks(data.as_bytes(), first_block)
         {
             Ok(seen) => {
@@ -146,11 +172,12 @@ pub async fn read(
             }
             Err(why) => cluster
                 .violations
-                .report(format!("read by {client}: {why}")),
+                .report(format!("{} read by {client}: {why}", volume.id)),
         },
-        Reply::Answer(other) => cluster
-            .violations
-            .report(format!("read by {client}: unexpected answer {other:?}")),
+        Reply::Answer(other) => cluster.violations.report(format!(
+            "{} read by {client}: unexpected answer {other:?}",
+            volume.id
+        )),
         Reply::NotSent | Reply::Unknown(_) => {}
     }
     history.complete(op, Outcome::NotApplied, None, now_ns());
@@ -159,10 +186,10 @@ pub async fn read(
 
 /// Reads the whole volume through the leader, retrying until one read is
 /// answered or `attempts` ran out. Returns whether one was answered.
-pub async fn sweep(cluster: &Cluster, who: &str, attempts: u64) -> bool {
+pub async fn sweep(cluster: &Cluster, volume: &SimVolume, who: &str, attempts: u64) -> bool {
     for _ in 0..attempts {
         if let Some(via) = cluster.pick_up_node() {
-            if read(cluster, who, via, 0, VOLUME_BLOCKS).await {
+            if read(cluster, volume, who, via, 0, VOLUME_BLOCKS).await {
                 return true;
             }
         } else {
@@ -172,11 +199,20 @@ pub async fn sweep(cluster: &Cluster, who: &str, attempts: u64) -> bool {
     false
 }
 
-/// One client: random writes and reads until `stop` is set.
+/// One client: random writes and reads of random volumes until `stop` is
+/// set.
 pub async fn client(cluster: Arc<Cluster>, number: u64, stop: Arc<AtomicBool>) {
     let name = format!("client{number}");
     let rng = cluster.rng.clone();
-    while !stop.load(Ordering::SeqCst) && cluster.history.has_room() {
+    while !stop.load(Ordering::SeqCst) {
+        if cluster.volumes.is_empty() {
+            return;
+        }
+        let index = rng.below(cluster.volumes.len() as u64) as usize;
+        let volume = &cluster.volumes[index];
+        if !volume.history.has_room() {
+            return;
+        }
         let think = cluster.options.think_ms_max;
         Rt::sleep(rng.millis(0, think) + Duration::from_micros(100)).await;
         let Some(via) = cluster.pick_up_node() else {
@@ -186,11 +222,11 @@ pub async fn client(cluster: Arc<Cluster>, number: u64, stop: Arc<AtomicBool>) {
         if rng.chance(cluster.options.write_ppm) {
             let blocks = rng.range(1, WRITE_BLOCKS_MAX);
             let first = rng.below(VOLUME_BLOCKS - blocks + 1);
-            write(&cluster, &name, via, first, blocks).await;
+            write(&cluster, volume, &name, via, first, blocks).await;
         } else {
             let blocks = rng.range(1, READ_BLOCKS_MAX);
             let first = rng.below(VOLUME_BLOCKS - blocks + 1);
-            read(&cluster, &name, via, first, blocks).await;
+            read(&cluster, volume, &name, via, first, blocks).await;
         }
     }
 }
