@@ -7,6 +7,7 @@
 //! certs_dir = "/etc/metro/certs"       # from `metro cluster init`
 //! listen = "127.0.0.1:7001"            # QUIC (UDP) address
 //! log_level = "info"                   # error|warn|info|debug|trace
+//! nbd_listen = "127.0.0.1:10809"       # optional NBD (TCP) address
 //!
 //! [peers]                              # every other node: id = "address"
 //! 2 = "127.0.0.1:7002"
@@ -21,6 +22,9 @@
 //! fault: unknown fields, a missing file or field, unparsable addresses,
 //! node ids of 0 or in the client range, the node itself among its peers,
 //! and delays for nodes that are not peers are all refused.
+//! [`DaemonConfig::load`] does the same and adds the node's frontends
+//! (`nbd_listen`), which [`NodeConfig::load`] accepts in the file but does
+//! not return.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -72,6 +76,7 @@ struct FileConfig {
     certs_dir: Option<PathBuf>,
     listen: Option<String>,
     log_level: Option<String>,
+    nbd_listen: Option<String>,
     #[serde(default)]
     peers: BTreeMap<String, String>,
     #[serde(default)]
@@ -90,6 +95,8 @@ pub struct Overrides {
     pub peers: Vec<String>,
     /// `ID=MS`, added to (or replacing) the file's delays.
     pub delays: Vec<String>,
+    /// NBD (TCP) listen address, `host:port`.
+    pub nbd_listen: Option<String>,
 }
 
 /// A complete, checked node configuration.
@@ -162,6 +169,11 @@ impl NodeConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        Self::from_file(file, overrides)
+    }
+
+    /// The checked configuration of `file` with `overrides` applied.
+    fn from_file(file: FileConfig, overrides: Overrides) -> Result<Self, ConfigError> {
         let (peers, delays_ms) = peers_and_delays(&file, &overrides)?;
         let node_id = overrides
             .node_id
@@ -204,6 +216,30 @@ impl NodeConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// The daemon's whole configuration: the node and its frontends.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub node: NodeConfig,
+    /// Where to serve NBD (TCP); none when not configured.
+    pub nbd_listen: Option<SocketAddr>,
+}
+
+impl DaemonConfig {
+    /// Like [`NodeConfig::load`], plus `nbd_listen` (file or flag).
+    pub fn load(path: Option<&Path>, mut overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut file = match path {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let nbd_listen = overrides.nbd_listen.take().or(file.nbd_listen.take());
+        let node = NodeConfig::from_file(file, overrides)?;
+        let nbd_listen = nbd_listen
+            .map(|text| parse_address("NBD listen address", &text))
+            .transpose()?;
+        Ok(Self { node, nbd_listen })
     }
 }
 
@@ -317,6 +353,28 @@ listen = "127.0.0.1:7001"
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.peers.len(), 3);
         assert_eq!(config.log_level, tracing::Level::DEBUG);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn nbd_listen_from_file_or_flag() {
+        let path = write(GOOD);
+        let config = DaemonConfig::load(Some(&path), Overrides::default()).expect("valid");
+        assert_eq!(config.nbd_listen, None);
+        let text = GOOD.replace(
+            "node_id = 1\n",
+            "node_id = 1\nnbd_listen = \"127.0.0.1:10809\"\n",
+        );
+        let _ = std::fs::write(&path, text);
+        let config = DaemonConfig::load(Some(&path), Overrides::default()).expect("valid");
+        assert_eq!(config.nbd_listen.map(|a| a.port()), Some(10809));
+        let overrides = Overrides {
+            nbd_listen: Some("127.0.0.1:10900".into()),
+            ..Overrides::default()
+        };
+        let config = DaemonConfig::load(Some(&path), overrides).expect("valid");
+        assert_eq!(config.nbd_listen.map(|a| a.port()), Some(10900));
+        assert!(NodeConfig::load(Some(&path), Overrides::default()).is_ok());
         let _ = std::fs::remove_file(path);
     }
 

@@ -26,7 +26,8 @@ use metro_kvstore::{FileDisk, Options, Store, StoreError};
 use openraft_rt_tokio::TokioRuntime;
 
 use crate::certs::{CertError, client_ids, load_identity, load_trust};
-use crate::config::NodeConfig;
+use crate::config::{DaemonConfig, NodeConfig};
+use crate::nbd_host::{HostBackend, NbdListener};
 use crate::quic_transport::{QuicConfig, QuicError, QuicTransport};
 
 /// The host type of a production node.
@@ -47,6 +48,11 @@ pub enum DaemonError {
     Quic(#[from] QuicError),
     #[error("volume host: {0}")]
     Host(#[from] HostError),
+    #[error("NBD listener on {addr}: {source}")]
+    Nbd {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Opens the kvstore in `dir` and starts its writer thread.
@@ -120,6 +126,33 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let node = start(&config).await?;
     shutdown.await;
+    node.stop().await;
+    Ok(())
+}
+
+/// Runs the node and its frontends (an NBD listener exporting the hosted
+/// volumes when `config.nbd_listen` is set, see [`crate::nbd_host`]) until
+/// `shutdown` resolves; then stops the listener and the node.
+pub async fn run_daemon(
+    config: DaemonConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let node = start(&config.node).await?;
+    let mut nbd = None;
+    if let Some(addr) = config.nbd_listen {
+        let backend = Arc::new(HostBackend::new(Arc::clone(&node.host)));
+        match NbdListener::start(addr, backend).await {
+            Ok(listener) => nbd = Some(listener),
+            Err(source) => {
+                node.stop().await;
+                return Err(DaemonError::Nbd { addr, source });
+            }
+        }
+    }
+    shutdown.await;
+    if let Some(listener) = &nbd {
+        listener.stop();
+    }
     node.stop().await;
     Ok(())
 }
