@@ -103,7 +103,8 @@ impl Index {
     }
 
     /// Records a new newest version of `key` (a put, or a deletion with
-    /// `loc: None`). Versions must arrive in increasing `seq`.
+    /// `loc: None`). Versions arrive in non-decreasing `seq`; several ops of
+    /// one batch share a seq and the later one wins.
     pub fn set(&mut self, ns: Namespace, key: u64, version: Version) {
         self.add_live(version.loc);
         let nsi = self.namespaces.entry(ns).or_default();
@@ -121,11 +122,13 @@ impl Index {
             }
             Some(vs) => {
                 assert!(
-                    version.seq > vs.latest.seq,
+                    version.seq >= vs.latest.seq,
                     "versions of a key arrive in seq order"
                 );
                 let previous = std::mem::replace(&mut vs.latest, version);
-                if needed(&nsi.snapshots, previous.seq, version.seq) {
+                // An earlier op of the same batch (equal seq) is overridden
+                // outright: no snapshot can fall inside one batch.
+                if previous.seq < version.seq && needed(&nsi.snapshots, previous.seq, version.seq) {
                     vs.older.push(previous);
                 } else {
                     dead = previous.loc;
@@ -387,6 +390,20 @@ mod tests {
         );
         ix.drop_snapshot(NS, 1);
         assert_eq!(ix.range(NS, 0..100, None, 10).len(), 1);
+        assert_eq!(ix.live_bytes(), 10);
+    }
+
+    #[test]
+    fn later_ops_of_one_batch_override_earlier_ones() {
+        let mut ix = Index::new();
+        ix.create_snapshot(NS, 1);
+        ix.set(NS, 1, put(2, 1));
+        ix.set(NS, 1, put(2, 1));
+        assert_eq!(ix.live_bytes(), 10, "the first put of the batch is dead");
+        ix.set(NS, 1, Version { seq: 2, loc: None });
+        assert_eq!(ix.get(NS, 1, None), None);
+        assert_eq!(ix.live_bytes(), 0);
+        ix.set(NS, 1, put(2, 1));
         assert_eq!(ix.live_bytes(), 10);
     }
 

@@ -62,6 +62,11 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Action {
+    /// One batch that writes a key twice and deletes then rewrites another.
+    SameKeyTwice {
+        ns: u8,
+        key: u64,
+    },
     Put {
         ns: u8,
         key: u64,
@@ -112,6 +117,7 @@ fn action() -> impl Strategy<Value = Action> {
         3 => (0u8..3).prop_map(|ns| Action::Snapshot { ns }),
         2 => any::<usize>().prop_map(|pick| Action::DropSnapshot { pick }),
         4 => (1u8..6, 0u8..3, 0u64..48).prop_map(|(count, ns, key)| Action::Group { count, ns, key }),
+        3 => (0u8..3, 0u64..47).prop_map(|(ns, key)| Action::SameKeyTwice { ns, key }),
         3 => (1u8..4, 0u64..48, any::<bool>()).prop_map(|(count, key, tear)| Action::DoomedGroupThenCrash { count, key, tear }),
         3 => any::<bool>().prop_map(|tear| Action::Crash { tear }),
         3 => Just(Action::Check),
@@ -364,6 +370,15 @@ fn step(h: &mut Harness, action: Action) {
                 r.expect("group write succeeds");
                 h.model.apply(b);
             }
+        }
+        Action::SameKeyTwice { ns: n, key } => {
+            let (v1, v2, v3) = (h.value(100), h.value(300), h.value(50));
+            let mut b = WriteBatch::new();
+            b.put(ns(n), key, v1)
+                .put(ns(n), key, v2)
+                .delete(ns(n), key + 1)
+                .put(ns(n), key + 1, v3);
+            h.write(b);
         }
         Action::DoomedGroupThenCrash { count, key, tear } => doomed(h, count, key, tear),
         Action::Crash { tear } => {
