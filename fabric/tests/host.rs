@@ -261,3 +261,39 @@ async fn every_host_restarts_from_its_disk() {
     read_all(&nodes, 40..50).await;
     assert_identical(&converged(&nodes, last).await, 50);
 }
+
+/// A node without a replica forwards to the leader it remembers; when that
+/// leader dies it must move on to the other nodes and find the new one
+/// (it once kept asking the dead node until the caller gave up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_replica_follows_a_new_leader() {
+    let net = Net::new();
+    let nodes = three_hosts(&net);
+    nodes[0]
+        .host
+        .create_volume(VOLUME, SIZE_BLOCKS, &MEMBERS)
+        .await
+        .expect("create");
+    let outsider = {
+        let handler = Arc::new(Handler::default());
+        net.register(4, Arc::clone(&handler));
+        let transport = Arc::new(MemTransport {
+            node: 4,
+            net: Arc::clone(&net),
+        });
+        let storage = open_storage(Arc::new(FaultyDisk::new(4)));
+        let config = HostConfig::new(4, MEMBERS).expect("host config");
+        let host: Arc<Host> = VolumeHost::new(config, storage, transport);
+        let _ = handler.0.set(Arc::clone(&host));
+        host
+    };
+    retry(|| outsider.write(VOLUME, 1, pattern(1))).await;
+    let leader = retry(|| nodes[0].host.status(VOLUME))
+        .await
+        .leader
+        .expect("a leader");
+    net.set_cut_off(leader, true);
+    // Within the retry budget, through the surviving majority.
+    retry(|| outsider.write(VOLUME, 2, pattern(2))).await;
+    assert_eq!(retry(|| outsider.read(VOLUME, 2, 1)).await, pattern(2));
+}
