@@ -66,8 +66,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let max_replicas = args.replicas.iter().copied().max().unwrap_or(1).max(2);
     let certs = args.dir.join("certs");
     make_certs(&certs, max_replicas)?;
-    let rtt = runtime.block_on(quic_rtt(&args.dir, &certs))?;
-    rows.push(rtt.clone());
+    rows.push(runtime.block_on(quic_rtt(&args.dir, &certs, 0))?);
+    for &delay in args.delays_ms.iter().filter(|d| **d > 0) {
+        rows.push(runtime.block_on(quic_rtt(&args.dir, &certs, delay))?);
+    }
     for &delay in &args.delays_ms {
         for &replicas in &args.replicas {
             let dir = args.dir.join(format!("r{replicas}-d{delay}"));
@@ -269,10 +271,11 @@ async fn drive(
 }
 
 /// Round trips of an empty request between two nodes (the handler refuses
-/// it at once, so this is transport and TLS only).
-async fn quic_rtt(dir: &Path, certs: &Path) -> anyhow::Result<Row> {
-    eprintln!("QUIC round trip...");
-    let nodes = start_nodes(&dir.join("rtt"), certs, 2, 0).await?;
+/// it at once, so this is transport and TLS only), with `delay_ms` injected
+/// one way (a round trip should then take about twice that).
+async fn quic_rtt(dir: &Path, certs: &Path, delay_ms: u64) -> anyhow::Result<Row> {
+    eprintln!("QUIC round trip, {delay_ms} ms one-way delay...");
+    let nodes = start_nodes(&dir.join(format!("rtt-d{delay_ms}")), certs, 2, delay_ms).await?;
     let transport = Arc::clone(&nodes[0].transport);
     let mut hist = histogram();
     let start = Instant::now();
@@ -286,12 +289,11 @@ async fn quic_rtt(dir: &Path, certs: &Path) -> anyhow::Result<Row> {
     for node in &nodes {
         node.stop().await;
     }
-    Ok(Row::new(
-        "quic_rtt",
-        ops,
-        start.elapsed().as_secs_f64(),
-        &hist,
-    ))
+    let name = match delay_ms {
+        0 => "quic_rtt".to_owned(),
+        d => format!("quic_rtt_d{d}"),
+    };
+    Ok(Row::new(&name, ops, start.elapsed().as_secs_f64(), &hist))
 }
 
 /// kvstore alone: durable 4 KiB writes at queue depth 1.

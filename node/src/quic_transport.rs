@@ -25,7 +25,10 @@
 //!   round-robin, each re-dialed on next use once it has closed.
 //! - An artificial one-way delay per peer ([`QuicTransport::set_delay`]) is
 //!   slept before sending a request to, and before responding to, that peer:
-//!   with the same delay `d` set on both nodes a round trip takes >= `2d`.
+//!   with the same delay `d` set on both nodes a round trip takes >= `2d`
+//!   (and about that: the sleep is timed by a [`DelayLine`] thread to tens of
+//!   microseconds, where tokio's millisecond timer wheel rounds every sleep
+//!   up to the next tick, turning 2 ms into 2-3 ms).
 //! - Limits: [`MAX_CONCURRENT_STREAMS`] per connection, [`MAX_CONNECTIONS`]
 //!   accepted per node, [`CONNECT_TIMEOUT`], [`HANDSHAKE_TIMEOUT`],
 //!   [`REQUEST_TIMEOUT`], [`FRAME_READ_TIMEOUT`], [`IDLE_TIMEOUT`].
@@ -35,8 +38,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use metro_fabric::env::{FRAME_BYTES_MAX, Lane, NodeId, RequestHandler, Transport, TransportError};
 use quinn::{Connection, Endpoint, SendStream, VarInt, WriteError};
@@ -163,6 +166,7 @@ pub(crate) struct Shared {
     pub(crate) cluster: String,
     pub(crate) allowed: AllowList,
     pub(crate) delays: RwLock<BTreeMap<NodeId, Duration>>,
+    pub(crate) delay_line: DelayLine,
     pub(crate) stats: Stats,
 }
 
@@ -176,7 +180,112 @@ impl Shared {
             .copied()
             .unwrap_or_default();
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            self.delay_line.sleep(delay).await;
+        }
+    }
+}
+
+/// Sleeps for the injected delays with sub-millisecond precision: one
+/// thread (started on first use) waits on a condition variable until the
+/// earliest deadline and wakes its sleepers. tokio's timer would round each
+/// sleep up to the next millisecond tick (a 2 ms delay took about 3 ms, a
+/// 4 ms round trip 6.4 ms).
+#[derive(Debug, Default)]
+pub(crate) struct DelayLine {
+    state: Arc<DelayState>,
+}
+
+#[derive(Debug, Default)]
+struct DelayState {
+    queue: std::sync::Mutex<DelayQueue>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DelayQueue {
+    /// Sleepers by (deadline, arrival).
+    timers: BTreeMap<(Instant, u64), tokio::sync::oneshot::Sender<()>>,
+    next: u64,
+    started: bool,
+    closed: bool,
+}
+
+impl DelayLine {
+    /// Resolves `delay` from now (a little after; never before).
+    pub(crate) async fn sleep(&self, delay: Duration) {
+        let deadline = Instant::now() + delay;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = {
+            let mut queue = self
+                .state
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let id = queue.next;
+            queue.next += 1;
+            let earliest = queue
+                .timers
+                .keys()
+                .next()
+                .is_none_or(|(t, _)| deadline < *t);
+            queue.timers.insert((deadline, id), tx);
+            if earliest {
+                self.state.wake.notify_one();
+            }
+            if queue.started {
+                Ok(())
+            } else {
+                queue.started = true;
+                let state = Arc::clone(&self.state);
+                std::thread::Builder::new()
+                    .name("metro-quic-delay".into())
+                    .spawn(move || state.run())
+                    .map(drop)
+            }
+        };
+        if spawned.is_err() || rx.await.is_err() {
+            // No timer thread: fall back on tokio's (coarser) timer.
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        let mut queue = self
+            .state
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.closed = true;
+        queue.timers.clear();
+        self.state.wake.notify_one();
+    }
+}
+
+impl DelayState {
+    fn run(&self) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        while !queue.closed {
+            let now = Instant::now();
+            while let Some(entry) = queue.timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let _ = entry.remove().send(());
+            }
+            queue = match queue.timers.keys().next().map(|(t, _)| *t - now) {
+                Some(wait) => {
+                    self.wake
+                        .wait_timeout(queue, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
     }
 }
@@ -233,6 +342,7 @@ impl QuicTransport {
             cluster: config.identity.cluster().to_owned(),
             allowed,
             delays: RwLock::new(config.delays),
+            delay_line: DelayLine::default(),
             stats: Stats::default(),
         });
         let peers = config
