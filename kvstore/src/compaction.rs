@@ -90,7 +90,18 @@ impl Writer {
                 let moved = read.index.relocate(v.ns, v.key, v.seq, v.from, to);
                 assert!(moved, "only the writer changes the index");
             }
-            assert_eq!(read.index.segment_live(victim), 0, "victim fully relocated");
+            let left = read.index.segment_live(victim);
+            if left > 0 {
+                // Some live value sits behind a record the scan could not
+                // read (damage after the record was written). Keep the
+                // victim, and refuse to go on: its data is not what the
+                // index says.
+                return Err(StoreError::Corrupt {
+                    file: segment_name(self.segments[&victim].kind, victim),
+                    offset: SEGMENT_HEADER_BYTES,
+                    reason: format!("compaction found {left} live bytes it could not read back"),
+                });
+            }
         }
         self.pending_victims.insert(victim);
         self.shared.stats.lock().compacted_segments += 1;
