@@ -29,6 +29,19 @@ fn witness_with_longest_log_may_lead() {
     }
 }
 
+/// A host that retried a forwarded write through another node after the
+/// first hop timed out (the write may have been applied there) and then
+/// reported "no leader": the client took the write as never applied, and a
+/// later read saw it (seed 57: block 29, write 41). The retry was reverted:
+/// a hop that may have delivered the request ends the attempt with an
+/// outcome-unknown error.
+#[test]
+fn a_forwarded_write_that_timed_out_is_never_reported_as_not_applied() {
+    for seed in [46, 57, 122] {
+        passes(seed, |_| {});
+    }
+}
+
 /// The same seeds with witnesses that never campaign (`elect(false)` on
 /// every witness replica once it is open), which production does not do.
 ///

@@ -410,25 +410,10 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         let mut last_error = HostError::UnknownVolume(volume);
         for start in self.targets(volume) {
             let mut target = start;
-            // Set when the node asked was unreachable: report that, not
-            // "no leader", if it was the last one tried.
-            let mut unreachable = false;
             for _ in 0..FORWARD_HOPS_MAX {
                 let reply = match self.hop(target, volume, &request).await {
                     Ok(reply) => reply,
                     Err(HostError::UnknownVolume(_)) if target == start => break,
-                    Err(err @ HostError::Peer { .. }) => {
-                        // The node is gone or silent: forget it as the
-                        // leader and ask the next node, which knows the new
-                        // leader once one is elected.
-                        let mut hints = lock(&self.leader_hints);
-                        if hints.get(&volume) == Some(&target) {
-                            hints.remove(&volume);
-                        }
-                        last_error = err;
-                        unreachable = true;
-                        break;
-                    }
                     Err(err) => return Err(err),
                 };
                 match reply {
@@ -444,9 +429,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                     }
                 }
             }
-            if !unreachable {
-                last_error = HostError::NoLeader(volume);
-            }
+            last_error = HostError::NoLeader(volume);
         }
         Err(last_error)
     }
