@@ -576,6 +576,11 @@ async fn coordinator_failover<M: Membership + Clone>(m: &M, cluster: &str) {
 
     add_volume(m, &keys, "two", 2, 3).await;
     placed(m, &keys, "two").await;
+    // The group is created right after the placement is recorded.
+    wait_for("the new leader creates the group", TTL, || async {
+        (second.admin().creates() == 1).then_some(())
+    })
+    .await;
     assert_eq!((first.admin().creates(), second.admin().creates()), (1, 1));
     assert!(!first.stats().leading, "the old leader stays a candidate");
     assert_eq!(second.stats().terms, 1);
@@ -588,6 +593,10 @@ async fn coordinator_failover<M: Membership + Clone>(m: &M, cluster: &str) {
     assert_eq!(first.stats().terms, 2);
     add_volume(m, &keys, "three", 3, 3).await;
     placed(m, &keys, "three").await;
+    wait_for("the leader creates the group", TTL, || async {
+        (first.admin().creates() == 2).then_some(())
+    })
+    .await;
     assert_eq!((first.admin().creates(), second.admin().creates()), (2, 1));
 }
 
