@@ -210,16 +210,16 @@ impl Writer {
         let out = self.compact_out.map(|h| h.id);
         let (meta, bytes, dead) = {
             let read = self.shared.read.read();
-            // Replay restarts in the segment of the newest published batch;
-            // every log segment from there on holds records a crash must
-            // replay (the writer may have appended batches not yet synced).
-            let replay_from = self.published_log_id;
+            // Every batch so far is durable and published (maintenance runs
+            // between group commits, never on a poisoned store): replay
+            // restarts in the active log segment.
+            let replay_from = self.log.id;
             let keep = |id: u32| {
                 let replayed = self.segments[&id].kind == SegmentKind::Log && id >= replay_from;
                 replayed || Some(id) == out || read.index.segment_live(id) > 0
             };
             let meta = CheckpointMeta {
-                seq: self.published_seq,
+                seq: self.next_seq - 1,
                 replay_from,
                 next_segment_id: self.next_segment_id,
                 segments: self

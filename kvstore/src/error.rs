@@ -24,6 +24,9 @@ pub enum StoreError {
     /// The writer has stopped (shut down or poisoned and gone).
     #[error("store writer has stopped")]
     Closed,
+    /// The store's options are out of range.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
     /// The batch breaks a rule (size limits, snapshot ops alone, ...).
     #[error("invalid batch: {0}")]
     InvalidBatch(String),

@@ -124,11 +124,8 @@ impl Writer {
             log_bytes_since_checkpoint: 0,
             pending_victims: BTreeSet::new(),
             last_group_len: 0,
-            published_seq: end.last_seq,
-            published_log_id: 0,
         };
         writer.log = writer.resume_log(end.head)?;
-        writer.published_log_id = writer.log.id;
         let disk_bytes = writer.disk_bytes();
         let mut stats = writer.shared.stats.lock();
         stats.last_durable_seq = end.last_seq;

@@ -68,7 +68,7 @@ impl Default for Options {
 
 impl Options {
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        let bad = |why: &str| Err(StoreError::InvalidBatch(format!("options: {why}")));
+        let bad = |why: &str| Err(StoreError::InvalidOptions(why.to_owned()));
         if !(4096..=(1 << 30)).contains(&self.segment_bytes) {
             return bad("segment_bytes must be between 4 KiB and 1 GiB");
         }
@@ -76,15 +76,6 @@ impl Options {
             return bad("space_amp_max must be at least 1.25");
         }
         Ok(())
-    }
-}
-
-/// A group's completions with their results, in submission order.
-pub(crate) type CompletedGroup = Vec<(Completion, Result<u64, StoreError>)>;
-
-pub(crate) fn run_completions(group: CompletedGroup) {
-    for (done, result) in group {
-        done(result);
     }
 }
 
@@ -119,12 +110,11 @@ struct Written {
     range: std::ops::Range<usize>,
 }
 
-/// The encoded group: one buffer per segment it touched, its records, the
-/// files to fsync and the logical bytes it carries.
-pub(crate) struct GroupImage {
+/// The encoded group: one buffer per segment it touched, its records and
+/// the logical bytes it carries.
+struct GroupImage {
     buffers: Vec<Vec<u8>>,
     records: Vec<Written>,
-    pub(crate) dirty: Vec<Arc<dyn DiskFile>>,
     logical: u64,
 }
 
@@ -148,11 +138,6 @@ pub struct Writer {
     pub(crate) pending_victims: BTreeSet<u32>,
     /// Size of the previous group, to decide whether to wait for more.
     pub(crate) last_group_len: usize,
-    /// Sequence number of the newest published (durable, visible) batch.
-    pub(crate) published_seq: u64,
-    /// Log segment holding the end of the newest published batch: replay
-    /// after a checkpoint at `published_seq` starts there.
-    pub(crate) published_log_id: u32,
 }
 
 impl std::fmt::Debug for Writer {
@@ -182,58 +167,31 @@ impl Writer {
         }
     }
 
-    fn process(&mut self, first: Submission, may_yield: bool) -> usize {
-        let group = self.gather(first, may_yield);
+    /// One group commit: gather, append and fsync, publish, acknowledge,
+    /// then upkeep.
+    fn process(&mut self, first: Submission, may_wait: bool) -> usize {
+        let group = self.gather(first, may_wait);
         self.last_group_len = group.len();
         let count = group.len();
-        let written = self.write_group(&group);
-        let synced = written.and_then(|image| {
-            for file in &image.dirty {
-                file.sync_data()?;
-            }
-            self.shared.stats.lock().log_syncs += 1;
-            Ok(image)
-        });
-        run_completions(self.finish_group(group, synced));
-        self.maintain_or_poison();
-        count
-    }
-
-    pub(crate) fn maintain_or_poison(&mut self) {
-        if self.shared.check_poisoned().is_ok()
-            && let Err(e) = self.maintain()
-        {
-            self.poison(&e);
-        }
-    }
-
-    /// Publishes a synced group (or fails it) and pairs each completion with
-    /// its result; the caller runs them.
-    pub(crate) fn finish_group(
-        &mut self,
-        group: Vec<Submission>,
-        synced: Result<GroupImage, StoreError>,
-    ) -> CompletedGroup {
-        let results: Vec<Result<u64, StoreError>> =
-            match synced.and_then(|image| self.shared.check_poisoned().map(|_| image)) {
-                Ok(image) => {
-                    self.publish(&image);
-                    image.records.iter().map(|w| Ok(w.seq)).collect()
+        match self.write_group(&group) {
+            Ok(image) => {
+                self.publish(&image);
+                for (sub, w) in group.into_iter().zip(&image.records) {
+                    (sub.done)(Ok(w.seq));
                 }
-                Err(e) => {
+                if let Err(e) = self.maintain() {
                     self.poison(&e);
-                    let why = self
-                        .shared
-                        .check_poisoned()
-                        .err()
-                        .map_or(e.to_string(), |p| p.to_string());
-                    group
-                        .iter()
-                        .map(|_| Err(StoreError::Poisoned(why.clone())))
-                        .collect()
                 }
-            };
-        group.into_iter().map(|s| s.done).zip(results).collect()
+            }
+            Err(e) => {
+                self.poison(&e);
+                let why = self.shared.check_poisoned().err().unwrap_or(e).to_string();
+                for sub in group {
+                    (sub.done)(Err(StoreError::Poisoned(why.clone())));
+                }
+            }
+        }
+        count
     }
 
     /// Takes `first` and whatever is queued behind it. When `may_wait` (the
@@ -270,13 +228,12 @@ impl Writer {
             .get_or_insert_with(|| e.to_string());
     }
 
-    /// Appends the group to the log (not yet synced, not yet visible).
-    pub(crate) fn write_group(&mut self, group: &[Submission]) -> Result<GroupImage, StoreError> {
+    /// Appends the group to the log and fsyncs it (durable, not yet visible).
+    fn write_group(&mut self, group: &[Submission]) -> Result<GroupImage, StoreError> {
         self.shared.check_poisoned()?;
         let mut image = GroupImage {
             buffers: Vec::new(),
             records: Vec::with_capacity(group.len()),
-            dirty: Vec::new(),
             logical: group.iter().map(|s| s.batch.value_bytes()).sum(),
         };
         let mut buf = Vec::with_capacity(group.iter().map(|s| s.batch.encoded_len() + 16).sum());
@@ -310,7 +267,8 @@ impl Writer {
             });
             self.next_seq += 1;
         }
-        image.dirty.push(self.flush_log(&buf)?);
+        self.flush_log(&buf)?.sync_data()?;
+        self.shared.stats.lock().log_syncs += 1;
         image.buffers.push(buf);
         Ok(image)
     }
@@ -352,15 +310,11 @@ impl Writer {
                     .expect("records this writer encoded decode");
             }
         }
-        if let Some(last) = written.last() {
-            self.published_seq = last.seq;
-            self.published_log_id = last.seg;
-        }
         let disk_bytes = self.disk_bytes();
         let mut stats = self.shared.stats.lock();
         stats.logical_bytes += image.logical;
         stats.batches += written.len() as u64;
-        stats.last_durable_seq = self.published_seq;
+        stats.last_durable_seq = self.next_seq - 1;
         stats.disk_bytes = disk_bytes;
     }
 
