@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use metro_fabric::env::NodeId;
-use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
+use metro_fabric::volume::{BlockData, VolumeId};
 use metro_fabric::wire::VolumeStatus;
 use metro_node::certs::CLIENT_ID_MIN;
 use metro_node::client::{ClientConfig, MetroClient};
@@ -42,19 +42,9 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(80);
 const TEST_TIMEOUT: Duration = Duration::from_secs(170);
 const POLL: Duration = Duration::from_millis(200);
 
-/// Block `index`'s unique content: its index, then a stream seeded by it.
+/// Block `index`'s unique content (the same patterns `metro demo` writes).
 fn pattern(index: u64) -> BlockData {
-    let mut state = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
-    let mut bytes = Vec::with_capacity(BLOCK_BYTES);
-    bytes.extend_from_slice(&index.to_le_bytes());
-    while bytes.len() < BLOCK_BYTES {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(BLOCK_BYTES);
-    BlockData::new(bytes).expect("one block")
+    BlockData::new(metro_node::demo::workload::pattern(index)).expect("one block")
 }
 
 fn lock<V>(mutex: &Mutex<V>) -> std::sync::MutexGuard<'_, V> {

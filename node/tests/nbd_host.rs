@@ -11,10 +11,12 @@
 //!
 //! A missing qemu tool fails the test, naming the Debian package.
 
+mod qemu;
+
+use qemu::{qemu_io, random_bytes, run};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use metro_fabric::env::NodeId;
@@ -31,7 +33,6 @@ const EXPORT: &str = "vol";
 /// The volume: exactly the size of the file `qemu-img convert` copies.
 const SIZE_BYTES: u64 = 8 * MIB;
 /// The package providing qemu-io and qemu-img.
-const QEMU_PACKAGE: &str = "qemu-utils";
 
 /// Three nodes and two NBD listeners on their own runtime; the directory
 /// is removed on drop.
@@ -139,39 +140,6 @@ impl Drop for Harness {
     }
 }
 
-/// Runs a tool, failing the test if it is missing or fails; stdout+stderr.
-fn run(tool: &str, args: &[String]) -> String {
-    let output = match Command::new(tool).args(args).output() {
-        Ok(output) => output,
-        Err(e) => panic!(
-            "cannot run {tool} ({e}): install the Debian package {QEMU_PACKAGE} \
-             (apt-get install {QEMU_PACKAGE})"
-        ),
-    };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{tool} {args:?} failed: {text}");
-    text
-}
-
-/// Runs `qemu-io` commands on `uri`; fails on any I/O error or pattern
-/// mismatch (qemu-io exits 0 on those).
-fn qemu_io(uri: &str, commands: &[String]) -> String {
-    let mut args = vec!["-f".into(), "raw".into(), uri.to_owned()];
-    for c in commands {
-        args.push("-c".into());
-        args.push(c.clone());
-    }
-    let out = run("qemu-io", &args);
-    for bad in ["Pattern verification failed", "failed", "error", "Error"] {
-        assert!(!out.contains(bad), "qemu-io reported {bad:?}:\n{out}");
-    }
-    out
-}
-
 /// (offset, length, pattern): aligned, unaligned, large, at the end.
 fn pattern_cases() -> Vec<(u64, u64, u8)> {
     vec![
@@ -185,20 +153,6 @@ fn pattern_cases() -> Vec<(u64, u64, u8)> {
         (5 * MIB, 2 * MIB, 0x77),
         (7 * MIB + 1, 300 * 1024 + 5, 0x88),
     ]
-}
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn write_through_a_read_through_b(h: &Harness) {

@@ -4,6 +4,9 @@
 //! `MemBackend`; the tests check what the clients report and what the
 //! backend holds. A missing qemu tool fails the test, naming the package.
 
+mod qemu;
+
+use qemu::{qemu_io, random_bytes, run};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,7 +16,6 @@ use metro_node::nbd::{MemBackend, NbdServer};
 
 const MIB: u64 = 1024 * 1024;
 /// The package providing qemu-io, qemu-img and qemu-nbd.
-const QEMU_PACKAGE: &str = "qemu-utils";
 
 /// A server on its own runtime; dropped at the end of the test.
 struct Harness {
@@ -59,39 +61,6 @@ impl Harness {
     }
 }
 
-/// Runs a tool, failing the test if it is missing or fails; stdout+stderr.
-fn run(tool: &str, args: &[String]) -> String {
-    let output = match Command::new(tool).args(args).output() {
-        Ok(output) => output,
-        Err(e) => panic!(
-            "cannot run {tool} ({e}): install the Debian package {QEMU_PACKAGE} \
-             (apt-get install {QEMU_PACKAGE})"
-        ),
-    };
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{tool} {args:?} failed: {text}");
-    text
-}
-
-/// Runs `qemu-io` commands against an export; fails on any I/O error or
-/// pattern mismatch (qemu-io exits 0 on those).
-fn qemu_io(h: &Harness, export: &str, commands: &[String]) -> String {
-    let mut args = vec!["-f".into(), "raw".into(), h.uri(export)];
-    for c in commands {
-        args.push("-c".into());
-        args.push(c.clone());
-    }
-    let out = run("qemu-io", &args);
-    for bad in ["Pattern verification failed", "failed", "error", "Error"] {
-        assert!(!out.contains(bad), "qemu-io reported {bad:?}:\n{out}");
-    }
-    out
-}
-
 /// (offset, length, pattern) written by `qemu_io_patterns`: aligned,
 /// unaligned, at the end, large.
 fn pattern_cases(size: u64) -> Vec<(u64, u64, u8)> {
@@ -121,7 +90,7 @@ fn qemu_io_patterns_at_many_offsets() {
             format!("write {fua}-P {pat:#x} {off} {len}")
         })
         .collect();
-    let out = qemu_io(&h, "vol", &writes);
+    let out = qemu_io(&h.uri("vol"), &writes);
     assert_eq!(out.matches("wrote ").count(), cases.len(), "{out}");
     let mut reads: Vec<String> = cases
         .iter()
@@ -131,7 +100,7 @@ fn qemu_io_patterns_at_many_offsets() {
     reads.push(format!("read -P 0 {} 100", 10 * MIB));
     reads.push(format!("read -P 0 {} 3000", 10 * MIB + 1100));
     reads.push(format!("read -P 0 {} 512", 20 * MIB));
-    let out = qemu_io(&h, "vol", &reads);
+    let out = qemu_io(&h.uri("vol"), &reads);
     assert_eq!(out.matches("read ").count(), reads.len(), "{out}");
     let vol = h.backend.volume("vol").unwrap();
     for (off, len, pat) in &cases {
@@ -148,7 +117,7 @@ fn qemu_io_patterns_at_many_offsets() {
 fn qemu_io_zeroes_discard_flush_and_aio() {
     let size = 32 * MIB;
     let h = Harness::start(&[("vol", size)]);
-    qemu_io(&h, "vol", &["write -P 0x5a 0 8M".into()]);
+    qemu_io(&h.uri("vol"), &["write -P 0x5a 0 8M".into()]);
     let cmds: Vec<String> = [
         "write -z 4096 8192",
         "write -z 100000 5000",
@@ -164,34 +133,20 @@ fn qemu_io_zeroes_discard_flush_and_aio() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    qemu_io(&h, "vol", &cmds);
+    qemu_io(&h.uri("vol"), &cmds);
     // Pipelined requests: many AIO writes in flight, then read back.
     let mut aio: Vec<String> = (0..48u64)
         .map(|i| format!("aio_write -P {:#x} {} 64k", i + 1, 16 * MIB + i * 65536))
         .collect();
     aio.push("aio_flush".into());
-    qemu_io(&h, "vol", &aio);
+    qemu_io(&h.uri("vol"), &aio);
     let mut check: Vec<String> = (0..48u64)
         .map(|i| format!("aio_read -P {:#x} {} 64k", i + 1, 16 * MIB + i * 65536))
         .collect();
     check.push("aio_flush".into());
-    let out = qemu_io(&h, "vol", &check);
+    let out = qemu_io(&h.uri("vol"), &check);
     assert_eq!(out.matches("read 65536/65536").count(), 48, "{out}");
     h.assert_alive();
-}
-
-/// Deterministic pseudo-random bytes (splitmix64).
-fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -337,8 +292,7 @@ fn export_listing_and_info() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() || text.contains("export"), "{text}");
     qemu_io(
-        &h,
-        "alpha",
+        &h.uri("alpha"),
         &["write -P 1 0 4k".into(), "read -P 1 0 4k".into()],
     );
     h.assert_alive();
