@@ -32,8 +32,6 @@ const VOLUME: VolumeId = VolumeId(1);
 const EXPORT: &str = "vol";
 /// The volume: exactly the size of the file `qemu-img convert` copies.
 const SIZE_BYTES: u64 = 8 * MIB;
-/// The package providing qemu-io and qemu-img.
-
 /// Three nodes and two NBD listeners on their own runtime; the directory
 /// is removed on drop.
 struct Harness {

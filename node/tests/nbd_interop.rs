@@ -15,8 +15,6 @@ use std::sync::Arc;
 use metro_node::nbd::{MemBackend, NbdServer};
 
 const MIB: u64 = 1024 * 1024;
-/// The package providing qemu-io, qemu-img and qemu-nbd.
-
 /// A server on its own runtime; dropped at the end of the test.
 struct Harness {
     _rt: tokio::runtime::Runtime,
