@@ -9,20 +9,19 @@
 mod common;
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{MemNet, MemTransport, Rt, open_storage};
-use metro_fabric::env::{Lane, NodeId, RequestHandler, Transport};
-use metro_fabric::host::{HostConfig, HostError, VolumeHost};
+use common::{HostSlot, MemNet, MemTransport, Rt, TestHost, start_host};
+use metro_fabric::env::{Lane, NodeId, Transport};
+use metro_fabric::host::HostError;
 use metro_fabric::raft::network::forward_client;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_fabric::wire::{ClientReply, ClientRequest, VolumeStatus};
 use metro_kvstore::{CrashMode, FaultyDisk};
 
-type Host = VolumeHost<Rt, MemTransport<Handler>>;
-type Net = MemNet<Handler>;
+type Host = TestHost;
+type Net = MemNet<HostSlot>;
 
 const VOLUME: VolumeId = VolumeId(11);
 const SIZE_BLOCKS: u64 = 4096;
@@ -32,46 +31,13 @@ const CLIENT: NodeId = 1_000_001;
 const WAIT: Duration = Duration::from_secs(20);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// The in-memory network's handler: a host behind a `OnceLock`, its future
-/// boxed (a host forwarding over the in-memory transport awaits another
-/// host's handler, which would make the future type recursive).
-#[derive(Default)]
-struct Handler(OnceLock<Arc<Host>>);
-
-impl RequestHandler for Handler {
-    fn handle(
-        &self,
-        from: NodeId,
-        lane: Lane,
-        request: Vec<u8>,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
-        let host = self.0.get().cloned();
-        let future: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-            match host {
-                Some(host) => host.serve(from, lane, request).await,
-                None => Err("no host".to_string()),
-            }
-        });
-        future
-    }
-}
-
 struct Node {
     host: Arc<Host>,
     disk: FaultyDisk,
 }
 
 fn start(net: &Arc<Net>, id: NodeId, disk: FaultyDisk) -> Node {
-    let handler = Arc::new(Handler::default());
-    net.register(id, Arc::clone(&handler));
-    let transport = Arc::new(MemTransport {
-        node: id,
-        net: Arc::clone(net),
-    });
-    let storage = open_storage(Arc::new(disk.clone()));
-    let config = HostConfig::new(id, MEMBERS).expect("host config");
-    let host = VolumeHost::new(config, storage, transport);
-    let _ = handler.0.set(Arc::clone(&host));
+    let host = start_host(net, id, &disk, MEMBERS);
     Node { host, disk }
 }
 
@@ -262,9 +228,9 @@ async fn every_host_restarts_from_its_disk() {
     assert_identical(&converged(&nodes, last).await, 50);
 }
 
-/// A node without a replica forwards to the leader it remembers; when that
-/// leader dies it must move on to the other nodes and find the new one
-/// (it once kept asking the dead node until the caller gave up).
+/// A node without a replica forwards to the leader it remembers; after that
+/// leader is cut off, its callers' retries reach the new leader through the
+/// surviving nodes within the retry budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_replica_follows_a_new_leader() {
     let net = Net::new();
@@ -274,19 +240,7 @@ async fn a_node_without_a_replica_follows_a_new_leader() {
         .create_volume(VOLUME, SIZE_BLOCKS, &MEMBERS)
         .await
         .expect("create");
-    let outsider = {
-        let handler = Arc::new(Handler::default());
-        net.register(4, Arc::clone(&handler));
-        let transport = Arc::new(MemTransport {
-            node: 4,
-            net: Arc::clone(&net),
-        });
-        let storage = open_storage(Arc::new(FaultyDisk::new(4)));
-        let config = HostConfig::new(4, MEMBERS).expect("host config");
-        let host: Arc<Host> = VolumeHost::new(config, storage, transport);
-        let _ = handler.0.set(Arc::clone(&host));
-        host
-    };
+    let outsider = start_host(&net, 4, &FaultyDisk::new(4), MEMBERS);
     retry(|| outsider.write(VOLUME, 1, pattern(1))).await;
     let leader = retry(|| nodes[0].host.status(VOLUME))
         .await

@@ -10,20 +10,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{MemNet, MemTransport, Rt, open_storage};
+use common::{HostSlot, MemNet, TestHost, start_host};
 use metro_fabric::control::{GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
-use metro_fabric::env::{Lane, NodeId, RequestHandler};
-use metro_fabric::host::{HostConfig, VolumeHost};
+use metro_fabric::env::NodeId;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::FaultyDisk;
 use tokio::time::{Instant, sleep};
 
-type Host = VolumeHost<Rt, MemTransport<Handler>>;
-type Net = MemNet<Handler>;
+type Host = TestHost;
+type Net = MemNet<HostSlot>;
 
 const NODES: [NodeId; 4] = [1, 2, 3, 4];
 const SIZE_BLOCKS: u64 = 256;
@@ -31,39 +29,8 @@ const BLOCKS_WRITTEN: u64 = 16;
 const WAIT: Duration = Duration::from_secs(30);
 const PAUSE: Duration = Duration::from_millis(50);
 
-#[derive(Default)]
-struct Handler(OnceLock<Arc<Host>>);
-
-impl RequestHandler for Handler {
-    fn handle(
-        &self,
-        from: NodeId,
-        lane: Lane,
-        request: Vec<u8>,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send {
-        let host = self.0.get().cloned();
-        let future: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
-            match host {
-                Some(host) => host.serve(from, lane, request).await,
-                None => Err("no host".to_string()),
-            }
-        });
-        future
-    }
-}
-
 fn start(net: &Arc<Net>, id: NodeId) -> Arc<Host> {
-    let handler = Arc::new(Handler::default());
-    net.register(id, Arc::clone(&handler));
-    let transport = Arc::new(MemTransport {
-        node: id,
-        net: Arc::clone(net),
-    });
-    let storage = open_storage(Arc::new(FaultyDisk::new(id)));
-    let config = HostConfig::new(id, NODES).expect("host config");
-    let host = VolumeHost::new(config, storage, transport);
-    let _ = handler.0.set(Arc::clone(&host));
-    host
+    start_host(net, id, &FaultyDisk::new(id), NODES)
 }
 
 fn placement(nodes: &[NodeId]) -> Placement {

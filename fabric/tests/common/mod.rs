@@ -138,3 +138,52 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A [`VolumeHost`](metro_fabric::host::VolumeHost) on the in-memory network.
+pub type TestHost = metro_fabric::host::VolumeHost<Rt, MemTransport<HostSlot>>;
+
+/// The in-memory network's handler for a host: the host behind a
+/// `OnceLock`, its future boxed (a host forwarding over the in-memory
+/// transport awaits another host's handler, which would make the future
+/// type recursive).
+#[derive(Default)]
+pub struct HostSlot(pub std::sync::OnceLock<Arc<TestHost>>);
+
+impl RequestHandler for HostSlot {
+    fn handle(
+        &self,
+        from: NodeId,
+        lane: Lane,
+        request: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send {
+        let host = self.0.get().cloned();
+        let future: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+            Box::pin(async move {
+                match host {
+                    Some(host) => host.serve(from, lane, request).await,
+                    None => Err("no host".to_string()),
+                }
+            });
+        future
+    }
+}
+
+/// Starts host `id` on `disk`, registered on `net`, knowing `nodes`.
+pub fn start_host(
+    net: &Arc<MemNet<HostSlot>>,
+    id: NodeId,
+    disk: &metro_kvstore::FaultyDisk,
+    nodes: impl IntoIterator<Item = NodeId>,
+) -> Arc<TestHost> {
+    let slot = Arc::new(HostSlot::default());
+    net.register(id, Arc::clone(&slot));
+    let transport = Arc::new(MemTransport {
+        node: id,
+        net: Arc::clone(net),
+    });
+    let storage = open_storage(Arc::new(disk.clone()));
+    let config = metro_fabric::host::HostConfig::new(id, nodes).expect("host config");
+    let host = metro_fabric::host::VolumeHost::new(config, storage, transport);
+    let _ = slot.0.set(Arc::clone(&host));
+    host
+}
