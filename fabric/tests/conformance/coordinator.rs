@@ -413,6 +413,16 @@ fn domains_of(placement: &Placement) -> BTreeSet<String> {
     placement.members.iter().map(|m| m.domain.clone()).collect()
 }
 
+/// Waits until `coordinator` has created `groups` groups: it creates a
+/// group right after recording its placement, so a reader of the record
+/// can be a moment ahead.
+async fn wait_creates<M: Membership>(coordinator: &Coord<M>, groups: usize) {
+    wait_for("the group is created", TTL, || async {
+        (coordinator.admin().creates() == groups).then_some(())
+    })
+    .await;
+}
+
 async fn wait_leading<M: Membership>(coordinator: &Coord<M>, within: Duration) {
     wait_for("a coordinator leads", within, || async {
         coordinator.stats().leading.then_some(())
@@ -576,11 +586,7 @@ async fn coordinator_failover<M: Membership + Clone>(m: &M, cluster: &str) {
 
     add_volume(m, &keys, "two", 2, 3).await;
     placed(m, &keys, "two").await;
-    // The group is created right after the placement is recorded.
-    wait_for("the new leader creates the group", TTL, || async {
-        (second.admin().creates() == 1).then_some(())
-    })
-    .await;
+    wait_creates(&second, 1).await;
     assert_eq!((first.admin().creates(), second.admin().creates()), (1, 1));
     assert!(!first.stats().leading, "the old leader stays a candidate");
     assert_eq!(second.stats().terms, 1);
@@ -593,10 +599,7 @@ async fn coordinator_failover<M: Membership + Clone>(m: &M, cluster: &str) {
     assert_eq!(first.stats().terms, 2);
     add_volume(m, &keys, "three", 3, 3).await;
     placed(m, &keys, "three").await;
-    wait_for("the leader creates the group", TTL, || async {
-        (first.admin().creates() == 2).then_some(())
-    })
-    .await;
+    wait_creates(&first, 2).await;
     assert_eq!((first.admin().creates(), second.admin().creates()), (2, 1));
 }
 
