@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod control_plane;
 pub mod daemon;
 pub mod demo;
 pub mod etcd_membership;
