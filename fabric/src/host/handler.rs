@@ -100,6 +100,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 self.serve_host(from_node, volume, request).await
             }
             _ if !from_node => fault(FaultCode::Unsupported, "clients send client requests only"),
+            // A forwarded client operation reaching a leading witness: it
+            // serves no I/O (see `witness`); the sender retries.
+            Message::Client(_) if self.config().witness && self.leads(volume) => {
+                Message::ClientReply(ClientReply::Redirect { leader: None })
+            }
             message => {
                 let frame = Frame { volume, message };
                 match self.router().handle(from, frame).await {
@@ -134,6 +139,16 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             ClientRequest::DropReplica => done(self.drop_replica(volume).await),
             ClientRequest::Status => match self.status(volume).await {
                 Ok(status) => ClientReply::Status(status),
+                Err(HostError::UnknownVolume(_)) => {
+                    return fault(FaultCode::UnknownVolume, HostError::UnknownVolume(volume));
+                }
+                Err(err) => host_reply(err),
+            },
+            ClientRequest::LogFloor if !from_node => {
+                return fault(FaultCode::Unsupported, "log floors are for nodes only");
+            }
+            ClientRequest::LogFloor => match self.log_floor(volume) {
+                Ok(index) => ClientReply::LogFloor { index },
                 Err(HostError::UnknownVolume(_)) => {
                     return fault(FaultCode::UnknownVolume, HostError::UnknownVolume(volume));
                 }

@@ -76,6 +76,11 @@ fn failed(volume: VolumeId, reason: impl std::fmt::Display) -> HostError {
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// A host with no replica open yet; call [`Self::open_existing`] next.
     pub fn new(config: HostConfig, storage: Arc<NodeStorage>, transport: Arc<T>) -> Arc<Self> {
+        assert_eq!(
+            config.witness,
+            storage.is_witness(),
+            "a witness host needs witness storage and a data host data storage"
+        );
         Arc::new(Self {
             catalogue: Catalogue::new(storage.store().clone()),
             config,
@@ -358,6 +363,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         volume: VolumeId,
         request: ClientRequest,
     ) -> Result<ClientReply, HostError> {
+        if self.config.witness && self.leads(volume) {
+            // A witness has no blocks to read and hands leadership on as
+            // soon as a data voter caught up: "no leader now", retry.
+            return Ok(ClientReply::Redirect { leader: None });
+        }
         let frame = Frame::<RT> {
             volume,
             message: Message::Client(request),

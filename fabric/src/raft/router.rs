@@ -330,7 +330,8 @@ where
         | ClientRequest::OpenReplica { .. }
         | ClientRequest::DeleteVolume
         | ClientRequest::DropReplica
-        | ClientRequest::Status => failed("host-level request sent to a group router"),
+        | ClientRequest::Status
+        | ClientRequest::LogFloor => failed("host-level request sent to a group router"),
     }
 }
 

@@ -193,6 +193,7 @@ pub enum ClientOpHeader {
     DeleteVolume,
     DropReplica,
     Status,
+    LogFloor,
 }
 
 /// One replica's report on its volume (see `crate::host`).
@@ -235,6 +236,9 @@ pub enum ClientReplyHeader {
     // Host-level replies, appended (see `ClientOpHeader`).
     Done,
     Status(VolumeStatusHeader),
+    LogFloor {
+        index: Option<u64>,
+    },
 }
 
 /// An error answer from the receiving host instead of the expected reply.

@@ -100,6 +100,10 @@ pub enum ClientRequest {
     DropReplica,
     /// Host level: this node's report on its replica ([`VolumeStatus`]).
     Status,
+    /// Host level, between nodes (a witness asks the leader): the highest
+    /// log index every voter of the group has durably matched, below which
+    /// no voter needs entries from another's log ([`ClientReply::LogFloor`]).
+    LogFloor,
 }
 
 impl ClientRequest {
@@ -147,6 +151,9 @@ pub enum ClientReply {
     Done,
     /// The answer to [`ClientRequest::Status`].
     Status(VolumeStatus),
+    /// The leader's answer to [`ClientRequest::LogFloor`]; `None` while a
+    /// voter's progress is unknown.
+    LogFloor { index: Option<u64> },
 }
 
 /// Why a receiving host could not serve a request.
@@ -495,6 +502,7 @@ fn client_reply_to_wire<'a>(
             blocks_nonzero: status.blocks_nonzero,
             digest: status.digest,
         }),
+        ClientReply::LogFloor { index } => ClientReplyHeader::LogFloor { index: *index },
     }
 }
 
@@ -530,6 +538,7 @@ fn client_reply_from_wire(
             blocks_nonzero: header.blocks_nonzero,
             digest: header.digest,
         }),
+        ClientReplyHeader::LogFloor { index } => ClientReply::LogFloor { index },
     })
 }
 
@@ -584,6 +593,7 @@ fn client_op_to_wire<'a>(
         ClientRequest::DeleteVolume => ClientOpHeader::DeleteVolume,
         ClientRequest::DropReplica => ClientOpHeader::DropReplica,
         ClientRequest::Status => ClientOpHeader::Status,
+        ClientRequest::LogFloor => ClientOpHeader::LogFloor,
     })
 }
 
@@ -619,5 +629,6 @@ fn client_op_from_wire(
         ClientOpHeader::DeleteVolume => ClientRequest::DeleteVolume,
         ClientOpHeader::DropReplica => ClientRequest::DropReplica,
         ClientOpHeader::Status => ClientRequest::Status,
+        ClientOpHeader::LogFloor => ClientRequest::LogFloor,
     })
 }

@@ -153,6 +153,9 @@ fn every_message() -> Vec<Message<Rt>> {
         Message::Client(ClientRequest::DeleteVolume),
         Message::Client(ClientRequest::DropReplica),
         Message::Client(ClientRequest::Status),
+        Message::Client(ClientRequest::LogFloor),
+        Message::ClientReply(ClientReply::LogFloor { index: Some(77) }),
+        Message::ClientReply(ClientReply::LogFloor { index: None }),
         Message::ClientReply(ClientReply::Done),
         Message::ClientReply(ClientReply::Status(crate::wire::VolumeStatus {
             node: 2,
