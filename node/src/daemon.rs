@@ -165,9 +165,7 @@ pub async fn start_with(
         capacity_bytes: 0,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    if witness {
-        tokio::spawn(witness_duties_forever(Arc::downgrade(&host)));
-    }
+    tokio::spawn(leader_duties_forever(Arc::downgrade(&host)));
     let control = Arc::new(ControlPlane::start(
         membership,
         config.control.clone(),
@@ -266,9 +264,10 @@ pub async fn sync_exports_forever(control: Arc<ControlPlane>, backend: Arc<HostB
     }
 }
 
-/// Runs a witness host's duties (see `metro_fabric::host`'s witness docs)
-/// every [`WITNESS_DUTY_INTERVAL_MS`] until the host is gone.
-async fn witness_duties_forever(host: std::sync::Weak<NodeHost>) {
+/// Runs the duties of a host that may not serve I/O (a witness, or a node
+/// of an inactive domain: see `metro_fabric::host`'s witness docs) every
+/// [`WITNESS_DUTY_INTERVAL_MS`] until the host is gone.
+async fn leader_duties_forever(host: std::sync::Weak<NodeHost>) {
     let interval = Duration::from_millis(WITNESS_DUTY_INTERVAL_MS);
     loop {
         tokio::time::sleep(interval).await;
@@ -277,7 +276,10 @@ async fn witness_duties_forever(host: std::sync::Weak<NodeHost>) {
         };
         let pass = host.witness_duties().await;
         if pass.transfers > 0 {
-            tracing::info!(groups = pass.transfers, "witness handed leadership on");
+            tracing::info!(
+                groups = pass.transfers,
+                "handed leadership on (no I/O here)"
+            );
         }
     }
 }

@@ -100,9 +100,10 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 self.serve_host(from_node, volume, request).await
             }
             _ if !from_node => fault(FaultCode::Unsupported, "clients send client requests only"),
-            // A forwarded client operation reaching a leading witness: it
-            // serves no I/O (see `witness`); the sender retries.
-            Message::Client(_) if self.config().witness && self.leads(volume) => {
+            // A forwarded client operation reaching a leading witness or a
+            // leader in an inactive domain: no I/O here (see `witness`);
+            // the sender retries.
+            Message::Client(_) if self.refuses_io_as_leader(volume) => {
                 Message::ClientReply(ClientReply::Redirect { leader: None })
             }
             message => {

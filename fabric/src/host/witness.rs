@@ -28,7 +28,13 @@
 //!
 //! [`VolumeHost::witness_duties`] is one pass of those duties over every
 //! group; the node calls it every [`WITNESS_DUTY_INTERVAL_MS`].
+//!
+//! A data node whose domain is deactivated
+//! ([`VolumeHost::set_io_allowed`]`(false)`, from the control plane) keeps
+//! its replicas in their groups but serves no I/O and, like a witness,
+//! hands leadership to a caught-up voter (the same pass does it).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
@@ -61,6 +67,23 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             .is_some_and(|raft| raft.metrics().borrow_watched().current_leader == Some(self.node()))
     }
 
+    /// Lets this node serve I/O or stops it (its domain was deactivated):
+    /// see the module docs.
+    pub fn set_io_allowed(&self, allowed: bool) {
+        self.io_allowed_flag().store(allowed, Ordering::Release);
+    }
+
+    /// Whether this node serves I/O (witnesses never do).
+    pub fn io_allowed(&self) -> bool {
+        !self.config().witness && self.io_allowed_flag().load(Ordering::Acquire)
+    }
+
+    /// Whether a client operation on `volume` must be refused here because
+    /// this node leads it but may not serve I/O.
+    pub(crate) fn refuses_io_as_leader(&self, volume: VolumeId) -> bool {
+        !self.io_allowed() && self.leads(volume)
+    }
+
     /// On the leader: the lowest log index every voter has matched (the
     /// leader's own last index included); `None` while some voter's progress
     /// is unknown. Elsewhere: [`HostError::NoLeader`].
@@ -90,10 +113,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// One pass of a witness's duties over every hosted group (see the
-    /// module docs); a no-op on a data node.
+    /// module docs); on a data node only while its I/O is stopped (hand
+    /// leadership on), else a no-op.
     pub async fn witness_duties(&self) -> WitnessPass {
         let mut pass = WitnessPass::default();
-        if !self.config().witness {
+        if self.io_allowed() {
             return pass;
         }
         for volume in self.volumes() {
@@ -109,14 +133,14 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                         pass.transfers += 1;
                     }
                 }
-                Some(leader) => {
+                Some(leader) if self.config().witness => {
                     if let Some(floor) = self.ask_log_floor(leader, volume).await
                         && raft.trigger().purge_log(floor).await.is_ok()
                     {
                         pass.purges += 1;
                     }
                 }
-                None => {}
+                Some(_) | None => {}
             }
         }
         pass
