@@ -70,6 +70,30 @@ fn host_reply(err: HostError) -> ClientReply {
     }
 }
 
+/// The spec and placement a forwarded admin request stands for (the
+/// leader needs only the id, size and voter nodes).
+fn forwarded_group(
+    volume: VolumeId,
+    size_blocks: u64,
+    members: &[NodeId],
+) -> (crate::control::VolumeSpec, crate::control::Placement) {
+    let spec = crate::control::VolumeSpec {
+        name: volume.to_string(),
+        id: volume.0,
+        size_bytes: size_blocks.saturating_mul(crate::volume::BLOCK_BYTES as u64),
+        replicas: 0,
+    };
+    let members = members
+        .iter()
+        .map(|&node| crate::control::Member {
+            node,
+            domain: String::new(),
+            role: crate::control::MemberRole::Data,
+        })
+        .collect();
+    (spec, crate::control::Placement { members })
+}
+
 fn done(result: Result<(), HostError>) -> ClientReply {
     result.map_or_else(host_reply, |()| ClientReply::Done)
 }
@@ -145,8 +169,43 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 }
                 Err(err) => host_reply(err),
             },
-            ClientRequest::LogFloor if !from_node => {
-                return fault(FaultCode::Unsupported, "log floors are for nodes only");
+            ClientRequest::LogFloor
+            | ClientRequest::ReplaceMember { .. }
+            | ClientRequest::InSync { .. }
+                if !from_node =>
+            {
+                return fault(
+                    FaultCode::Unsupported,
+                    "group administration is for nodes only",
+                );
+            }
+            ClientRequest::ReplaceMember {
+                size_blocks,
+                members,
+                dead,
+                replacement,
+            } => {
+                let (spec, placement) = forwarded_group(volume, size_blocks, &members);
+                match self
+                    .replace_member_here(&spec, &placement, dead, replacement)
+                    .await
+                {
+                    Ok(()) => ClientReply::Done,
+                    Err(error) => ClientReply::Failed {
+                        message: error.to_string(),
+                    },
+                }
+            }
+            ClientRequest::InSync { members } => {
+                let (spec, placement) = forwarded_group(volume, 0, &members);
+                match self.in_sync_here(&spec, &placement) {
+                    Ok(nodes) => ClientReply::InSync {
+                        nodes: nodes.into_iter().collect(),
+                    },
+                    Err(error) => ClientReply::Failed {
+                        message: error.to_string(),
+                    },
+                }
             }
             ClientRequest::LogFloor => match self.log_floor(volume) {
                 Ok(index) => ClientReply::LogFloor { index },

@@ -331,7 +331,9 @@ where
         | ClientRequest::DeleteVolume
         | ClientRequest::DropReplica
         | ClientRequest::Status
-        | ClientRequest::LogFloor => failed("host-level request sent to a group router"),
+        | ClientRequest::LogFloor
+        | ClientRequest::ReplaceMember { .. }
+        | ClientRequest::InSync { .. } => failed("host-level request sent to a group router"),
     }
 }
 

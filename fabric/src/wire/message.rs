@@ -104,6 +104,18 @@ pub enum ClientRequest {
     /// log index every voter of the group has durably matched, below which
     /// no voter needs entries from another's log ([`ClientReply::LogFloor`]).
     LogFloor,
+    /// Host level, between nodes (the coordinator asks the group's leader):
+    /// replace voter `dead` by `replacement` in the group whose desired
+    /// voters are `members` (see `GroupAdmin::replace_member`).
+    ReplaceMember {
+        size_blocks: u64,
+        members: Vec<NodeId>,
+        dead: NodeId,
+        replacement: NodeId,
+    },
+    /// Host level, between nodes: which of `members` the leader reports in
+    /// sync ([`ClientReply::InSync`]).
+    InSync { members: Vec<NodeId> },
 }
 
 impl ClientRequest {
@@ -154,6 +166,8 @@ pub enum ClientReply {
     /// The leader's answer to [`ClientRequest::LogFloor`]; `None` while a
     /// voter's progress is unknown.
     LogFloor { index: Option<u64> },
+    /// The leader's answer to [`ClientRequest::InSync`].
+    InSync { nodes: Vec<NodeId> },
 }
 
 /// Why a receiving host could not serve a request.
@@ -503,6 +517,9 @@ fn client_reply_to_wire<'a>(
             digest: status.digest,
         }),
         ClientReply::LogFloor { index } => ClientReplyHeader::LogFloor { index: *index },
+        ClientReply::InSync { nodes } => ClientReplyHeader::InSync {
+            nodes: nodes.clone(),
+        },
     }
 }
 
@@ -539,6 +556,9 @@ fn client_reply_from_wire(
             digest: header.digest,
         }),
         ClientReplyHeader::LogFloor { index } => ClientReply::LogFloor { index },
+        ClientReplyHeader::InSync { nodes } => ClientReply::InSync {
+            nodes: members_from_wire(nodes)?,
+        },
     })
 }
 
@@ -594,6 +614,20 @@ fn client_op_to_wire<'a>(
         ClientRequest::DropReplica => ClientOpHeader::DropReplica,
         ClientRequest::Status => ClientOpHeader::Status,
         ClientRequest::LogFloor => ClientOpHeader::LogFloor,
+        ClientRequest::ReplaceMember {
+            size_blocks,
+            members,
+            dead,
+            replacement,
+        } => ClientOpHeader::ReplaceMember {
+            size_blocks: *size_blocks,
+            members: members_to_wire(members)?,
+            dead: *dead,
+            replacement: *replacement,
+        },
+        ClientRequest::InSync { members } => ClientOpHeader::InSync {
+            members: members_to_wire(members)?,
+        },
     })
 }
 
@@ -630,5 +664,19 @@ fn client_op_from_wire(
         ClientOpHeader::DropReplica => ClientRequest::DropReplica,
         ClientOpHeader::Status => ClientRequest::Status,
         ClientOpHeader::LogFloor => ClientRequest::LogFloor,
+        ClientOpHeader::ReplaceMember {
+            size_blocks,
+            members,
+            dead,
+            replacement,
+        } => ClientRequest::ReplaceMember {
+            size_blocks,
+            members: members_from_wire(members)?,
+            dead,
+            replacement,
+        },
+        ClientOpHeader::InSync { members } => ClientRequest::InSync {
+            members: members_from_wire(members)?,
+        },
     })
 }
