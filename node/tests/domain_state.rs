@@ -124,11 +124,14 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
     store
         .put(keys.volume(NAME).as_bytes(), &encode(&record), None)
         .await?;
+    wait_for("a first write", async || {
+        nodes[0].host.write(VOLUME, 0, block(1)).await.ok()
+    })
+    .await?;
     let first = wait_for("a leader of the created group", async || {
         leader(nodes).await
     })
     .await?;
-    nodes[0].host.write(VOLUME, 0, block(1)).await?;
     println!("volume created by the coordinator; leader node {first}");
 
     let domain = domain_of(first);
@@ -144,10 +147,11 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
         "a node of an inactive domain still serves writes"
     );
     let active = &nodes[(moved - 1) as usize].host;
-    active
-        .write(VOLUME, 2, block(3))
-        .await
-        .context("writing through an active domain")?;
+    wait_for("a write through an active domain", async || {
+        active.write(VOLUME, 2, block(3)).await.ok()
+    })
+    .await
+    .context("writing through an active domain")?;
     let shown = wait_for("health showing the inactive domain", async || {
         health(store)
             .await
