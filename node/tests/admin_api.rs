@@ -12,148 +12,22 @@
 //! exposition whose I/O counters and latency histogram move after writes
 //! through the node's NBD endpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod admin_harness;
 
-use metro_fabric::control::{
-    AdminError, ClusterKeys, Coordinator, CoordinatorConfig, DomainInfo, DomainRole, DomainState,
-    GroupAdmin, NodeInfo, Placement, VolumeSpec, encode,
-};
-use metro_fabric::env::NodeId;
-use metro_fabric::membership::{MemMembership, Membership};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use admin_harness::{CLUSTER, Cluster, MIB, NODES, seed, wait_for};
+use metro_fabric::control::DomainState;
 use metro_fabric::volume::VolumeId;
+use metro_node::admin::AdminService;
 use metro_node::admin::api::{
     ClusterStatus, CreateVolume, Deleted, DomainView, NodeView, VolumeDetail, VolumeSummary,
 };
 use metro_node::admin::client::{AdminClient, ClientError};
 use metro_node::admin::exposition::check_exposition;
-use metro_node::admin::{AdminServer, AdminService, AdminState, NodeMetrics};
-use metro_node::config::NodeConfig;
-use metro_node::daemon::{self, Node, NodeHost};
 use metro_node::demo::nbd_client::NbdClient;
-use metro_node::nbd_host::{HostBackend, NbdListener};
-use metro_node::tls::ClusterCa;
-use openraft_rt_tokio::TokioRuntime;
 use serde_json::json;
-
-type Mem = MemMembership<TokioRuntime>;
-
-const CLUSTER: &str = "admintest";
-const NODES: [NodeId; 3] = [1, 2, 3];
-const DOMAINS: [&str; 3] = ["a", "b", "c"];
-const MIB: u64 = 1 << 20;
-
-/// The coordinator's hands on node 1's host.
-struct HostAdmin(Arc<NodeHost>);
-
-impl GroupAdmin for HostAdmin {
-    async fn create_group(&self, spec: &VolumeSpec, p: &Placement) -> Result<(), AdminError> {
-        self.0.create_group(spec, p).await
-    }
-    async fn replace_member(
-        &self,
-        spec: &VolumeSpec,
-        p: &Placement,
-        dead: NodeId,
-        replacement: NodeId,
-    ) -> Result<(), AdminError> {
-        self.0.replace_member(spec, p, dead, replacement).await
-    }
-    async fn in_sync(
-        &self,
-        spec: &VolumeSpec,
-        p: &Placement,
-    ) -> Result<BTreeSet<NodeId>, AdminError> {
-        self.0.in_sync(spec, p).await
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let dir = std::env::temp_dir().join(format!("metro-admin-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn configs(dir: &Path) -> Vec<NodeConfig> {
-    let certs = dir.join("certs");
-    let ca = ClusterCa::generate(CLUSTER).expect("CA");
-    ca.save(&certs).expect("save the CA");
-    for id in NODES {
-        ca.issue_node(id, &[]).unwrap().save(&certs).unwrap();
-    }
-    let sockets: Vec<UdpSocket> = NODES
-        .iter()
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: BTreeMap<NodeId, SocketAddr> = NODES
-        .into_iter()
-        .zip(sockets.iter().map(|s| s.local_addr().unwrap()))
-        .collect();
-    drop(sockets);
-    NODES
-        .iter()
-        .map(|&id| NodeConfig {
-            node_id: id,
-            data_dir: dir.join(format!("node-{id}")),
-            certs_dir: certs.clone(),
-            listen: addrs[&id],
-            peers: addrs
-                .iter()
-                .filter(|(p, _)| **p != id)
-                .map(|(p, a)| (*p, *a))
-                .collect(),
-            delays: BTreeMap::new(),
-            log_level: tracing::Level::WARN,
-        })
-        .collect()
-}
-
-/// Domain records and node registrations of `cluster` (without leases).
-async fn seed(mem: &Mem, cluster: &str, nodes: &[Node]) {
-    let keys = ClusterKeys::new(cluster);
-    for name in DOMAINS {
-        let domain = DomainInfo {
-            name: name.into(),
-            role: DomainRole::Data,
-            state: DomainState::Active,
-        };
-        mem.put(keys.domain(name).as_bytes(), &encode(&domain), None)
-            .await
-            .unwrap();
-    }
-    for (node, domain) in nodes.iter().zip(DOMAINS) {
-        let info = NodeInfo {
-            id: node.host.node(),
-            domain: domain.into(),
-            quic_addr: node.transport.local_addr().to_string(),
-            nbd_addr: String::new(),
-            admin_addr: String::new(),
-            capacity_bytes: 0,
-            version: "test".into(),
-        };
-        mem.put(keys.node(info.id).as_bytes(), &encode(&info), None)
-            .await
-            .unwrap();
-    }
-}
-
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn api_status(result: Result<serde_json::Value, ClientError>) -> (u16, String) {
     match result {
@@ -168,42 +42,10 @@ async fn create(client: &AdminClient, body: serde_json::Value) -> (u16, String) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_over_http() {
-    let dir = temp_dir();
-    let mut nodes = Vec::new();
-    for config in configs(&dir) {
-        nodes.push(daemon::start(&config).await.expect("node starts"));
-    }
-    let mem = Mem::new();
-    seed(&mem, CLUSTER, &nodes).await;
-    let host = Arc::clone(&nodes[0].host);
-    let config = CoordinatorConfig {
-        interval: Duration::from_millis(200),
-        lease_ttl: Duration::from_secs(2),
-        ..CoordinatorConfig::new(1)
-    };
-    let coordinator = Arc::new(Coordinator::<TokioRuntime, Mem, HostAdmin>::new(
-        mem.clone(),
-        HostAdmin(Arc::clone(&host)),
-        ClusterKeys::new(CLUSTER),
-        config,
-    ));
-    let running = Arc::clone(&coordinator);
-    let coordinator_task = tokio::spawn(async move { running.run().await });
-
-    let metrics = NodeMetrics::new();
-    let backend = Arc::new(HostBackend::new(Arc::clone(&host)).with_metrics(Arc::clone(&metrics)));
-    let nbd = NbdListener::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&backend))
-        .await
-        .unwrap();
-    let state = Arc::new(AdminState {
-        service: AdminService::new(mem.clone(), CLUSTER, Arc::clone(&host)),
-        metrics: Arc::clone(&metrics),
-        transport: Some(Arc::clone(&nodes[0].transport)),
-    });
-    let server = AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
-        .await
-        .unwrap();
-    let client = AdminClient::new(&server.url()).unwrap();
+    let cluster = Cluster::start().await;
+    let (mem, host, nodes) = (&cluster.mem, cluster.host(), &cluster.nodes);
+    let backend = &cluster.backend;
+    let client = AdminClient::new(&cluster.server.url()).unwrap();
 
     // Cluster status and nodes before any volume.
     let status: ClusterStatus = wait_for("a coordinator", async || {
@@ -288,7 +130,7 @@ async fn admin_api_over_http() {
     // I/O through NBD moves the counters.
     let id = VolumeId(detail.summary.id);
     backend.add_export("db", id, 16 * MIB).unwrap();
-    let mut nbd_client = NbdClient::connect(nbd.addr, "db").await.unwrap();
+    let mut nbd_client = NbdClient::connect(cluster.nbd.addr, "db").await.unwrap();
     const WRITES: u64 = 20;
     for i in 0..WRITES {
         nbd_client
@@ -399,8 +241,8 @@ async fn admin_api_over_http() {
 
     // Concurrent creates in another cluster (no coordinator there) get
     // distinct ids.
-    seed(&mem, "race", &nodes).await;
-    let race = Arc::new(AdminService::new(mem.clone(), "race", Arc::clone(&host)));
+    seed(mem, "race", nodes).await;
+    let race = Arc::new(AdminService::new(mem.clone(), "race", Arc::clone(host)));
     let mut tasks = Vec::new();
     for i in 0..12 {
         let race = Arc::clone(&race);
@@ -419,12 +261,5 @@ async fn admin_api_over_http() {
     }
     assert_eq!(ids, (1..=12).collect::<BTreeSet<u64>>());
 
-    coordinator_task.abort();
-    server.stop();
-    nbd.stop();
-    for node in &nodes {
-        node.stop().await;
-    }
-    drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.stop().await;
 }

@@ -75,8 +75,10 @@ pub struct VolumeSummary {
     pub replicas: u8,
     /// The desired members (empty until placed).
     pub placement: Vec<Member>,
-    /// `pending`, `healthy`, `degraded`, `unavailable`, or `unknown` (placed
-    /// but no status published yet).
+    /// `pending` (not placed yet), `creating` (placed, group not created
+    /// yet), `unknown` (created, health not measured yet: the coordinator
+    /// measures it where the group's leader runs), `healthy`, `degraded`,
+    /// `unavailable` (as the coordinator last published).
     pub health: String,
     /// The group's leader as this node knows it (only when it hosts a
     /// replica; `None` otherwise or during an election).

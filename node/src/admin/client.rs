@@ -22,8 +22,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum ClientError {
     #[error("bad admin URL {0:?}: expected http://HOST:PORT")]
     BadUrl(String),
-    #[error("cannot reach the admin API at {url}: {source}")]
-    Connect { url: String, source: std::io::Error },
+    #[error("cannot reach the admin API at {url}: {reason}")]
+    Connect { url: String, reason: String },
     #[error("admin API at {url}: {reason}")]
     Protocol { url: String, reason: String },
     #[error("admin API at {url}: no answer within {timeout:?}")]
@@ -105,12 +105,13 @@ impl AdminClient {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<RawResponse, ClientError> {
-        let mut stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: self.url.clone(),
-                source,
-            })?;
+        let mut stream =
+            TcpStream::connect(&self.authority)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    url: self.url.clone(),
+                    reason: e.to_string(),
+                })?;
         let body = body.unwrap_or_default();
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: metro/{}\r\nContent-Length: {}\r\n",

@@ -196,7 +196,9 @@ impl<M: Membership> AdminService<M> {
             .unwrap_or_default();
         let health = match (&record.placement, status) {
             (None, _) => "pending",
-            (Some(_), None) => "unknown",
+            (Some(_), None) => "creating",
+            (Some(_), Some(s)) if !s.group_created => "creating",
+            (Some(_), Some(s)) if s.health == Health::Pending => "unknown",
             (Some(_), Some(s)) => health_word(&s.health),
         };
         VolumeSummary {
