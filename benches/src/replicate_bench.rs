@@ -21,6 +21,7 @@ use metro_fabric::env::{Lane, NodeId, Transport};
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::{FileDisk, Namespace, Options, SplitMix64, Store, WriteBatch};
 use metro_node::config::NodeConfig;
+use metro_node::control_plane::ControlConfig;
 use metro_node::daemon::{self, Node};
 use metro_node::tls::ClusterCa;
 use serde_json::json;
@@ -171,6 +172,7 @@ async fn start_nodes(
             peers,
             delays,
             log_level: tracing::Level::WARN,
+            control: ControlConfig::embedded("test", &format!("domain-{id}")),
         };
         nodes.push(
             daemon::start(&config)

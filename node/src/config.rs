@@ -8,6 +8,13 @@
 //! listen = "127.0.0.1:7001"            # QUIC (UDP) address
 //! log_level = "info"                   # error|warn|info|debug|trace
 //! nbd_listen = "127.0.0.1:10809"       # optional NBD (TCP) address
+//! admin_listen = "127.0.0.1:7080"      # optional admin HTTP address
+//! cluster = "metro"                    # the cluster's name (its etcd keys)
+//! domain = "site-a"                    # this node's failure domain
+//! domain_role = "data"                 # data|witness (when creating the domain)
+//! etcd = ["http://127.0.0.1:2379"]     # etcd endpoints; none: embedded store
+//! node_lease_ttl_s = 10                # seen down this long after it stops
+//! repair_delay_s = 60                  # down this long: replicas are moved
 //!
 //! [peers]                              # every other node: id = "address"
 //! 2 = "127.0.0.1:7002"
@@ -23,18 +30,29 @@
 //! node ids of 0 or in the client range, the node itself among its peers,
 //! and delays for nodes that are not peers are all refused.
 //! [`DaemonConfig::load`] does the same and adds the node's frontends
-//! (`nbd_listen`), which [`NodeConfig::load`] accepts in the file but does
-//! not return.
+//! (`nbd_listen`, `admin_listen`), which [`NodeConfig::load`] accepts in the
+//! file but does not return. Without `etcd` endpoints the node runs the
+//! embedded in-memory control-plane store, which only its own process sees:
+//! fine for one node, wrong for a multi-process cluster (logged as a warning).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use metro_fabric::control::DomainRole;
 use metro_fabric::env::NodeId;
 use serde::Deserialize;
 
 use crate::certs::CLIENT_ID_MIN;
+use crate::control_plane::{ControlConfig, ControlTiming};
+
+/// The cluster name when none is configured.
+pub const DEFAULT_CLUSTER: &str = "metro";
+/// The domain when none is configured.
+pub const DEFAULT_DOMAIN: &str = "default";
+/// The longest configurable lease or repair delay.
+pub const TIMING_S_MAX: u64 = 86_400;
 
 /// The most peers one node may list.
 pub const PEERS_MAX: usize = 64;
@@ -77,6 +95,14 @@ struct FileConfig {
     listen: Option<String>,
     log_level: Option<String>,
     nbd_listen: Option<String>,
+    admin_listen: Option<String>,
+    cluster: Option<String>,
+    domain: Option<String>,
+    domain_role: Option<String>,
+    #[serde(default)]
+    etcd: Vec<String>,
+    node_lease_ttl_s: Option<u64>,
+    repair_delay_s: Option<u64>,
     #[serde(default)]
     peers: BTreeMap<String, String>,
     #[serde(default)]
@@ -97,6 +123,16 @@ pub struct Overrides {
     pub delays: Vec<String>,
     /// NBD (TCP) listen address, `host:port`.
     pub nbd_listen: Option<String>,
+    /// Admin HTTP listen address, `host:port`.
+    pub admin_listen: Option<String>,
+    pub cluster: Option<String>,
+    pub domain: Option<String>,
+    /// `data` or `witness`.
+    pub domain_role: Option<String>,
+    /// etcd endpoints; replace the file's when any are given.
+    pub etcd: Vec<String>,
+    pub node_lease_ttl_s: Option<u64>,
+    pub repair_delay_s: Option<u64>,
 }
 
 /// A complete, checked node configuration.
@@ -109,6 +145,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
     pub delays: BTreeMap<NodeId, Duration>,
     pub log_level: tracing::Level,
+    /// The control plane: cluster, domain, store.
+    pub control: ControlConfig,
 }
 
 fn bad(what: &'static str, value: &str, reason: impl ToString) -> ConfigError {
@@ -152,6 +190,68 @@ fn split_pair<'a>(what: &'static str, text: &'a str) -> Result<(&'a str, &'a str
         .ok_or_else(|| bad(what, text, "expected ID=VALUE"))
 }
 
+fn parse_role(text: &str) -> Result<DomainRole, ConfigError> {
+    match text.trim() {
+        "data" => Ok(DomainRole::Data),
+        "witness" => Ok(DomainRole::Witness),
+        _ => Err(bad("domain role", text, "expected data or witness")),
+    }
+}
+
+/// A name (cluster, domain): 1..=64 of `[A-Za-z0-9._-]`.
+fn parse_name(what: &'static str, text: String) -> Result<String, ConfigError> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(bad(what, &text, "expected 1-64 of A-Z a-z 0-9 . _ -"));
+    }
+    Ok(text)
+}
+
+fn parse_seconds(what: &'static str, value: u64, min: u64) -> Result<Duration, ConfigError> {
+    if !(min..=TIMING_S_MAX).contains(&value) {
+        return Err(bad(
+            what,
+            &value.to_string(),
+            format!("expected {min}..={TIMING_S_MAX} seconds"),
+        ));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+fn control_config(file: &FileConfig, overrides: &Overrides) -> Result<ControlConfig, ConfigError> {
+    let cluster = overrides.cluster.clone().or(file.cluster.clone());
+    let domain = overrides.domain.clone().or(file.domain.clone());
+    let role = overrides.domain_role.clone().or(file.domain_role.clone());
+    let etcd = if overrides.etcd.is_empty() {
+        file.etcd.clone()
+    } else {
+        overrides.etcd.clone()
+    };
+    for endpoint in &etcd {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(bad("etcd endpoint", endpoint, "expected http://HOST:PORT"));
+        }
+    }
+    let mut timing = ControlTiming::default();
+    if let Some(s) = overrides.node_lease_ttl_s.or(file.node_lease_ttl_s) {
+        timing.node_lease_ttl = parse_seconds("node lease TTL", s, 2)?;
+    }
+    if let Some(s) = overrides.repair_delay_s.or(file.repair_delay_s) {
+        timing.repair_delay = parse_seconds("repair delay", s, 0)?;
+    }
+    Ok(ControlConfig {
+        cluster: parse_name("cluster", cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into()))?,
+        domain: parse_name("domain", domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()))?,
+        domain_role: role.as_deref().map_or(Ok(DomainRole::Data), parse_role)?,
+        etcd_endpoints: etcd,
+        timing,
+    })
+}
+
 fn parse_level(text: &str) -> Result<tracing::Level, ConfigError> {
     text.parse().map_err(|_| {
         bad(
@@ -175,6 +275,7 @@ impl NodeConfig {
     /// The checked configuration of `file` with `overrides` applied.
     fn from_file(file: FileConfig, overrides: Overrides) -> Result<Self, ConfigError> {
         let (peers, delays_ms) = peers_and_delays(&file, &overrides)?;
+        let control = control_config(&file, &overrides)?;
         let node_id = overrides
             .node_id
             .or(file.node_id)
@@ -201,6 +302,7 @@ impl NodeConfig {
             log_level: level
                 .as_deref()
                 .map_or(Ok(tracing::Level::INFO), parse_level)?,
+            control,
         };
         config.check()?;
         Ok(config)
@@ -225,6 +327,8 @@ pub struct DaemonConfig {
     pub node: NodeConfig,
     /// Where to serve NBD (TCP); none when not configured.
     pub nbd_listen: Option<SocketAddr>,
+    /// Where to serve the admin HTTP API; none when not configured.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -235,11 +339,19 @@ impl DaemonConfig {
             None => FileConfig::default(),
         };
         let nbd_listen = overrides.nbd_listen.take().or(file.nbd_listen.take());
+        let admin_listen = overrides.admin_listen.take().or(file.admin_listen.take());
         let node = NodeConfig::from_file(file, overrides)?;
         let nbd_listen = nbd_listen
             .map(|text| parse_address("NBD listen address", &text))
             .transpose()?;
-        Ok(Self { node, nbd_listen })
+        let admin_listen = admin_listen
+            .map(|text| parse_address("admin listen address", &text))
+            .transpose()?;
+        Ok(Self {
+            node,
+            nbd_listen,
+            admin_listen,
+        })
     }
 }
 
@@ -379,6 +491,32 @@ listen = "127.0.0.1:7001"
     }
 
     #[test]
+    fn control_plane_settings() {
+        let path = write(GOOD);
+        let config = NodeConfig::load(Some(&path), Overrides::default()).expect("valid");
+        assert_eq!(config.control.cluster, DEFAULT_CLUSTER);
+        assert_eq!(config.control.domain, DEFAULT_DOMAIN);
+        assert_eq!(config.control.domain_role, DomainRole::Data);
+        assert!(config.control.etcd_endpoints.is_empty());
+        let text = format!(
+            "cluster = \"east\"\ndomain = \"w\"\ndomain_role = \"witness\"\n\
+             etcd = [\"http://127.0.0.1:2379\"]\nrepair_delay_s = 5\n{GOOD}"
+        );
+        let _ = std::fs::write(&path, text);
+        let overrides = Overrides {
+            domain: Some("site-b".into()),
+            ..Overrides::default()
+        };
+        let config = NodeConfig::load(Some(&path), overrides).expect("valid");
+        assert_eq!(config.control.cluster, "east");
+        assert_eq!(config.control.domain, "site-b");
+        assert_eq!(config.control.domain_role, DomainRole::Witness);
+        assert_eq!(config.control.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(config.control.timing.repair_delay, Duration::from_secs(5));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
     fn bad_configs_are_refused_clearly() {
         let missing = NodeConfig::load(
             Some(Path::new("/nonexistent/node.toml")),
@@ -392,6 +530,10 @@ listen = "127.0.0.1:7001"
             (GOOD.replace("node_id = 1", "node_id = 0"), "node ids"),
             (GOOD.replace("node_id = 1", "nod_id = 1"), "unknown field"),
             (GOOD.replace("node_id = 1\n", ""), "node_id"),
+            (format!("domain = \"a b\"\n{GOOD}"), "domain"),
+            (format!("domain_role = \"boss\"\n{GOOD}"), "data or witness"),
+            (format!("etcd = [\"127.0.0.1:2379\"]\n{GOOD}"), "http://"),
+            (format!("repair_delay_s = 999999\n{GOOD}"), "repair delay"),
         ];
         for (text, expected) in cases {
             let path = write(&text);

@@ -5,10 +5,18 @@
 //! it) and start its writer thread, bind the QUIC transport with
 //! the [`HostHandler`], reopen every replica in the host's catalogue, then
 //! attach the host so the transport starts serving. Until then requests are
-//! refused and callers retry.
+//! refused and callers retry. Last, the [`ControlPlane`] starts (domain
+//! record, registration, coordinator; see [`crate::control_plane`]); the node
+//! serves whether or not the store is reachable.
+//!
+//! With an NBD listener, [`run_daemon`] also exports every placed volume of
+//! the store by its name (re-read every [`EXPORT_SYNC_INTERVAL`]). With
+//! `admin_listen` it serves the admin HTTP API and `/metrics`
+//! ([`crate::admin`]) over the same store, with the NBD I/O metrics.
 //!
 //! Shutdown ([`run`]'s `shutdown` future: SIGTERM or SIGINT in the binary):
-//! stop every group, close the transport. Nothing needs flushing: every
+//! stop the control plane (deregistering), stop every group, close the
+//! transport. Nothing needs flushing: every
 //! acknowledged write is already durable on a majority and every local
 //! write is in the kvstore's log. The writer threads exit with the process.
 //!
@@ -19,14 +27,19 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use metro_fabric::control::NodeInfo;
 use metro_fabric::host::{HostConfig, HostError, HostHandler, VolumeHost};
 use metro_fabric::storage::NodeStorage;
+use metro_fabric::volume::VolumeId;
 use metro_kvstore::{FileDisk, Options, Store, StoreError};
 use openraft_rt_tokio::TokioRuntime;
 
+use crate::admin::{AdminServer, AdminService, AdminState, NodeMetrics, NodeSlot};
 use crate::certs::{CertError, client_ids, load_identity, load_trust};
 use crate::config::{DaemonConfig, NodeConfig};
+use crate::control_plane::{AnyMembership, ControlPlane};
 use crate::nbd_host::{HostBackend, NbdListener};
 use crate::quic_transport::{QuicConfig, QuicError, QuicTransport};
 
@@ -48,6 +61,13 @@ pub enum DaemonError {
     Quic(#[from] QuicError),
     #[error("volume host: {0}")]
     Host(#[from] HostError),
+    #[error("control-plane store: {0}")]
+    Membership(#[from] metro_fabric::membership::MembershipError),
+    #[error("admin listener on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("NBD listener on {addr}: {source}")]
     Nbd {
         addr: std::net::SocketAddr,
@@ -75,15 +95,37 @@ fn open_store(dir: &PathBuf) -> Result<Store, DaemonError> {
     Ok(store)
 }
 
-/// A running node: its host and transport.
+/// How often the NBD exports are brought in line with the store's volumes.
+pub const EXPORT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A running node: its host, transport and control plane.
 #[derive(Debug)]
 pub struct Node {
     pub host: Arc<NodeHost>,
     pub transport: Arc<QuicTransport>,
+    pub control: Arc<ControlPlane>,
 }
 
-/// Starts the node described by `config` (inside a tokio runtime).
+/// The frontend addresses a node announces in its registration.
+#[derive(Clone, Debug, Default)]
+pub struct Frontends {
+    pub nbd: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Starts the node described by `config` (inside a tokio runtime), with its
+/// configured control-plane store.
 pub async fn start(config: &NodeConfig) -> Result<Node, DaemonError> {
+    start_with(config, None, &Frontends::default()).await
+}
+
+/// Like [`start`]; `membership`, when given, replaces the configured store
+/// (the demo shares one embedded store among its in-process nodes).
+pub async fn start_with(
+    config: &NodeConfig,
+    membership: Option<AnyMembership>,
+    frontends: &Frontends,
+) -> Result<Node, DaemonError> {
     let trust = load_trust(&config.certs_dir)?;
     let identity = load_identity(&config.certs_dir, &trust, config.node_id)?;
     let store = open_store(&config.data_dir)?;
@@ -100,6 +142,33 @@ pub async fn start(config: &NodeConfig) -> Result<Node, DaemonError> {
     let host = VolumeHost::new(host_config, storage, Arc::clone(&transport));
     let reopened = host.open_existing().await?;
     handler.attach(Arc::clone(&host));
+    let membership = match membership {
+        Some(membership) => membership,
+        None => {
+            if config.control.etcd_endpoints.is_empty() {
+                tracing::warn!(
+                    "no etcd endpoints: using the embedded control-plane store, \
+                     which no other process sees"
+                );
+            }
+            AnyMembership::open(&config.control.etcd_endpoints).await?
+        }
+    };
+    let info = NodeInfo {
+        id: config.node_id,
+        domain: config.control.domain.clone(),
+        quic_addr: transport.local_addr().to_string(),
+        nbd_addr: frontends.nbd.map(|a| a.to_string()).unwrap_or_default(),
+        admin_addr: frontends.admin.map(|a| a.to_string()).unwrap_or_default(),
+        capacity_bytes: 0,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let control = Arc::new(ControlPlane::start(
+        membership,
+        config.control.clone(),
+        info,
+        Arc::clone(&host),
+    ));
     tracing::info!(
         node = config.node_id,
         listen = %transport.local_addr(),
@@ -107,12 +176,17 @@ pub async fn start(config: &NodeConfig) -> Result<Node, DaemonError> {
         reopened,
         "node ready"
     );
-    Ok(Node { host, transport })
+    Ok(Node {
+        host,
+        transport,
+        control,
+    })
 }
 
 impl Node {
-    /// Stops every group and closes the transport.
+    /// Stops the control plane and every group, and closes the transport.
     pub async fn stop(&self) {
+        self.control.stop().await;
         self.host.shutdown().await;
         self.transport.close();
         tracing::info!(node = self.host.node(), "node stopped");
@@ -137,24 +211,82 @@ pub async fn run_daemon(
     config: DaemonConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let node = start(&config.node).await?;
+    let frontends = Frontends {
+        nbd: config.nbd_listen,
+        admin: config.admin_listen,
+    };
+    let node = start_with(&config.node, None, &frontends).await?;
+    let metrics = NodeMetrics::new();
     let mut nbd = None;
+    let mut export_sync = None;
     if let Some(addr) = config.nbd_listen {
-        let backend = Arc::new(HostBackend::new(Arc::clone(&node.host)));
-        match NbdListener::start(addr, backend).await {
+        let backend = HostBackend::new(Arc::clone(&node.host)).with_metrics(Arc::clone(&metrics));
+        let backend = Arc::new(backend);
+        match NbdListener::start(addr, Arc::clone(&backend)).await {
             Ok(listener) => nbd = Some(listener),
             Err(source) => {
                 node.stop().await;
                 return Err(DaemonError::Nbd { addr, source });
             }
         }
+        export_sync = Some(tokio::spawn(sync_exports_forever(
+            Arc::clone(&node.control),
+            backend,
+        )));
     }
+    let admin = match config.admin_listen {
+        Some(addr) => match start_admin(&node, addr, metrics).await {
+            Ok(server) => Some(server),
+            Err(source) => {
+                node.stop().await;
+                return Err(DaemonError::Admin { addr, source });
+            }
+        },
+        None => None,
+    };
     shutdown.await;
+    if let Some(server) = &admin {
+        server.stop();
+    }
+    if let Some(task) = &export_sync {
+        task.abort();
+    }
     if let Some(listener) = &nbd {
         listener.stop();
     }
     node.stop().await;
     Ok(())
+}
+
+/// Serves `node`'s admin API on `addr` (see [`crate::admin`]).
+pub async fn start_admin(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    metrics: Arc<NodeMetrics>,
+) -> std::io::Result<AdminServer> {
+    let control = &node.control;
+    let slot = NodeSlot::new(&node.host, Some(&node.transport));
+    let service = AdminService::new(control.membership.clone(), &control.config.cluster, slot);
+    let state = Arc::new(AdminState { service, metrics });
+    AdminServer::start(addr, state).await
+}
+
+/// Exports every placed volume of the store by name, every
+/// [`EXPORT_SYNC_INTERVAL`], forever (store errors are retried next time).
+pub async fn sync_exports_forever(control: Arc<ControlPlane>, backend: Arc<HostBackend>) {
+    loop {
+        match control.volumes().await {
+            Ok(records) => {
+                let exports = records
+                    .iter()
+                    .filter(|r| r.placement.is_some())
+                    .map(|r| (r.spec.name.clone(), VolumeId(r.spec.id), r.spec.size_bytes));
+                backend.sync_exports(exports);
+            }
+            Err(error) => tracing::debug!(%error, "export sync: store unreachable"),
+        }
+        tokio::time::sleep(EXPORT_SYNC_INTERVAL).await;
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod control_plane;
 pub mod daemon;
 pub mod demo;
 pub mod etcd_membership;

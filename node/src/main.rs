@@ -55,7 +55,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Run a node until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the cluster's nodes (up: registered; down: placed but gone)
     /// through the admin API.
     List(cli::AdminArgs),
@@ -85,9 +85,32 @@ struct RunArgs {
     /// error, warn, info, debug or trace.
     #[arg(long)]
     log_level: Option<String>,
-    /// Serve NBD (TCP) on host:port: every hosted volume as `vol-<id>`.
+    /// Serve NBD (TCP) on host:port: every volume by its name (and every
+    /// hosted one also as `vol-<id>`).
     #[arg(long)]
     nbd_listen: Option<String>,
+    /// Serve the admin HTTP API on host:port.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// The cluster's name (the root of its etcd keys); default `metro`.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// This node's failure domain (site, zone); default `default`.
+    #[arg(long)]
+    domain: Option<String>,
+    /// The domain's role if this node creates its record: data or witness.
+    #[arg(long)]
+    domain_role: Option<String>,
+    /// An etcd endpoint, http://HOST:PORT (repeatable). Without any, the
+    /// node uses an embedded store only its own process sees.
+    #[arg(long = "etcd")]
+    etcd: Vec<String>,
+    /// Seconds without renewal before this node counts as down (min 2).
+    #[arg(long)]
+    node_lease_ttl_s: Option<u64>,
+    /// Seconds a node must stay down before its replicas are moved.
+    #[arg(long)]
+    repair_delay_s: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => cluster_init(&name, &dir, nodes, &ips, clients),
         Command::Node {
             command: NodeCommand::Run(args),
-        } => node_run(args),
+        } => node_run(*args),
         Command::Node {
             command: NodeCommand::List(args),
         } => cli::cluster::node_list(&args),
@@ -177,6 +200,13 @@ fn node_run(args: RunArgs) -> anyhow::Result<()> {
         peers: args.peers,
         delays: args.delays,
         nbd_listen: args.nbd_listen,
+        admin_listen: args.admin_listen,
+        cluster: args.cluster,
+        domain: args.domain,
+        domain_role: args.domain_role,
+        etcd: args.etcd,
+        node_lease_ttl_s: args.node_lease_ttl_s,
+        repair_delay_s: args.repair_delay_s,
     };
     let config = DaemonConfig::load(args.config.as_deref(), overrides)
         .context("loading the node configuration")?;

@@ -161,6 +161,25 @@ impl HostBackend {
         Ok(())
     }
 
+    /// Makes the registry exactly `exports` (name, volume, size in bytes):
+    /// adds and updates those, drops the others. Invalid entries are
+    /// skipped with a warning (a foreign record must not stop the rest).
+    pub fn sync_exports(&self, exports: impl IntoIterator<Item = (String, VolumeId, u64)>) {
+        let mut wanted = BTreeMap::new();
+        for (name, volume, size_bytes) in exports {
+            let valid = !name.is_empty()
+                && name.len() <= crate::nbd::EXPORT_NAME_MAX
+                && size_bytes > 0
+                && size_bytes.is_multiple_of(BLOCK_BYTES_U64);
+            if !valid || wanted.len() >= EXPORTS_MAX {
+                tracing::warn!(%name, size_bytes, "not exporting this volume (bad name or size)");
+                continue;
+            }
+            wanted.insert(name, Export { volume, size_bytes });
+        }
+        *lock(&self.exports) = wanted;
+    }
+
     /// Fails every later operation at once (the node is stopping).
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);

@@ -55,10 +55,10 @@ async fn cli_over_the_admin_api() {
 
     let status = wait_for("a coordinator", async || {
         let out = ok(&["cluster", "status"], admin).await;
-        out.contains("coordinator node 1").then_some(out)
+        let ready = out.contains("3/3 nodes up") && !out.contains("coordinator node -");
+        ready.then_some(out)
     })
     .await;
-    assert!(status.contains("3/3 nodes up"), "{status}");
     assert!(status.contains("no volumes"), "{status}");
 
     let created = ok(

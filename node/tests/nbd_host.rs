@@ -22,6 +22,7 @@ use std::sync::Arc;
 use metro_fabric::env::NodeId;
 use metro_fabric::volume::{BLOCK_BYTES_U64, VolumeId};
 use metro_node::config::NodeConfig;
+use metro_node::control_plane::ControlConfig;
 use metro_node::daemon::{self, Node};
 use metro_node::nbd_host::{HostBackend, NbdListener};
 use metro_node::tls::ClusterCa;
@@ -75,6 +76,7 @@ fn configs(dir: &Path) -> Vec<NodeConfig> {
                 .collect(),
             delays: BTreeMap::new(),
             log_level: tracing::Level::WARN,
+            control: ControlConfig::embedded("test", &format!("domain-{id}")),
         })
         .collect()
 }

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 pub use metrics::NodeMetrics;
 pub use routes::AdminState;
-pub use service::{AdminService, ServiceError};
+pub use service::{AdminService, NodeSlot, ServiceError};
 
 /// A running admin endpoint.
 #[derive(Debug)]
@@ -47,13 +47,15 @@ impl AdminServer {
     ) -> io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let metrics = Arc::clone(&state.metrics);
-        let host = Arc::clone(state.service.host());
+        let weak = Arc::downgrade(&state);
         let sampler = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(metrics::LEADER_SAMPLE_MS));
             loop {
                 tick.tick().await;
-                metrics.observe_leaders(&host);
+                let Some(state) = weak.upgrade() else { return };
+                if let Some(host) = state.service.host() {
+                    state.metrics.observe_leaders(&host);
+                }
             }
         });
         let app = routes::router(state);

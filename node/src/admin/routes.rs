@@ -21,15 +21,12 @@ use super::api::{ApiError, CloneVolume, CreateSnapshot, CreateVolume};
 use super::exposition::CONTENT_TYPE;
 use super::metrics::NodeMetrics;
 use super::service::{AdminService, ServiceError};
-use crate::quic_transport::QuicTransport;
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AdminState<M: Membership> {
     pub service: AdminService<M>,
     pub metrics: Arc<NodeMetrics>,
-    /// For RTT and transport counters in `/metrics` (none in some tests).
-    pub transport: Option<Arc<QuicTransport>>,
 }
 
 type Shared<M> = State<Arc<AdminState<M>>>;
@@ -110,8 +107,10 @@ pub fn router<M: Membership>(state: Arc<AdminState<M>>) -> Router {
 }
 
 async fn metrics<M: Membership>(State(state): Shared<M>) -> Response {
-    let host = state.service.host();
-    let text = state.metrics.render(Some(host), state.transport.as_deref());
+    let node = state.service.node_slot();
+    let host = node.host.upgrade();
+    let transport = node.transport.upgrade();
+    let text = state.metrics.render(host.as_deref(), transport.as_deref());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 

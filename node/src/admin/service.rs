@@ -21,11 +21,15 @@
 //!   record and its status in one transaction guarded by the record's mod
 //!   revision.
 //! - **Snapshot and clone** answer `not_implemented` (see the README).
+//! - **This node** is held weakly ([`NodeSlot`]): the admin endpoint never
+//!   keeps a stopped node's host (and its kvstore) alive. While the slot is
+//!   empty, answers that need the host are `unavailable`; the demo re-points
+//!   the slot at a running node ([`AdminService::set_node`]).
 //! - Errors say what to do: [`ServiceError::Unavailable`] (store or peer
 //!   unreachable) means retry; 4xx means the request is wrong as asked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use metro_fabric::control::{
     ClusterKeys, DomainInfo, DomainRole, DomainState, Health, LoadedView, Member, MemberHealth,
@@ -44,6 +48,7 @@ use super::api::{
 };
 use super::metrics::replication_lags;
 use crate::daemon::NodeHost;
+use crate::quic_transport::QuicTransport;
 
 /// The most data replicas a volume may ask for.
 pub const REPLICAS_MAX: u32 = 7;
@@ -148,28 +153,68 @@ fn members_of(health: &Health) -> Vec<MemberHealth> {
     }
 }
 
+/// The node an admin endpoint answers for, held weakly.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSlot {
+    pub host: Weak<NodeHost>,
+    pub transport: Weak<QuicTransport>,
+}
+
+impl NodeSlot {
+    pub fn new(host: &Arc<NodeHost>, transport: Option<&Arc<QuicTransport>>) -> Self {
+        Self {
+            host: Arc::downgrade(host),
+            transport: transport.map(Arc::downgrade).unwrap_or_default(),
+        }
+    }
+}
+
 /// The admin operations of one node. See the module docs.
 #[derive(Debug)]
 pub struct AdminService<M: Membership> {
     membership: M,
     keys: ClusterKeys,
     cluster: String,
-    host: Arc<NodeHost>,
+    node: RwLock<NodeSlot>,
 }
 
 impl<M: Membership> AdminService<M> {
-    pub fn new(membership: M, cluster: &str, host: Arc<NodeHost>) -> Self {
+    pub fn new(membership: M, cluster: &str, node: NodeSlot) -> Self {
         Self {
             membership,
             keys: ClusterKeys::new(cluster),
             cluster: cluster.to_owned(),
-            host,
+            node: RwLock::new(node),
         }
     }
 
-    /// This node's host.
-    pub fn host(&self) -> &Arc<NodeHost> {
-        &self.host
+    /// Answers for `node` from now on.
+    pub fn set_node(&self, node: NodeSlot) {
+        *self.node.write().unwrap_or_else(PoisonError::into_inner) = node;
+    }
+
+    /// The node answered for, if it still runs.
+    pub fn node_slot(&self) -> NodeSlot {
+        self.node
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// This node's host, if it still runs.
+    pub fn host(&self) -> Option<Arc<NodeHost>> {
+        self.node_slot().host.upgrade()
+    }
+
+    fn running_host(&self) -> Result<Arc<NodeHost>> {
+        self.host().ok_or_else(|| {
+            ServiceError::Unavailable("the node behind this admin endpoint is stopped".into())
+        })
+    }
+
+    /// The id of the node answering (0 when it is stopped).
+    fn answering(&self) -> NodeId {
+        self.host().map_or(0, |h| h.node())
     }
 
     /// The id counter's key.
@@ -184,7 +229,7 @@ impl<M: Membership> AdminService<M> {
     }
 
     fn leader_here(&self, id: u64) -> Option<NodeId> {
-        let raft = self.host.raft(VolumeId(id))?;
+        let raft = self.host()?.raft(VolumeId(id))?;
         raft.metrics().borrow_watched().current_leader
     }
 
@@ -359,13 +404,13 @@ impl<M: Membership> AdminService<M> {
                 .map(|s| members_of(&s.health))
                 .unwrap_or_default(),
             status,
-            answered_by: self.host.node(),
+            answered_by: self.answering(),
             local: self.local_replica(record.spec.id),
         })
     }
 
     fn local_replica(&self, id: u64) -> Option<LocalReplica> {
-        let raft = self.host.raft(VolumeId(id))?;
+        let raft = self.host()?.raft(VolumeId(id))?;
         let m = raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
@@ -405,7 +450,7 @@ impl<M: Membership> AdminService<M> {
         let (record, revision) = self.record(name).await?;
         let id = record.spec.id;
         if record.placement.is_some() {
-            self.host
+            self.running_host()?
                 .delete_volume(VolumeId(id))
                 .await
                 .map_err(|e| match e {
@@ -499,7 +544,7 @@ impl<M: Membership> AdminService<M> {
         Ok(ClusterStatus {
             cluster: self.cluster.clone(),
             coordinator,
-            answered_by: self.host.node(),
+            answered_by: self.answering(),
             domains: domain_views(&loaded, &nodes),
             volumes: self.summaries(&loaded),
             nodes,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Where the CLI looks when neither `--admin` nor `METRO_ADMIN` is set.
-pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:7080";
 /// The environment variable naming the admin endpoint.
 pub const ADMIN_ENV: &str = "METRO_ADMIN";
 
@@ -34,7 +34,7 @@ pub enum Output {
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
     /// The admin API of any node, http://HOST:PORT [env: METRO_ADMIN;
-    /// default: http://127.0.0.1:7070].
+    /// default: http://127.0.0.1:7080].
     #[arg(long, global = true)]
     pub admin: Option<String>,
     /// human (tables) or json (the API's answer, for scripts).

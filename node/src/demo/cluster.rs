@@ -21,8 +21,14 @@ use metro_fabric::volume::BLOCK_BYTES_U64;
 use metro_fabric::wire::VolumeStatus;
 
 use super::{EXPORT, Topology, VOLUME};
+use metro_fabric::control::{
+    ClusterKeys, DomainRole, Member, MemberRole, Placement, VolumeRecord, VolumeSpec, encode,
+};
+use metro_fabric::membership::{MemMembership, Membership as _};
+
 use crate::config::NodeConfig;
-use crate::daemon::{self, DaemonError, Node, NodeHost};
+use crate::control_plane::{AnyMembership, ControlConfig};
+use crate::daemon::{self, DaemonError, Frontends, Node, NodeHost};
 use crate::nbd_host::{HostBackend, NbdListener};
 use crate::tls::ClusterCa;
 
@@ -71,6 +77,7 @@ struct Running {
 #[derive(Debug)]
 pub struct DemoCluster {
     pub dir: TempDir,
+    membership: AnyMembership,
     topology: Topology,
     configs: BTreeMap<NodeId, NodeConfig>,
     running: BTreeMap<NodeId, Running>,
@@ -103,6 +110,22 @@ fn make_certs(dir: &Path, nodes: &[NodeId]) -> anyhow::Result<()> {
             .with_context(|| format!("writing the certificate of node {node}"))?;
     }
     Ok(())
+}
+
+/// Node `id`'s control-plane settings: its topology domain (and role).
+fn demo_control(topology: &Topology, id: NodeId) -> ControlConfig {
+    let domain = topology
+        .domains()
+        .into_iter()
+        .find(|d| d.nodes.contains(&id));
+    let mut control = ControlConfig::embedded(
+        CLUSTER_NAME,
+        domain.as_ref().map_or("unknown", |d| d.name.as_str()),
+    );
+    if domain.is_some_and(|d| d.witness) {
+        control.domain_role = DomainRole::Witness;
+    }
+    control
 }
 
 impl DemoCluster {
@@ -141,11 +164,13 @@ impl DemoCluster {
                 peers,
                 delays,
                 log_level: tracing::Level::WARN,
+                control: demo_control(&topology, id),
             };
             configs.insert(id, config);
         }
         Ok(Self {
             dir,
+            membership: AnyMembership::Mem(MemMembership::new()),
             topology,
             configs,
             running: BTreeMap::new(),
@@ -177,7 +202,8 @@ impl DemoCluster {
             .ok_or_else(|| anyhow!("no node {id}"))?;
         let deadline = Instant::now() + REBIND_TIMEOUT;
         let node = loop {
-            match daemon::start(config).await {
+            let membership = Some(self.membership.clone());
+            match daemon::start_with(config, membership, &Frontends::default()).await {
                 Ok(node) => break node,
                 Err(DaemonError::Quic(err)) if Instant::now() < deadline => {
                     tracing::debug!(node = id, "QUIC bind: {err}; retrying");
@@ -231,7 +257,49 @@ impl DemoCluster {
         let size_blocks = self.size_bytes / BLOCK_BYTES_U64;
         host.create_volume(VOLUME, size_blocks, members)
             .await
-            .context("creating the demo volume")
+            .context("creating the demo volume")?;
+        self.record_volume(members).await
+    }
+
+    /// Records the demo volume, placed on `members`, in the control-plane
+    /// store (the coordinator then publishes its health).
+    async fn record_volume(&self, members: &[NodeId]) -> anyhow::Result<()> {
+        let domains = self.topology.domains();
+        let members = members
+            .iter()
+            .map(|&node| {
+                let domain = domains.iter().find(|d| d.nodes.contains(&node));
+                Member {
+                    node,
+                    domain: domain.map_or_else(String::new, |d| d.name.clone()),
+                    role: match domain.is_some_and(|d| d.witness) {
+                        true => MemberRole::Witness,
+                        false => MemberRole::Data,
+                    },
+                }
+            })
+            .collect();
+        let data = domains.iter().filter(|d| !d.witness).count();
+        let record = VolumeRecord {
+            spec: VolumeSpec {
+                name: EXPORT.to_owned(),
+                id: VOLUME.0,
+                size_bytes: self.size_bytes,
+                replicas: u8::try_from(data).unwrap_or(u8::MAX),
+            },
+            placement: Some(Placement { members }),
+        };
+        let keys = ClusterKeys::new(CLUSTER_NAME);
+        self.membership
+            .put(keys.volume(EXPORT).as_bytes(), &encode(&record), None)
+            .await
+            .context("recording the demo volume")?;
+        Ok(())
+    }
+
+    /// The control-plane store the demo's nodes share.
+    pub fn membership(&self) -> &AnyMembership {
+        &self.membership
     }
 
     /// Stops the nodes `ids` as a domain failure would: NBD first, then the

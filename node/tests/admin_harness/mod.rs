@@ -1,25 +1,23 @@
 //! A small in-process cluster for the admin tests: three nodes
-//! (`daemon::start`, QUIC with certificates, kvstore in a temporary
-//! directory), the embedded membership store with one data domain per
-//! node, a coordinator on node 1, node 1's NBD listener and its admin
-//! server.
+//! (`daemon::start_with`: QUIC with certificates, kvstore in a temporary
+//! directory, the control plane — registration, domain record, coordinator
+//! — on one shared embedded membership store), one data domain per node,
+//! node 1's NBD listener and its admin server.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metro_fabric::control::{
-    AdminError, ClusterKeys, Coordinator, CoordinatorConfig, DomainInfo, DomainRole, DomainState,
-    GroupAdmin, NodeInfo, Placement, VolumeSpec, encode,
-};
+use metro_fabric::control::{ClusterKeys, DomainInfo, DomainRole, DomainState, encode};
 use metro_fabric::env::NodeId;
 use metro_fabric::membership::{MemMembership, Membership};
-use metro_node::admin::{AdminServer, AdminService, AdminState, NodeMetrics};
+use metro_node::admin::{AdminServer, NodeMetrics};
 use metro_node::config::NodeConfig;
-use metro_node::daemon::{self, Node, NodeHost};
+use metro_node::control_plane::{AnyMembership, ControlConfig, ControlTiming};
+use metro_node::daemon::{self, Frontends, Node, NodeHost};
 use metro_node::nbd_host::{HostBackend, NbdListener};
 use metro_node::tls::ClusterCa;
 use openraft_rt_tokio::TokioRuntime;
@@ -30,31 +28,6 @@ pub const CLUSTER: &str = "admintest";
 pub const NODES: [NodeId; 3] = [1, 2, 3];
 pub const DOMAINS: [&str; 3] = ["a", "b", "c"];
 pub const MIB: u64 = 1 << 20;
-
-/// The coordinator's hands on node 1's host.
-pub struct HostAdmin(Arc<NodeHost>);
-
-impl GroupAdmin for HostAdmin {
-    async fn create_group(&self, spec: &VolumeSpec, p: &Placement) -> Result<(), AdminError> {
-        self.0.create_group(spec, p).await
-    }
-    async fn replace_member(
-        &self,
-        spec: &VolumeSpec,
-        p: &Placement,
-        dead: NodeId,
-        replacement: NodeId,
-    ) -> Result<(), AdminError> {
-        self.0.replace_member(spec, p, dead, replacement).await
-    }
-    async fn in_sync(
-        &self,
-        spec: &VolumeSpec,
-        p: &Placement,
-    ) -> Result<BTreeSet<NodeId>, AdminError> {
-        self.0.in_sync(spec, p).await
-    }
-}
 
 pub fn temp_dir() -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -82,9 +55,16 @@ pub fn configs(dir: &Path) -> Vec<NodeConfig> {
         .zip(sockets.iter().map(|s| s.local_addr().unwrap()))
         .collect();
     drop(sockets);
+    let timing = ControlTiming {
+        interval: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(2),
+        node_lease_ttl: Duration::from_secs(2),
+        ..ControlTiming::default()
+    };
     NODES
         .iter()
-        .map(|&id| NodeConfig {
+        .zip(DOMAINS)
+        .map(|(&id, domain)| NodeConfig {
             node_id: id,
             data_dir: dir.join(format!("node-{id}")),
             certs_dir: certs.clone(),
@@ -96,12 +76,16 @@ pub fn configs(dir: &Path) -> Vec<NodeConfig> {
                 .collect(),
             delays: BTreeMap::new(),
             log_level: tracing::Level::WARN,
+            control: ControlConfig {
+                timing,
+                ..ControlConfig::embedded(CLUSTER, domain)
+            },
         })
         .collect()
 }
 
-/// Domain records and node registrations of `cluster` (without leases).
-pub async fn seed(mem: &Mem, cluster: &str, nodes: &[Node]) {
+/// Data-domain records of `cluster` (for a second cluster without nodes).
+pub async fn seed_domains(mem: &Mem, cluster: &str) {
     let keys = ClusterKeys::new(cluster);
     for name in DOMAINS {
         let domain = DomainInfo {
@@ -110,20 +94,6 @@ pub async fn seed(mem: &Mem, cluster: &str, nodes: &[Node]) {
             state: DomainState::Active,
         };
         mem.put(keys.domain(name).as_bytes(), &encode(&domain), None)
-            .await
-            .unwrap();
-    }
-    for (node, domain) in nodes.iter().zip(DOMAINS) {
-        let info = NodeInfo {
-            id: node.host.node(),
-            domain: domain.into(),
-            quic_addr: node.transport.local_addr().to_string(),
-            nbd_addr: String::new(),
-            admin_addr: String::new(),
-            capacity_bytes: 0,
-            version: "test".into(),
-        };
-        mem.put(keys.node(info.id).as_bytes(), &encode(&info), None)
             .await
             .unwrap();
     }
@@ -149,45 +119,34 @@ pub struct Cluster {
     pub backend: Arc<HostBackend>,
     pub nbd: NbdListener,
     pub server: AdminServer,
-    coordinator: tokio::task::JoinHandle<()>,
 }
 
 impl Cluster {
     pub async fn start() -> Self {
         let dir = temp_dir();
+        let mem = Mem::new();
         let mut nodes = Vec::new();
         for config in configs(&dir) {
-            nodes.push(daemon::start(&config).await.expect("node starts"));
+            let store = Some(AnyMembership::Mem(mem.clone()));
+            let node = daemon::start_with(&config, store, &Frontends::default())
+                .await
+                .expect("node starts");
+            nodes.push(node);
         }
-        let mem = Mem::new();
-        seed(&mem, CLUSTER, &nodes).await;
         let host = Arc::clone(&nodes[0].host);
-        let config = CoordinatorConfig {
-            interval: Duration::from_millis(200),
-            lease_ttl: Duration::from_secs(2),
-            ..CoordinatorConfig::new(1)
-        };
-        let coordinator = Arc::new(Coordinator::<TokioRuntime, Mem, HostAdmin>::new(
-            mem.clone(),
-            HostAdmin(Arc::clone(&host)),
-            ClusterKeys::new(CLUSTER),
-            config,
-        ));
-        let coordinator = tokio::spawn(async move { coordinator.run().await });
         let metrics = NodeMetrics::new();
         let backend =
             Arc::new(HostBackend::new(Arc::clone(&host)).with_metrics(Arc::clone(&metrics)));
         let nbd = NbdListener::start("127.0.0.1:0".parse().unwrap(), Arc::clone(&backend))
             .await
             .unwrap();
-        let state = Arc::new(AdminState {
-            service: AdminService::new(mem.clone(), CLUSTER, Arc::clone(&host)),
-            metrics: Arc::clone(&metrics),
-            transport: Some(Arc::clone(&nodes[0].transport)),
-        });
-        let server = AdminServer::start("127.0.0.1:0".parse().unwrap(), state)
-            .await
-            .unwrap();
+        let server = daemon::start_admin(
+            &nodes[0],
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(&metrics),
+        )
+        .await
+        .unwrap();
         Self {
             dir,
             nodes,
@@ -196,7 +155,6 @@ impl Cluster {
             backend,
             nbd,
             server,
-            coordinator,
         }
     }
 
@@ -205,7 +163,6 @@ impl Cluster {
     }
 
     pub async fn stop(self) {
-        self.coordinator.abort();
         self.server.stop();
         self.nbd.stop();
         for node in &self.nodes {

@@ -1,0 +1,479 @@
+//! [`ControlPlane`]: a node's part in the cluster's control plane.
+//!
+//! Every node, once its host serves, runs three tasks against the cluster's
+//! [`Membership`] store ([`AnyMembership`]: etcd when endpoints are
+//! configured, else the embedded in-memory model):
+//! - **domain record**: its domain is created (role from the configuration,
+//!   state `active`) if no record exists; an existing record is left as is
+//!   (an operator may have deactivated it) and a role mismatch is logged;
+//! - **registration** ([`NodeRegistration`]): its [`NodeInfo`] under a lease
+//!   kept alive; a node whose lease lapses is down for the coordinator;
+//! - **coordinator** ([`Coordinator`]): campaigns; the elected one places,
+//!   creates, repairs and publishes health, acting on groups through this
+//!   node's host ([`HostAdmin`]).
+//!
+//! Contract: nothing on the data path waits for the store. When it is
+//! unreachable the tasks retry with backoff and I/O on existing volumes goes
+//! on (Raft does not need the store); placement and repair resume with it.
+//! [`ControlPlane::stop`] aborts the tasks and deregisters (best effort,
+//! bounded by [`DEREGISTER_TIMEOUT`]).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use metro_fabric::control::{
+    AdminError, ClusterKeys, Coordinator, CoordinatorConfig, CoordinatorStats, DomainInfo,
+    DomainRole, DomainState, GroupAdmin, NodeInfo, NodeRegistration, Placement, RegistrationConfig,
+    RegistrationStatus, VolumeRecord, VolumeSpec, decode, encode,
+};
+use metro_fabric::env::NodeId;
+use metro_fabric::membership::{
+    Compare, KeyValue, Leadership, Lease, LeaseId, MemMembership, MemWatch, Membership,
+    MembershipError, RangeResult, Revision, TxnOp, TxnResult, WatchEvent, WatchStream, WriteResult,
+};
+use openraft_rt_tokio::TokioRuntime;
+use tokio::task::JoinHandle;
+
+use crate::daemon::NodeHost;
+use crate::etcd_membership::{EtcdConfig, EtcdMembership, EtcdWatch};
+
+/// How long [`ControlPlane::stop`] waits for the store to drop the
+/// registration before leaving it to lease expiry.
+pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the control plane keeps its state and how this node takes part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// The cluster's name: the root of its keys (`/metro/<cluster>/...`).
+    pub cluster: String,
+    /// This node's failure domain.
+    pub domain: String,
+    /// The role its domain is created with if it has no record yet.
+    pub domain_role: DomainRole,
+    /// etcd client URLs; empty means the embedded in-memory store (one
+    /// process only: the demo and single-node trials).
+    pub etcd_endpoints: Vec<String>,
+    /// Lease and coordinator timing.
+    pub timing: ControlTiming,
+}
+
+/// The control-plane timings a node's configuration may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlTiming {
+    /// This node's registration lease: it is seen down this long after it
+    /// stops renewing.
+    pub node_lease_ttl: Duration,
+    /// How long a placed node must stay down before its replicas are moved.
+    pub repair_delay: Duration,
+    /// The coordinator's lease: a failed coordinator is replaced within it.
+    pub lease_ttl: Duration,
+    pub interval: Duration,
+}
+
+impl Default for ControlTiming {
+    fn default() -> Self {
+        let defaults = CoordinatorConfig::new(1);
+        Self {
+            node_lease_ttl: RegistrationConfig::default().ttl,
+            repair_delay: defaults.repair_delay,
+            lease_ttl: defaults.lease_ttl,
+            interval: defaults.interval,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// A data node of `domain` in `cluster` on the embedded store.
+    pub fn embedded(cluster: &str, domain: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            domain: domain.to_owned(),
+            domain_role: DomainRole::Data,
+            etcd_endpoints: Vec::new(),
+            timing: ControlTiming::default(),
+        }
+    }
+}
+
+/// The store of a production node: etcd, or the embedded model.
+#[derive(Clone, Debug)]
+pub enum AnyMembership {
+    Etcd(Box<EtcdMembership>),
+    Mem(MemMembership<TokioRuntime>),
+}
+
+impl AnyMembership {
+    /// Connects to etcd at `endpoints`, or makes an embedded store when
+    /// there are none.
+    pub async fn open(endpoints: &[String]) -> Result<Self, MembershipError> {
+        if endpoints.is_empty() {
+            return Ok(Self::Mem(MemMembership::new()));
+        }
+        let etcd = EtcdMembership::connect(EtcdConfig::new(endpoints.to_vec())).await?;
+        Ok(Self::Etcd(Box::new(etcd)))
+    }
+}
+
+/// The watch stream of [`AnyMembership`].
+#[derive(Debug)]
+pub enum AnyWatch {
+    Etcd(EtcdWatch),
+    Mem(MemWatch<TokioRuntime>),
+}
+
+impl WatchStream for AnyWatch {
+    async fn next(&mut self) -> Result<WatchEvent, MembershipError> {
+        match self {
+            Self::Etcd(w) => w.next().await,
+            Self::Mem(w) => w.next().await,
+        }
+    }
+}
+
+/// Forwards a call to whichever store this is.
+macro_rules! either {
+    ($self:expr, $m:ident => $call:expr) => {
+        match $self {
+            AnyMembership::Etcd(boxed) => {
+                let $m = boxed.as_ref();
+                $call
+            }
+            AnyMembership::Mem($m) => $call,
+        }
+    };
+}
+
+impl Membership for AnyMembership {
+    type Watch = AnyWatch;
+
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MembershipError> {
+        either!(self, m => m.get(key).await)
+    }
+
+    async fn range(&self, prefix: &[u8]) -> Result<RangeResult, MembershipError> {
+        either!(self, m => m.range(prefix).await)
+    }
+
+    async fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease: Option<LeaseId>,
+    ) -> Result<WriteResult, MembershipError> {
+        either!(self, m => m.put(key, value, lease).await)
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<WriteResult, MembershipError> {
+        either!(self, m => m.delete(key).await)
+    }
+
+    async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<TxnResult, MembershipError> {
+        either!(self, m => m.txn(compares, ops).await)
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<Lease, MembershipError> {
+        either!(self, m => m.grant(ttl).await)
+    }
+
+    async fn keep_alive_once(&self, lease: LeaseId) -> Result<(), MembershipError> {
+        either!(self, m => m.keep_alive_once(lease).await)
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), MembershipError> {
+        either!(self, m => m.revoke(lease).await)
+    }
+
+    async fn watch(
+        &self,
+        prefix: &[u8],
+        start: Option<Revision>,
+    ) -> Result<AnyWatch, MembershipError> {
+        match self {
+            Self::Etcd(m) => m.as_ref().watch(prefix, start).await.map(AnyWatch::Etcd),
+            Self::Mem(m) => m.watch(prefix, start).await.map(AnyWatch::Mem),
+        }
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<Leadership, MembershipError> {
+        either!(self, m => m.campaign(election, value, lease).await)
+    }
+
+    async fn resign(&self, leadership: &Leadership) -> Result<(), MembershipError> {
+        either!(self, m => m.resign(leadership).await)
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<KeyValue>, MembershipError> {
+        either!(self, m => m.leader(election).await)
+    }
+}
+
+/// [`GroupAdmin`] through this node's host. It holds the host weakly: a
+/// stopped node's coordinator must not keep its host (and kvstore) alive;
+/// once the host is gone every call answers [`AdminError::Retry`].
+#[derive(Clone, Debug)]
+pub struct HostAdmin(pub Weak<NodeHost>);
+
+impl HostAdmin {
+    fn host(&self, spec: &VolumeSpec) -> Result<Arc<NodeHost>, AdminError> {
+        self.0.upgrade().ok_or_else(|| AdminError::Retry {
+            volume: spec.name.clone(),
+            reason: "this node is stopping".into(),
+        })
+    }
+}
+
+impl GroupAdmin for HostAdmin {
+    async fn create_group(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> Result<(), AdminError> {
+        self.host(spec)?.create_group(spec, placement).await
+    }
+
+    async fn replace_member(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        dead: NodeId,
+        replacement: NodeId,
+    ) -> Result<(), AdminError> {
+        self.host(spec)?
+            .replace_member(spec, placement, dead, replacement)
+            .await
+    }
+
+    async fn in_sync(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> Result<BTreeSet<NodeId>, AdminError> {
+        self.host(spec)?.in_sync(spec, placement).await
+    }
+}
+
+/// The registration type of a production node.
+pub type NodeRegistrationTask = NodeRegistration<TokioRuntime, AnyMembership>;
+/// The coordinator type of a production node.
+pub type NodeCoordinator = Coordinator<TokioRuntime, AnyMembership, HostAdmin>;
+
+/// A node's running control-plane tasks (see the module contract).
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub membership: AnyMembership,
+    pub keys: ClusterKeys,
+    pub info: NodeInfo,
+    pub config: ControlConfig,
+    pub registration: Arc<NodeRegistrationTask>,
+    pub coordinator: Arc<NodeCoordinator>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Starts the tasks for `host` (described to the cluster by `info`).
+    pub fn start(
+        membership: AnyMembership,
+        config: ControlConfig,
+        info: NodeInfo,
+        host: Arc<NodeHost>,
+    ) -> Self {
+        let keys = ClusterKeys::new(&config.cluster);
+        let registration = Arc::new(NodeRegistration::new(
+            membership.clone(),
+            keys.clone(),
+            info.clone(),
+            RegistrationConfig {
+                ttl: config.timing.node_lease_ttl,
+                ..RegistrationConfig::default()
+            },
+        ));
+        let mut coordinator_config = CoordinatorConfig::new(info.id);
+        coordinator_config.repair_delay = config.timing.repair_delay;
+        coordinator_config.lease_ttl = config.timing.lease_ttl;
+        coordinator_config.interval = config.timing.interval;
+        let coordinator = Arc::new(Coordinator::new(
+            membership.clone(),
+            HostAdmin(Arc::downgrade(&host)),
+            keys.clone(),
+            coordinator_config,
+        ));
+        let domain = DomainInfo {
+            name: config.domain.clone(),
+            role: config.domain_role,
+            state: DomainState::Active,
+        };
+        let tasks = vec![
+            tokio::spawn(ensure_domain_forever(
+                membership.clone(),
+                keys.clone(),
+                domain,
+            )),
+            tokio::spawn({
+                let registration = Arc::clone(&registration);
+                async move { registration.run().await }
+            }),
+            tokio::spawn({
+                let coordinator = Arc::clone(&coordinator);
+                async move { coordinator.run().await }
+            }),
+        ];
+        tracing::info!(
+            node = info.id,
+            cluster = %config.cluster,
+            domain = %config.domain,
+            store = match membership {
+                AnyMembership::Etcd(_) => "etcd",
+                AnyMembership::Mem(_) => "embedded",
+            },
+            "control plane started"
+        );
+        Self {
+            membership,
+            keys,
+            info,
+            config,
+            registration,
+            coordinator,
+            tasks,
+        }
+    }
+
+    /// This node's registration now.
+    pub fn registration_status(&self) -> RegistrationStatus {
+        self.registration.status()
+    }
+
+    /// This node's coordinator counters now.
+    pub fn coordinator_stats(&self) -> CoordinatorStats {
+        self.coordinator.stats()
+    }
+
+    /// The volume records in the store.
+    pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, MembershipError> {
+        let range = self
+            .membership
+            .range(self.keys.volumes_prefix().as_bytes())
+            .await?;
+        Ok(range
+            .kvs
+            .iter()
+            .filter_map(|kv| decode::<VolumeRecord>("volume", &kv.value).ok())
+            .collect())
+    }
+
+    /// Aborts the tasks and deregisters (best effort, bounded).
+    pub async fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let deregister = tokio::time::timeout(DEREGISTER_TIMEOUT, self.registration.deregister());
+        match deregister.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "deregistering (the lease will lapse)"),
+            Err(_) => tracing::warn!("deregistering timed out (the lease will lapse)"),
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Creates `domain`'s record if it has none, retrying while the store is
+/// unreachable; then ends.
+async fn ensure_domain_forever(membership: AnyMembership, keys: ClusterKeys, domain: DomainInfo) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ensure_domain(&membership, &keys, &domain).await {
+            Ok(found) => {
+                if found.role != domain.role {
+                    tracing::warn!(
+                        domain = %domain.name,
+                        configured = ?domain.role,
+                        recorded = ?found.role,
+                        "domain role differs from the recorded one; the record wins"
+                    );
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, domain = %domain.name, "domain record: retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Creates `domain`'s record unless one exists; returns the record as stored.
+pub async fn ensure_domain<M: Membership>(
+    membership: &M,
+    keys: &ClusterKeys,
+    domain: &DomainInfo,
+) -> Result<DomainInfo, MembershipError> {
+    let key = keys.domain(&domain.name);
+    let created = membership
+        .txn(
+            vec![Compare::absent(key.clone())],
+            vec![TxnOp::Put {
+                key: key.clone().into_bytes(),
+                value: encode(domain),
+                lease: None,
+            }],
+        )
+        .await?;
+    if created.succeeded {
+        tracing::info!(domain = %domain.name, role = ?domain.role, "domain created");
+        return Ok(domain.clone());
+    }
+    let kv = membership
+        .get(key.as_bytes())
+        .await?
+        .ok_or_else(|| MembershipError::Failed {
+            reason: format!("domain record {key} vanished"),
+        })?;
+    decode("domain", &kv.value).map_err(|e| MembershipError::Failed {
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn domain_is_created_once_and_never_overwritten() {
+        let store = AnyMembership::Mem(MemMembership::new());
+        let keys = ClusterKeys::new("t");
+        let data = DomainInfo {
+            name: "a".into(),
+            role: DomainRole::Data,
+            state: DomainState::Active,
+        };
+        assert_eq!(ensure_domain(&store, &keys, &data).await.unwrap(), data);
+        metro_fabric::control::set_domain_state(&store, &keys, "a", DomainState::Inactive)
+            .await
+            .unwrap();
+        let witness = DomainInfo {
+            role: DomainRole::Witness,
+            ..data.clone()
+        };
+        let found = ensure_domain(&store, &keys, &witness).await.unwrap();
+        assert_eq!(found.role, DomainRole::Data, "an existing record wins");
+        assert_eq!(found.state, DomainState::Inactive, "deactivation survives");
+    }
+}
