@@ -7,45 +7,7 @@
 
 mod admin_harness;
 
-use std::process::Command;
-
-use admin_harness::{Cluster, wait_for};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn metro(args: &[&str], env: Option<(&str, &str)>) -> Run {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let env = env.map(|(k, v)| (k.to_owned(), v.to_owned()));
-    tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_metro"));
-        command.args(&args).env_remove("METRO_ADMIN");
-        if let Some((key, value)) = env {
-            command.env(key, value);
-        }
-        let out = command.output().expect("run metro");
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        println!("$ metro {}\n{}{}", args.join(" "), run.stdout, run.stderr);
-        run
-    })
-    .await
-    .unwrap()
-}
-
-async fn ok(args: &[&str], admin: &str) -> String {
-    let mut all = args.to_vec();
-    all.extend(["--admin", admin]);
-    let run = metro(&all, None).await;
-    assert_eq!(run.code, 0, "metro {args:?} failed: {}", run.stderr);
-    run.stdout
-}
+use admin_harness::{Cluster, metro, metro_ok as ok, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_over_the_admin_api() {

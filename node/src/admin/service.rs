@@ -15,11 +15,12 @@
 //!   creates never get the same id, a name is never created twice. A lost
 //!   race on the counter is retried ([`ID_CAS_ATTEMPTS_MAX`]); a taken name
 //!   is a conflict. Ids also stay above every id already recorded.
-//! - **Delete** removes the group's replicas first (this node and every
-//!   peer, idempotent; a peer that cannot be reached fails the call with
-//!   `unavailable` and nothing else changes, so retrying is safe), then the
-//!   record and its status in one transaction guarded by the record's mod
-//!   revision.
+//! - **Delete** is refused (`unavailable`, nothing changed) while a node of
+//!   the placement is not registered. Otherwise it removes the group's
+//!   replicas (this node and every peer, idempotent), then the record and
+//!   its status in one transaction guarded by the record's mod revision. A
+//!   peer that cannot be reached midway fails the call with `unavailable`
+//!   and keeps the record (some replicas may be gone): retrying finishes it.
 //! - **Snapshot and clone** answer `not_implemented` (see the README).
 //! - **This node** is held weakly ([`NodeSlot`]): the admin endpoint never
 //!   keeps a stopped node's host (and its kvstore) alive. While the slot is
@@ -449,14 +450,20 @@ impl<M: Membership> AdminService<M> {
     pub async fn delete_volume(&self, name: &str) -> Result<Deleted> {
         let (record, revision) = self.record(name).await?;
         let id = record.spec.id;
-        if record.placement.is_some() {
+        if let Some(placement) = &record.placement {
+            let live = self.load().await?.view.nodes;
+            if let Some(down) = placement.nodes().find(|node| !live.contains_key(node)) {
+                return Err(ServiceError::Unavailable(format!(
+                    "node {down} (a replica of {name:?}) is down: deleting now would leave its replica behind; nothing changed, retry once it is back"
+                )));
+            }
             self.running_host()?
                 .delete_volume(VolumeId(id))
                 .await
                 .map_err(|e| match e {
                     HostError::Invalid(reason) => ServiceError::BadRequest(reason),
                     other => ServiceError::Unavailable(format!(
-                        "deleting the replicas of {name:?}: {other} (nothing else changed; retry)"
+                        "deleting the replicas of {name:?}: {other} (some replicas may be gone already; the record stays: retry, deleting is idempotent)"
                     )),
                 })?;
         }

@@ -110,6 +110,46 @@ pub async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) 
     }
 }
 
+/// One run of the `metro` binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `metro ARGS` (without `METRO_ADMIN` unless `env` sets it) off
+/// the runtime's threads; echoes the output for the test log.
+pub async fn metro(args: &[&str], env: Option<(&str, &str)>) -> Run {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env = env.map(|(k, v)| (k.to_owned(), v.to_owned()));
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_metro"));
+        command.args(&args).env_remove("METRO_ADMIN");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let out = command.output().expect("run metro");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        println!("$ metro {}\n{}{}", args.join(" "), run.stdout, run.stderr);
+        run
+    })
+    .await
+    .unwrap()
+}
+
+/// `metro ARGS --admin ADMIN`, which must succeed; its stdout.
+pub async fn metro_ok(args: &[&str], admin: &str) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--admin", admin]);
+    let run = metro(&all, None).await;
+    assert_eq!(run.code, 0, "metro {args:?} failed: {}", run.stderr);
+    run.stdout
+}
+
 /// The running cluster; [`Self::stop`] it at the end.
 pub struct Cluster {
     pub dir: PathBuf,
