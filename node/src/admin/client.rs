@@ -15,7 +15,7 @@ use super::api::ApiError;
 /// The largest response accepted.
 pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 /// The default deadline of one request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

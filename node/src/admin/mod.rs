@@ -7,12 +7,14 @@
 //! [`AdminServer::start`] binds a TCP listener and serves until
 //! [`AdminServer::stop`] (or drop). It also samples the hosted groups'
 //! leaders every [`metrics::LEADER_SAMPLE_MS`] so `/metrics` counts leader
-//! changes between scrapes. There is no authentication: bind it to
-//! loopback or a management network.
+//! changes between scrapes. Connections are bounded and idle ones closed
+//! ([`listener`]). There is no authentication: bind it to loopback or a
+//! management network.
 
 pub mod api;
 pub mod client;
 pub mod exposition;
+pub mod listener;
 pub mod metrics;
 pub mod routes;
 pub mod service;
@@ -58,6 +60,11 @@ impl AdminServer {
                 }
             }
         });
+        let listener = listener::BoundedListener::new(
+            listener,
+            listener::CONNECTIONS_MAX,
+            listener::IDLE_TIMEOUT,
+        );
         let app = routes::router(state);
         let serve = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
