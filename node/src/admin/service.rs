@@ -117,7 +117,7 @@ impl From<StoreError> for ServiceError {
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
-/// Checks a volume, domain or snapshot name: 1..=63 bytes of `a-z`,
+/// Checks a volume or snapshot name: 1..=63 bytes of `a-z`,
 /// `0-9`, `-`, `_`, `.`, starting with a letter or digit.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok_first = name
@@ -130,6 +130,22 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     if name.len() > NAME_BYTES_MAX || !ok_first || !ok_rest {
         return Err(ServiceError::BadRequest(format!(
             "{what} name {name:?} must be 1..={NAME_BYTES_MAX} characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a domain name as `metro node run` accepts it (1..=64 of
+/// `A-Z a-z 0-9 . _ -`).
+pub fn check_domain_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(ServiceError::BadRequest(format!(
+            "domain name {name:?} must be 1..=64 characters of A-Z, a-z, 0-9, '.', '_', '-'"
         )));
     }
     Ok(())
@@ -517,7 +533,7 @@ impl<M: Membership> AdminService<M> {
 
     /// `POST /v1/domains/{name}/activate|deactivate`.
     pub async fn set_domain(&self, name: &str, state: DomainState) -> Result<DomainView> {
-        check_name("domain", name)?;
+        check_domain_name(name)?;
         let domain: DomainInfo =
             set_domain_state(&self.membership, &self.keys, name, state).await?;
         tracing::info!(domain = %name, ?state, "domain state set");
@@ -621,4 +637,30 @@ fn domain_views(loaded: &LoadedView, nodes: &[NodeView]) -> Vec<DomainView> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["db", "a", "vol-1.x_y", &"a".repeat(NAME_BYTES_MAX)] {
+            assert!(check_name("volume", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Db",
+            "-db",
+            "a/b",
+            "a b",
+            &"a".repeat(NAME_BYTES_MAX + 1),
+        ] {
+            let err = check_name("volume", bad).unwrap_err();
+            assert_eq!(err.code(), "bad_request", "{bad}");
+        }
+        assert!(check_domain_name("Site-A.1").is_ok());
+        assert!(check_domain_name("a b").is_err());
+        assert!(check_domain_name("").is_err());
+    }
 }

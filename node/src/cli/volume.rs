@@ -107,7 +107,13 @@ pub fn volumes_table(volumes: &[VolumeSummary]) -> String {
             placement(v),
         ]);
     }
-    t.render()
+    let mut out = t.render();
+    for v in volumes {
+        if let (Some(error), "pending" | "creating") = (&v.error, v.health.as_str()) {
+            out.push_str(&format!("note: {} is {}: {error}\n", v.name, v.health));
+        }
+    }
+    out
 }
 
 fn inspect_text(d: &VolumeDetail) -> String {
@@ -296,5 +302,10 @@ mod tests {
              scratch  12  512MiB  1         pending  -       -\n"
         );
         assert_eq!(volumes_table(&[]), "no volumes\n");
+        let mut stuck = volumes[1].clone();
+        stuck.error = Some("no data domain left".into());
+        assert!(
+            volumes_table(&[stuck]).ends_with("note: scratch is pending: no data domain left\n")
+        );
     }
 }
