@@ -318,6 +318,12 @@ impl ControlPlane {
                 keys.clone(),
                 domain,
             )),
+            tokio::spawn(follow_domain_state(
+                membership.clone(),
+                keys.clone(),
+                config.domain.clone(),
+                Arc::downgrade(&host),
+            )),
             tokio::spawn({
                 let registration = Arc::clone(&registration);
                 async move { registration.run().await }
@@ -390,6 +396,41 @@ impl Drop for ControlPlane {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// How often a node re-reads its domain's state.
+pub const DOMAIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Applies this node's domain state to its host every
+/// [`DOMAIN_POLL_INTERVAL`]: I/O stops while the domain is `inactive` and
+/// resumes when it is `active` again. An unreachable store or a missing
+/// record changes nothing (the last known state holds).
+async fn follow_domain_state(
+    membership: AnyMembership,
+    keys: ClusterKeys,
+    domain: String,
+    host: Weak<NodeHost>,
+) {
+    let key = keys.domain(&domain);
+    let mut applied = true;
+    loop {
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        if let Ok(Some(kv)) = membership.get(key.as_bytes()).await
+            && let Ok(info) = decode::<DomainInfo>("domain", &kv.value)
+        {
+            let allowed = info.state == DomainState::Active;
+            if applied != allowed {
+                tracing::warn!(%domain, state = ?info.state, "domain state changed: I/O {}",
+                    if allowed { "resumes" } else { "stops" });
+                host.set_io_allowed(allowed);
+                applied = allowed;
+            }
+        }
+        drop(host);
+        tokio::time::sleep(DOMAIN_POLL_INTERVAL).await;
     }
 }
 

@@ -29,8 +29,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metro_fabric::control::NodeInfo;
-use metro_fabric::host::{HostConfig, HostError, HostHandler, VolumeHost};
+use metro_fabric::control::{DomainRole, NodeInfo};
+use metro_fabric::host::{
+    HostConfig, HostError, HostHandler, VolumeHost, WITNESS_DUTY_INTERVAL_MS,
+};
 use metro_fabric::storage::NodeStorage;
 use metro_fabric::volume::VolumeId;
 use metro_kvstore::{FileDisk, Options, Store, StoreError};
@@ -129,7 +131,12 @@ pub async fn start_with(
     let trust = load_trust(&config.certs_dir)?;
     let identity = load_identity(&config.certs_dir, &trust, config.node_id)?;
     let store = open_store(&config.data_dir)?;
-    let storage = NodeStorage::new(store);
+    let witness = config.control.domain_role == DomainRole::Witness;
+    let storage = if witness {
+        NodeStorage::new_witness(store)
+    } else {
+        NodeStorage::new(store)
+    };
     let handler = HostHandler::<TokioRuntime, QuicTransport>::new();
     let mut quic = QuicConfig::new(identity, trust.ca.clone(), config.listen);
     for (peer, addr) in &config.peers {
@@ -138,7 +145,10 @@ pub async fn start_with(
     quic.allowed.extend(client_ids());
     quic.delays = config.delays.clone();
     let transport = Arc::new(QuicTransport::bind(quic, Arc::clone(&handler))?);
-    let host_config = HostConfig::new(config.node_id, config.peers.keys().copied())?;
+    let mut host_config = HostConfig::new(config.node_id, config.peers.keys().copied())?;
+    if witness {
+        host_config = host_config.into_witness()?;
+    }
     let host = VolumeHost::new(host_config, storage, Arc::clone(&transport));
     let reopened = host.open_existing().await?;
     handler.attach(Arc::clone(&host));
@@ -163,6 +173,7 @@ pub async fn start_with(
         capacity_bytes: 0,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
+    tokio::spawn(leader_duties_forever(Arc::downgrade(&host)));
     let control = Arc::new(ControlPlane::start(
         membership,
         config.control.clone(),
@@ -286,6 +297,26 @@ pub async fn sync_exports_forever(control: Arc<ControlPlane>, backend: Arc<HostB
             Err(error) => tracing::debug!(%error, "export sync: store unreachable"),
         }
         tokio::time::sleep(EXPORT_SYNC_INTERVAL).await;
+    }
+}
+
+/// Runs the duties of a host that may not serve I/O (a witness, or a node
+/// of an inactive domain: see `metro_fabric::host`'s witness docs) every
+/// [`WITNESS_DUTY_INTERVAL_MS`] until the host is gone.
+async fn leader_duties_forever(host: std::sync::Weak<NodeHost>) {
+    let interval = Duration::from_millis(WITNESS_DUTY_INTERVAL_MS);
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(host) = host.upgrade() else {
+            return;
+        };
+        let pass = host.witness_duties().await;
+        if pass.transfers > 0 {
+            tracing::info!(
+                groups = pass.transfers,
+                "handed leadership on (no I/O here)"
+            );
+        }
     }
 }
 

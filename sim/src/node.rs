@@ -201,6 +201,7 @@ pub async fn start(
         node,
         peers: peers.into_iter().filter(|p| *p != node).collect(),
         raft: raft_config(options),
+        witness: false,
     };
     let host = Host::new(config, storage, Arc::new(transport.clone()));
     host.open_existing().await.map_err(|e| NodeError::Group {

@@ -19,11 +19,11 @@
 //!   matched log index equals the leader's last log index, the leader
 //!   included.
 //!
-//! Known limit: membership changes and replication metrics are only
-//! available where the leader runs. When the leader is another node the
-//! calls answer [`AdminError::Retry`] naming it; forwarding them needs a
-//! host-level wire request (future work), or a coordinator co-located with
-//! the leaders.
+//! Membership changes and replication metrics are only available where the
+//! leader runs: when the leader is another node, `replace_member` and
+//! `in_sync` are forwarded to it once (host-level `ReplaceMember` /
+//! `InSync` requests, nodes only), where they run locally and are never
+//! forwarded again; with no leader known they answer [`AdminError::Retry`].
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,11 +31,13 @@ use std::time::Duration;
 use openraft::AsyncRuntime;
 use openraft::rt::WatchReceiver as _;
 
-use super::{HostError, VolumeHost};
+use super::{FORWARD_TIMEOUT_MS, HostError, VolumeHost};
 use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec, voters_after_replace};
 use crate::env::{NodeId, Transport};
+use crate::raft::network::forward_client;
 use crate::raft::types::RaftNode;
 use crate::volume::{BLOCK_BYTES, VolumeId};
+use crate::wire::ClientReply;
 use crate::wire::ClientRequest;
 
 /// How long a new learner may take to catch up before the repair is
@@ -83,6 +85,92 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             members: members.to_vec(),
         };
         self.control(node, volume, request).await
+    }
+
+    /// Where `spec`'s group's leader is: `Ok(None)` here (use
+    /// [`Self::local_leader`]), `Ok(Some(node))` elsewhere.
+    fn leader_elsewhere(&self, spec: &VolumeSpec) -> Result<Option<NodeId>, AdminError> {
+        let raft = self
+            .raft(VolumeId(spec.id))
+            .ok_or_else(|| retry(spec, format!("no replica on node {}", self.node())))?;
+        match raft.metrics().borrow_watched().current_leader {
+            Some(leader) if leader == self.node() => Ok(None),
+            Some(leader) => Ok(Some(leader)),
+            None => Err(retry(spec, "no leader now")),
+        }
+    }
+
+    /// Asks `leader` to run `request` (a forwarded admin request), bounded
+    /// by `timeout_ms`.
+    async fn forward_admin(
+        &self,
+        spec: &VolumeSpec,
+        leader: NodeId,
+        request: ClientRequest,
+        timeout_ms: u64,
+    ) -> Result<ClientReply, AdminError> {
+        let call = forward_client::<T, RT>(self.transport(), leader, VolumeId(spec.id), request);
+        match RT::timeout(Duration::from_millis(timeout_ms), call).await {
+            Ok(Ok(ClientReply::Failed { message })) => Err(retry(
+                spec,
+                format!("the leader (node {leader}) answered: {message}"),
+            )),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(retry(spec, format!("forwarding to node {leader}: {error}"))),
+            Err(_) => Err(retry(spec, format!("node {leader} did not answer in time"))),
+        }
+    }
+
+    /// `replace_member` on this node, which must lead the group.
+    pub(crate) async fn replace_member_here(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        dead: NodeId,
+        replacement: NodeId,
+    ) -> Result<(), AdminError> {
+        let raft = self.local_leader(spec)?;
+        let volume = VolumeId(spec.id);
+        self.open_on(replacement, volume, size_blocks(spec), &[])
+            .await
+            .map_err(|error| admin_error(spec, error))?;
+        let node = RaftNode {
+            addr: format!("node-{replacement}"),
+        };
+        let catch_up = Duration::from_millis(CATCH_UP_TIMEOUT_MS);
+        match RT::timeout(catch_up, raft.add_learner(replacement, node, true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(retry(spec, format!("adding learner: {error}"))),
+            Err(_) => return Err(retry(spec, "the learner did not catch up in time")),
+        }
+        let voters = voters_after_replace(placement, dead, replacement);
+        let change = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        match RT::timeout(change, raft.change_membership(voters, false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(retry(spec, format!("changing membership: {error}"))),
+            Err(_) => Err(retry(spec, "the membership change did not commit in time")),
+        }
+    }
+
+    /// `in_sync` on this node, which must lead the group.
+    pub(crate) fn in_sync_here(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+    ) -> Result<BTreeSet<NodeId>, AdminError> {
+        let raft = self.local_leader(spec)?;
+        let metrics = raft.metrics().borrow_watched().clone();
+        let last = metrics.last_log_index;
+        let replication = metrics
+            .replication
+            .ok_or_else(|| retry(spec, "leadership is changing"))?;
+        let matched = |node: NodeId| {
+            node == self.node()
+                || replication
+                    .get(&node)
+                    .is_some_and(|log_id| log_id.as_ref().map(|l| l.index) == last)
+        };
+        Ok(placement.nodes().filter(|node| matched(*node)).collect())
     }
 
     /// This node's replica of `spec`'s volume, if it leads the group.
@@ -147,26 +235,21 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
         dead: NodeId,
         replacement: NodeId,
     ) -> Result<(), AdminError> {
-        let raft = self.local_leader(spec)?;
-        let volume = VolumeId(spec.id);
-        self.open_on(replacement, volume, size_blocks(spec), &[])
-            .await
-            .map_err(|error| admin_error(spec, error))?;
-        let node = RaftNode {
-            addr: format!("node-{replacement}"),
+        let Some(leader) = self.leader_elsewhere(spec)? else {
+            return self
+                .replace_member_here(spec, placement, dead, replacement)
+                .await;
         };
-        let catch_up = Duration::from_millis(CATCH_UP_TIMEOUT_MS);
-        match RT::timeout(catch_up, raft.add_learner(replacement, node, true)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(retry(spec, format!("adding learner: {error}"))),
-            Err(_) => return Err(retry(spec, "the learner did not catch up in time")),
-        }
-        let voters = voters_after_replace(placement, dead, replacement);
-        let change = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
-        match RT::timeout(change, raft.change_membership(voters, false)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(retry(spec, format!("changing membership: {error}"))),
-            Err(_) => Err(retry(spec, "the membership change did not commit in time")),
+        let request = ClientRequest::ReplaceMember {
+            size_blocks: size_blocks(spec),
+            members: placement.nodes().collect(),
+            dead,
+            replacement,
+        };
+        let timeout = CATCH_UP_TIMEOUT_MS + MEMBERSHIP_CHANGE_TIMEOUT_MS;
+        match self.forward_admin(spec, leader, request, timeout).await? {
+            ClientReply::Done => Ok(()),
+            other => Err(retry(spec, format!("node {leader} answered {other:?}"))),
         }
     }
 
@@ -175,18 +258,18 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
         spec: &VolumeSpec,
         placement: &Placement,
     ) -> Result<BTreeSet<NodeId>, AdminError> {
-        let raft = self.local_leader(spec)?;
-        let metrics = raft.metrics().borrow_watched().clone();
-        let last = metrics.last_log_index;
-        let replication = metrics
-            .replication
-            .ok_or_else(|| retry(spec, "leadership is changing"))?;
-        let matched = |node: NodeId| {
-            node == self.node()
-                || replication
-                    .get(&node)
-                    .is_some_and(|log_id| log_id.as_ref().map(|l| l.index) == last)
+        let Some(leader) = self.leader_elsewhere(spec)? else {
+            return self.in_sync_here(spec, placement);
         };
-        Ok(placement.nodes().filter(|node| matched(*node)).collect())
+        let request = ClientRequest::InSync {
+            members: placement.nodes().collect(),
+        };
+        match self
+            .forward_admin(spec, leader, request, FORWARD_TIMEOUT_MS)
+            .await?
+        {
+            ClientReply::InSync { nodes } => Ok(nodes.into_iter().collect()),
+            other => Err(retry(spec, format!("node {leader} answered {other:?}"))),
+        }
     }
 }

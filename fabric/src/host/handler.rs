@@ -70,6 +70,30 @@ fn host_reply(err: HostError) -> ClientReply {
     }
 }
 
+/// The spec and placement a forwarded admin request stands for (the
+/// leader needs only the id, size and voter nodes).
+fn forwarded_group(
+    volume: VolumeId,
+    size_blocks: u64,
+    members: &[NodeId],
+) -> (crate::control::VolumeSpec, crate::control::Placement) {
+    let spec = crate::control::VolumeSpec {
+        name: volume.to_string(),
+        id: volume.0,
+        size_bytes: size_blocks.saturating_mul(crate::volume::BLOCK_BYTES as u64),
+        replicas: 0,
+    };
+    let members = members
+        .iter()
+        .map(|&node| crate::control::Member {
+            node,
+            domain: String::new(),
+            role: crate::control::MemberRole::Data,
+        })
+        .collect();
+    (spec, crate::control::Placement { members })
+}
+
 fn done(result: Result<(), HostError>) -> ClientReply {
     result.map_or_else(host_reply, |()| ClientReply::Done)
 }
@@ -100,6 +124,12 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 self.serve_host(from_node, volume, request).await
             }
             _ if !from_node => fault(FaultCode::Unsupported, "clients send client requests only"),
+            // A forwarded client operation reaching a leading witness or a
+            // leader in an inactive domain: no I/O here (see `witness`);
+            // the sender retries.
+            Message::Client(_) if self.refuses_io_as_leader(volume) => {
+                Message::ClientReply(ClientReply::Redirect { leader: None })
+            }
             message => {
                 let frame = Frame { volume, message };
                 match self.router().handle(from, frame).await {
@@ -134,6 +164,51 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             ClientRequest::DropReplica => done(self.drop_replica(volume).await),
             ClientRequest::Status => match self.status(volume).await {
                 Ok(status) => ClientReply::Status(status),
+                Err(HostError::UnknownVolume(_)) => {
+                    return fault(FaultCode::UnknownVolume, HostError::UnknownVolume(volume));
+                }
+                Err(err) => host_reply(err),
+            },
+            ClientRequest::LogFloor
+            | ClientRequest::ReplaceMember { .. }
+            | ClientRequest::InSync { .. }
+                if !from_node =>
+            {
+                return fault(
+                    FaultCode::Unsupported,
+                    "group administration is for nodes only",
+                );
+            }
+            ClientRequest::ReplaceMember {
+                size_blocks,
+                members,
+                dead,
+                replacement,
+            } => {
+                let (spec, placement) = forwarded_group(volume, size_blocks, &members);
+                match self
+                    .replace_member_here(&spec, &placement, dead, replacement)
+                    .await
+                {
+                    Ok(()) => ClientReply::Done,
+                    Err(error) => ClientReply::Failed {
+                        message: error.to_string(),
+                    },
+                }
+            }
+            ClientRequest::InSync { members } => {
+                let (spec, placement) = forwarded_group(volume, 0, &members);
+                match self.in_sync_here(&spec, &placement) {
+                    Ok(nodes) => ClientReply::InSync {
+                        nodes: nodes.into_iter().collect(),
+                    },
+                    Err(error) => ClientReply::Failed {
+                        message: error.to_string(),
+                    },
+                }
+            }
+            ClientRequest::LogFloor => match self.log_floor(volume) {
+                Ok(index) => ClientReply::LogFloor { index },
                 Err(HostError::UnknownVolume(_)) => {
                     return fault(FaultCode::UnknownVolume, HostError::UnknownVolume(volume));
                 }

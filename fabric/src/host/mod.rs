@@ -40,6 +40,9 @@
 //!   members) opens an empty replica without initializing its group; the
 //!   leader then adds it as a learner. The host implements the
 //!   coordinator's [`GroupAdmin`](crate::control::GroupAdmin) (`admin_impl`).
+//! - Witness: a witness node's host keeps each group's log and metadata
+//!   but no blocks, serves no I/O, and leads only to hand entries on
+//!   (`witness`, [`HostConfig::witness`]).
 //! - Deterministic: no wall clock, no spawning, ordered maps only; every
 //!   wait is on the runtime `RT`.
 
@@ -48,6 +51,7 @@ pub mod catalogue;
 mod handler;
 mod status;
 mod volume_host;
+mod witness;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -56,6 +60,7 @@ pub use admin_impl::{CATCH_UP_TIMEOUT_MS, MEMBERSHIP_CHANGE_TIMEOUT_MS};
 pub use catalogue::{Catalogue, KIND_HOST_CATALOGUE};
 pub use handler::HostHandler;
 pub use volume_host::VolumeHost;
+pub use witness::{LOG_FLOOR_TIMEOUT_MS, WITNESS_DUTY_INTERVAL_MS, WitnessPass};
 
 use crate::env::NodeId;
 use crate::raft::network::CallError;
@@ -94,7 +99,13 @@ pub struct HostConfig {
     pub peers: BTreeSet<NodeId>,
     /// The Raft configuration of every group.
     pub raft: Arc<openraft::Config>,
+    /// Whether this is a witness node (see `witness`): its storage must be
+    /// a witness's too.
+    pub witness: bool,
 }
+
+/// How much later a witness's elections time out than a data replica's.
+pub const WITNESS_ELECTION_FACTOR: u64 = 2;
 
 impl HostConfig {
     /// The default configuration for `node` among `peers`.
@@ -114,6 +125,28 @@ impl HostConfig {
             node,
             peers,
             raft: Arc::new(raft),
+            witness: false,
+        })
+    }
+
+    /// This configuration for a witness node: elections time out
+    /// [`WITNESS_ELECTION_FACTOR`] times later, and no log entry is purged
+    /// automatically after a snapshot (the witness purges to the leader's
+    /// log floor only; see `witness`).
+    pub fn into_witness(self) -> Result<Self, HostError> {
+        let raft = openraft::Config {
+            election_timeout_min: self.raft.election_timeout_min * WITNESS_ELECTION_FACTOR,
+            election_timeout_max: self.raft.election_timeout_max * WITNESS_ELECTION_FACTOR,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            ..(*self.raft).clone()
+        };
+        let raft = raft
+            .validate()
+            .map_err(|err| HostError::Invalid(format!("raft config: {err}")))?;
+        Ok(Self {
+            raft: Arc::new(raft),
+            witness: true,
+            ..self
         })
     }
 

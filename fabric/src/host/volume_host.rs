@@ -45,6 +45,8 @@ pub struct VolumeHost<RT: AsyncRuntime, T: Transport> {
     lifecycle: <RT as AsyncRuntime>::Mutex<()>,
     /// The last node that answered as leader, per volume not hosted here.
     leader_hints: Mutex<BTreeMap<VolumeId, NodeId>>,
+    /// Whether this node may serve I/O (false while its domain is inactive).
+    io_allowed: std::sync::atomic::AtomicBool,
 }
 
 impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
@@ -76,6 +78,11 @@ fn failed(volume: VolumeId, reason: impl std::fmt::Display) -> HostError {
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// A host with no replica open yet; call [`Self::open_existing`] next.
     pub fn new(config: HostConfig, storage: Arc<NodeStorage>, transport: Arc<T>) -> Arc<Self> {
+        assert_eq!(
+            config.witness,
+            storage.is_witness(),
+            "a witness host needs witness storage and a data host data storage"
+        );
         Arc::new(Self {
             catalogue: Catalogue::new(storage.store().clone()),
             config,
@@ -85,7 +92,13 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             replicas: Mutex::new(BTreeMap::new()),
             lifecycle: <RT as AsyncRuntime>::Mutex::new(()),
             leader_hints: Mutex::new(BTreeMap::new()),
+            io_allowed: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// The flag behind [`Self::set_io_allowed`].
+    pub(crate) fn io_allowed_flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.io_allowed
     }
 
     /// This node's id.
@@ -358,6 +371,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         volume: VolumeId,
         request: ClientRequest,
     ) -> Result<ClientReply, HostError> {
+        if self.refuses_io_as_leader(volume) {
+            // A witness has no blocks to read, an inactive domain serves
+            // nothing; both hand leadership on: "no leader now", retry.
+            return Ok(ClientReply::Redirect { leader: None });
+        }
         let frame = Frame::<RT> {
             volume,
             message: Message::Client(request),
@@ -406,6 +424,13 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     ) -> Result<ClientReply, HostError> {
         if request.is_host_level() {
             return Err(HostError::Invalid("not a client operation".into()));
+        }
+        if !self
+            .io_allowed_flag()
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // This node's domain is inactive: no I/O through it at all.
+            return Err(HostError::NoLeader(volume));
         }
         let mut last_error = HostError::UnknownVolume(volume);
         for start in self.targets(volume) {

@@ -330,7 +330,10 @@ where
         | ClientRequest::OpenReplica { .. }
         | ClientRequest::DeleteVolume
         | ClientRequest::DropReplica
-        | ClientRequest::Status => failed("host-level request sent to a group router"),
+        | ClientRequest::Status
+        | ClientRequest::LogFloor
+        | ClientRequest::ReplaceMember { .. }
+        | ClientRequest::InSync { .. } => failed("host-level request sent to a group router"),
     }
 }
 

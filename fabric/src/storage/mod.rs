@@ -90,15 +90,37 @@ impl From<StorageError> for io::Error {
 /// Its identity (the `Arc`) tells a snapshot received on this node apart
 /// from one read from another store, so that installing it can swap a
 /// staged namespace instead of copying.
+///
+/// A *witness* node's storage keeps each group's log and metadata (applied
+/// log id, membership, size) but no blocks: applying a write changes no
+/// block, and its snapshots, which would carry no blocks, refuse to be sent
+/// (a data replica installing one would lose the volume).
 #[derive(Debug)]
 pub struct NodeStorage {
     store: Store,
+    witness: bool,
 }
 
 impl NodeStorage {
     /// Wraps the node's open store (whose `Writer` the caller drives).
     pub fn new(store: Store) -> Arc<Self> {
-        Arc::new(Self { store })
+        Arc::new(Self {
+            store,
+            witness: false,
+        })
+    }
+
+    /// Like [`Self::new`] for a witness node (see the type's docs).
+    pub fn new_witness(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            witness: true,
+        })
+    }
+
+    /// Whether this is a witness node's storage (no volume data).
+    pub fn is_witness(&self) -> bool {
+        self.witness
     }
 
     /// The underlying store.

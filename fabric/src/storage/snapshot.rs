@@ -208,6 +208,11 @@ impl SnapshotData {
 
     /// The next piece and whether it is the last, or `None` after the last.
     pub fn next_piece(&mut self) -> Result<Option<(Vec<u8>, bool)>, StorageError> {
+        if self.node.is_witness() {
+            return Err(StorageError::Snapshot(
+                "a witness keeps no volume data: it never sends a snapshot".into(),
+            ));
+        }
         let Some(from) = self.read_from else {
             return Ok(None);
         };

@@ -12,6 +12,9 @@
 //! batch only once durable), so a read never misses an applied write.
 //! At most [`APPLY_IN_FLIGHT_MAX`] batches are queued per volume.
 //!
+//! On a witness node (`NodeStorage::is_witness`) block changes are not
+//! applied at all: only the applied log id, membership and size are kept.
+//!
 //! Blocks never written read as zeroes. Commands past the volume's end are
 //! answered [`VolumeResponse::OutOfRange`] on every replica alike.
 //! `CreateSnapshot`/`DeleteSnapshot` commands (DR snapshots) are accepted
@@ -450,7 +453,14 @@ fn apply_command(
         return VolumeResponse::OutOfRange { size_blocks };
     }
     let ns = shared.ns.block_map(state.active_slot);
+    let witness = shared.node.is_witness();
     match command {
+        // A witness keeps no blocks (see `NodeStorage`); it still checks
+        // ranges and tracks the size, so it answers as every replica does.
+        VolumeCommand::Write { .. }
+        | VolumeCommand::Trim { .. }
+        | VolumeCommand::WriteZeroes { .. }
+            if witness => {}
         VolumeCommand::Write {
             offset_blocks,
             data,
@@ -473,7 +483,7 @@ fn apply_command(
             overlay.zero(ticket, *offset_blocks..end);
         }
         VolumeCommand::Resize { size_blocks: size } => {
-            if *size < size_blocks {
+            if *size < size_blocks && !witness {
                 batch.delete_range(ns, *size, u64::MAX);
                 overlay.zero(ticket, *size..u64::MAX);
             }

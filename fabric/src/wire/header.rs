@@ -185,14 +185,33 @@ pub enum TransferReplyHeader {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ClientOpHeader {
     Command(WireCommand),
-    Read { offset_blocks: u64, len_blocks: u32 },
+    Read {
+        offset_blocks: u64,
+        len_blocks: u32,
+    },
     // Host-level requests (see `crate::host`); appended after the original
     // variants so that the layout of existing messages is unchanged.
-    CreateVolume { size_blocks: u64, members: Vec<u64> },
-    OpenReplica { size_blocks: u64, members: Vec<u64> },
+    CreateVolume {
+        size_blocks: u64,
+        members: Vec<u64>,
+    },
+    OpenReplica {
+        size_blocks: u64,
+        members: Vec<u64>,
+    },
     DeleteVolume,
     DropReplica,
     Status,
+    LogFloor,
+    ReplaceMember {
+        size_blocks: u64,
+        members: Vec<u64>,
+        dead: u64,
+        replacement: u64,
+    },
+    InSync {
+        members: Vec<u64>,
+    },
 }
 
 /// One replica's report on its volume (see `crate::host`).
@@ -235,6 +254,12 @@ pub enum ClientReplyHeader {
     // Host-level replies, appended (see `ClientOpHeader`).
     Done,
     Status(VolumeStatusHeader),
+    LogFloor {
+        index: Option<u64>,
+    },
+    InSync {
+        nodes: Vec<u64>,
+    },
 }
 
 /// An error answer from the receiving host instead of the expected reply.

@@ -100,6 +100,22 @@ pub enum ClientRequest {
     DropReplica,
     /// Host level: this node's report on its replica ([`VolumeStatus`]).
     Status,
+    /// Host level, between nodes (a witness asks the leader): the highest
+    /// log index every voter of the group has durably matched, below which
+    /// no voter needs entries from another's log ([`ClientReply::LogFloor`]).
+    LogFloor,
+    /// Host level, between nodes (the coordinator asks the group's leader):
+    /// replace voter `dead` by `replacement` in the group whose desired
+    /// voters are `members` (see `GroupAdmin::replace_member`).
+    ReplaceMember {
+        size_blocks: u64,
+        members: Vec<NodeId>,
+        dead: NodeId,
+        replacement: NodeId,
+    },
+    /// Host level, between nodes: which of `members` the leader reports in
+    /// sync ([`ClientReply::InSync`]).
+    InSync { members: Vec<NodeId> },
 }
 
 impl ClientRequest {
@@ -147,6 +163,11 @@ pub enum ClientReply {
     Done,
     /// The answer to [`ClientRequest::Status`].
     Status(VolumeStatus),
+    /// The leader's answer to [`ClientRequest::LogFloor`]; `None` while a
+    /// voter's progress is unknown.
+    LogFloor { index: Option<u64> },
+    /// The leader's answer to [`ClientRequest::InSync`].
+    InSync { nodes: Vec<NodeId> },
 }
 
 /// Why a receiving host could not serve a request.
@@ -495,6 +516,10 @@ fn client_reply_to_wire<'a>(
             blocks_nonzero: status.blocks_nonzero,
             digest: status.digest,
         }),
+        ClientReply::LogFloor { index } => ClientReplyHeader::LogFloor { index: *index },
+        ClientReply::InSync { nodes } => ClientReplyHeader::InSync {
+            nodes: nodes.clone(),
+        },
     }
 }
 
@@ -530,6 +555,10 @@ fn client_reply_from_wire(
             blocks_nonzero: header.blocks_nonzero,
             digest: header.digest,
         }),
+        ClientReplyHeader::LogFloor { index } => ClientReply::LogFloor { index },
+        ClientReplyHeader::InSync { nodes } => ClientReply::InSync {
+            nodes: members_from_wire(nodes)?,
+        },
     })
 }
 
@@ -584,6 +613,21 @@ fn client_op_to_wire<'a>(
         ClientRequest::DeleteVolume => ClientOpHeader::DeleteVolume,
         ClientRequest::DropReplica => ClientOpHeader::DropReplica,
         ClientRequest::Status => ClientOpHeader::Status,
+        ClientRequest::LogFloor => ClientOpHeader::LogFloor,
+        ClientRequest::ReplaceMember {
+            size_blocks,
+            members,
+            dead,
+            replacement,
+        } => ClientOpHeader::ReplaceMember {
+            size_blocks: *size_blocks,
+            members: members_to_wire(members)?,
+            dead: *dead,
+            replacement: *replacement,
+        },
+        ClientRequest::InSync { members } => ClientOpHeader::InSync {
+            members: members_to_wire(members)?,
+        },
     })
 }
 
@@ -619,5 +663,20 @@ fn client_op_from_wire(
         ClientOpHeader::DeleteVolume => ClientRequest::DeleteVolume,
         ClientOpHeader::DropReplica => ClientRequest::DropReplica,
         ClientOpHeader::Status => ClientRequest::Status,
+        ClientOpHeader::LogFloor => ClientRequest::LogFloor,
+        ClientOpHeader::ReplaceMember {
+            size_blocks,
+            members,
+            dead,
+            replacement,
+        } => ClientRequest::ReplaceMember {
+            size_blocks,
+            members: members_from_wire(members)?,
+            dead,
+            replacement,
+        },
+        ClientOpHeader::InSync { members } => ClientRequest::InSync {
+            members: members_from_wire(members)?,
+        },
     })
 }

@@ -153,6 +153,19 @@ fn every_message() -> Vec<Message<Rt>> {
         Message::Client(ClientRequest::DeleteVolume),
         Message::Client(ClientRequest::DropReplica),
         Message::Client(ClientRequest::Status),
+        Message::Client(ClientRequest::LogFloor),
+        Message::ClientReply(ClientReply::LogFloor { index: Some(77) }),
+        Message::ClientReply(ClientReply::LogFloor { index: None }),
+        Message::Client(ClientRequest::ReplaceMember {
+            size_blocks: 64,
+            members: vec![1, 2, 3],
+            dead: 3,
+            replacement: 4,
+        }),
+        Message::Client(ClientRequest::InSync {
+            members: vec![1, 2],
+        }),
+        Message::ClientReply(ClientReply::InSync { nodes: vec![2] }),
         Message::ClientReply(ClientReply::Done),
         Message::ClientReply(ClientReply::Status(crate::wire::VolumeStatus {
             node: 2,

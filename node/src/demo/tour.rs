@@ -346,19 +346,41 @@ async fn restart_and_converge(
     let restarted = Instant::now();
     cluster.restart(&kill.nodes).await?;
     let deadline = restarted + CONVERGE_TIMEOUT;
+    // A witness keeps no blocks: it must reach the same applied index only.
+    let witnesses: Vec<NodeId> = cluster
+        .topology()
+        .domains()
+        .into_iter()
+        .filter(|d| d.witness)
+        .flat_map(|d| d.nodes)
+        .collect();
     loop {
         let statuses = cluster.statuses(members).await;
         let answered: BTreeMap<NodeId, VolumeStatus> = statuses
             .iter()
             .filter_map(|(id, s)| s.clone().map(|s| (*id, s)))
             .collect();
-        if let Some(first) = answered.values().next()
+        let first = answered
+            .iter()
+            .find(|(id, _)| !witnesses.contains(id))
+            .map(|(_, s)| s);
+        if let Some(first) = first
             && answered.len() == members.len()
             && first.applied_index.is_some()
-            && answered.values().all(|s| same_blocks(s, first))
+            && answered.iter().all(|(id, s)| match witnesses.contains(id) {
+                true => s.applied_index == first.applied_index,
+                false => same_blocks(s, first),
+            })
         {
             let ms = restarted.elapsed().as_millis() as u64;
             for (id, s) in &answered {
+                if witnesses.contains(id) {
+                    out.say(format!(
+                        "  node {id}: applied index {:?} (witness: log only, no blocks)",
+                        s.applied_index
+                    ));
+                    continue;
+                }
                 out.say(format!(
                     "  node {id}: applied index {:?}, {} blocks, digest {:#010x}",
                     s.applied_index, s.blocks_nonzero, s.digest
