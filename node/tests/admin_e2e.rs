@@ -4,12 +4,13 @@
 //! their admin APIs:
 //! - `cluster status` shows 3/3 nodes up and an elected coordinator;
 //! - `volume create` through node 2, `volume list` through node 3: the
-//!   coordinator places it on all three domains and creates its group;
+//!   coordinator places it on all three domains, creates its group, and
+//!   it turns `healthy`;
 //! - writes through node 1's NBD export (by the volume's name) show up in
 //!   node 1's `/metrics` (write counter, bytes, latency histogram, a valid
 //!   exposition);
 //! - node 3 killed (SIGKILL): `node list` shows it down once its lease
-//!   lapses; `volume delete` is refused as unavailable (a replica's node
+//!   lapses, `cluster status` the volume `degraded`; `volume delete` is refused as unavailable (a replica's node
 //!   is down) and changes nothing (node 1 still has its replica); after
 //!   node 3 restarts it succeeds;
 //! - `domain deactivate|activate` round trip.
@@ -164,11 +165,11 @@ async fn cli_against_real_nodes_and_etcd() {
         created,
         "volume db created: id 1, 8MiB, 3 replicas (placement pending)\n"
     );
-    let listed = wait_for("db's group", async || {
+    let listed = wait_for("db healthy", async || {
         let out = metro_ok(&["volume", "list", "--output", "json"], &a3).await;
         let list: serde_json::Value = serde_json::from_str(&out).unwrap();
         let health = list[0]["health"].as_str().unwrap_or_default().to_owned();
-        (health != "pending" && health != "creating").then_some(list)
+        (health == "healthy").then_some(list)
     })
     .await;
     assert_eq!(listed[0]["placement"].as_array().unwrap().len(), 3);
@@ -215,7 +216,11 @@ async fn cli_against_real_nodes_and_etcd() {
         (three["up"] == false).then_some(())
     })
     .await;
-    let status = metro_ok(&["cluster", "status"], &a2).await;
+    let status = wait_for("db degraded", async || {
+        let status = metro_ok(&["cluster", "status"], &a2).await;
+        status.contains(" degraded ").then_some(status)
+    })
+    .await;
     assert!(status.contains("2/3 nodes up"), "{status}");
     let refused = metro(&["volume", "delete", "db", "--admin", &a1], None).await;
     assert_eq!(refused.code, 1);
