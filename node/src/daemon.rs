@@ -276,7 +276,7 @@ pub async fn start_admin(
     metrics: Arc<NodeMetrics>,
 ) -> std::io::Result<AdminServer> {
     let control = &node.control;
-    let slot = NodeSlot::new(&node.host, Some(&node.transport));
+    let slot = NodeSlot::of(node);
     let service = AdminService::new(control.membership.clone(), &control.config.cluster, slot);
     let state = Arc::new(AdminState { service, metrics });
     AdminServer::start(addr, state).await

@@ -202,6 +202,7 @@ async fn cli_against_real_nodes_and_etcd() {
             WRITES,
         ),
         ("metro_volume_reads_total{volume_id=\"1\"}", 1),
+        ("metro_node_registered", 1),
     ] {
         let expected = format!("{line} {value}\n");
         assert!(text.contains(&expected), "no {expected:?} in\n{text}");

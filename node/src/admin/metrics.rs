@@ -15,6 +15,9 @@
 //!   changes; the admin server calls it every [`LEADER_SAMPLE_MS`] and on
 //!   every scrape, so a change is missed only when two elections complete
 //!   within one sampling period.
+//! - **Control plane** ([`render_control`]): whether this node is
+//!   registered and whether it is the coordinator, and the coordinator's
+//!   counters (placements, repairs, CAS conflicts, store outages, ...).
 //! - **RTT**: QUIC's smoothed path RTT to each peer
 //!   ([`QuicTransport::peer_rtts`]), plus the transport's counters.
 //!
@@ -31,6 +34,7 @@ use metro_fabric::volume::VolumeId;
 use openraft::rt::WatchReceiver as _;
 
 use super::exposition::{Exposition, Kind};
+use crate::control_plane::ControlPlane;
 use crate::daemon::NodeHost;
 use crate::quic_transport::QuicTransport;
 
@@ -355,6 +359,102 @@ pub fn replication_lags(m: &RaftMetricsOf) -> BTreeMap<NodeId, u64> {
 
 fn op_stats<'a>(io: &'a VolumeIo, op: &str) -> &'a OpStats {
     if op == "read" { &io.reads } else { &io.writes }
+}
+
+/// The control plane's counters on this node: its registration and its
+/// coordinator candidate (a scrape of its own, appended to the rest).
+pub fn render_control(control: &ControlPlane) -> String {
+    let mut e = Exposition::new();
+    let registration = control.registration_status();
+    let stats = control.coordinator_stats();
+    let gauges = [
+        (
+            "metro_node_registered",
+            "1 while this node's registration lease is renewed.",
+            u64::from(registration.registered),
+        ),
+        (
+            "metro_coordinator_leading",
+            "1 while this node is the elected coordinator.",
+            u64::from(stats.leading),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        e.family(name, Kind::Gauge, help);
+        e.sample(name, &[], value as f64);
+    }
+    let counters = [
+        (
+            "metro_node_registrations_total",
+            "Leases granted and the node key written.",
+            registration.registrations,
+        ),
+        (
+            "metro_node_leases_lost_total",
+            "Registration leases found expired or revoked.",
+            registration.leases_lost,
+        ),
+        (
+            "metro_coordinator_terms_total",
+            "Coordinator elections won here.",
+            stats.terms,
+        ),
+        (
+            "metro_coordinator_terms_ended_total",
+            "Coordinator leaderships that ended here.",
+            stats.terms_ended,
+        ),
+        (
+            "metro_coordinator_rounds_total",
+            "Coordinator rounds completed while leading.",
+            stats.rounds,
+        ),
+        (
+            "metro_coordinator_placements_total",
+            "Volumes placed.",
+            stats.placements,
+        ),
+        (
+            "metro_coordinator_placement_errors_total",
+            "Volumes that could not be placed (retried).",
+            stats.placement_errors,
+        ),
+        (
+            "metro_coordinator_groups_created_total",
+            "Groups created.",
+            stats.groups_created,
+        ),
+        (
+            "metro_coordinator_repairs_total",
+            "Replicas replaced.",
+            stats.repairs,
+        ),
+        (
+            "metro_coordinator_cas_conflicts_total",
+            "Guarded writes that found the record changed.",
+            stats.cas_conflicts,
+        ),
+        (
+            "metro_coordinator_fence_failures_total",
+            "Writes refused by the leadership fence.",
+            stats.fence_failures,
+        ),
+        (
+            "metro_coordinator_store_unreachable_total",
+            "Rounds or lease calls that found the store unreachable.",
+            stats.unreachable,
+        ),
+        (
+            "metro_coordinator_admin_errors_total",
+            "Failed group operations.",
+            stats.admin_errors,
+        ),
+    ];
+    for (name, help, value) in counters {
+        e.family(name, Kind::Counter, help);
+        e.sample(name, &[], value as f64);
+    }
+    e.finish()
 }
 
 fn render_transport(e: &mut Exposition, transport: &QuicTransport) {

@@ -110,7 +110,10 @@ async fn metrics<M: Membership>(State(state): Shared<M>) -> Response {
     let node = state.service.node_slot();
     let host = node.host.upgrade();
     let transport = node.transport.upgrade();
-    let text = state.metrics.render(host.as_deref(), transport.as_deref());
+    let mut text = state.metrics.render(host.as_deref(), transport.as_deref());
+    if let Some(control) = node.control.upgrade() {
+        text.push_str(&super::metrics::render_control(&control));
+    }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 

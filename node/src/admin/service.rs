@@ -48,7 +48,8 @@ use super::api::{
     VolumeDetail, VolumeSummary,
 };
 use super::metrics::replication_lags;
-use crate::daemon::NodeHost;
+use crate::control_plane::ControlPlane;
+use crate::daemon::{Node, NodeHost};
 use crate::quic_transport::QuicTransport;
 
 /// The most data replicas a volume may ask for.
@@ -175,6 +176,8 @@ fn members_of(health: &Health) -> Vec<MemberHealth> {
 pub struct NodeSlot {
     pub host: Weak<NodeHost>,
     pub transport: Weak<QuicTransport>,
+    /// For the control plane's counters in `/metrics`.
+    pub control: Weak<ControlPlane>,
 }
 
 impl NodeSlot {
@@ -182,6 +185,16 @@ impl NodeSlot {
         Self {
             host: Arc::downgrade(host),
             transport: transport.map(Arc::downgrade).unwrap_or_default(),
+            control: Weak::new(),
+        }
+    }
+
+    /// Everything of a running node.
+    pub fn of(node: &Node) -> Self {
+        Self {
+            host: Arc::downgrade(&node.host),
+            transport: Arc::downgrade(&node.transport),
+            control: Arc::downgrade(&node.control),
         }
     }
 }

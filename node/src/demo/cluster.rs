@@ -269,8 +269,7 @@ impl DemoCluster {
             return;
         }
         if let Some(running) = self.running.values().next() {
-            let slot = NodeSlot::new(&running.node.host, Some(&running.node.transport));
-            state.service.set_node(slot);
+            state.service.set_node(NodeSlot::of(&running.node));
         }
     }
 
