@@ -4,7 +4,8 @@
 //! placement is written to etcd; the elected coordinator places it on both
 //! data domains plus the witness and creates its group.
 //!
-//! 1. writes go through (all three up);
+//! 1. writes go through (all three up); then etcd is killed: writes go on
+//!    (Raft does not need etcd), and etcd is restarted on its data;
 //! 2. `a` is lost (SIGKILL): writes continue on `b` + `w`;
 //! 3. `b` is lost (SIGKILL) and `a` comes back: `a` + `w` continue — the
 //!    writes of step 2 exist only in `w`'s log now, so the witness must
@@ -50,6 +51,8 @@ const SIZE_BLOCKS: u64 = 4096;
 /// Distinct blocks written per step.
 const PER_STEP: u64 = 300;
 const QUEUE_DEPTH: usize = 8;
+/// Blocks written while etcd is down (beyond the steps' ranges).
+const OUTAGE_BLOCKS: std::ops::Range<u64> = 3000..3100;
 /// How long one step's writes may take (elections, catch-up included).
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
@@ -285,7 +288,7 @@ async fn blocks_on(client: &MetroClient, node: NodeId) -> anyhow::Result<(Option
     Ok((status.applied_index, status.blocks_nonzero))
 }
 
-async fn scenario(procs: &mut Processes, etcd_server: &EtcdServer) -> anyhow::Result<()> {
+async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow::Result<()> {
     let etcd = etcd_server.connect().await;
     for id in NODES {
         procs.start(id)?;
@@ -328,6 +331,15 @@ async fn scenario(procs: &mut Processes, etcd_server: &EtcdServer) -> anyhow::Re
     let client = Arc::new(procs.client()?);
     write_step(&client, 0..PER_STEP).await.context("step 1")?;
     println!("step 1: {PER_STEP} writes acknowledged with a, b and w up");
+    etcd_server.kill();
+    write_step(&client, OUTAGE_BLOCKS)
+        .await
+        .context("writing while etcd is down")?;
+    etcd_server.spawn();
+    println!(
+        "etcd down: {} writes acknowledged without it; etcd restarted",
+        OUTAGE_BLOCKS.end - OUTAGE_BLOCKS.start
+    );
 
     procs.kill(A)?;
     let killed = Instant::now();
@@ -361,19 +373,21 @@ async fn scenario(procs: &mut Processes, etcd_server: &EtcdServer) -> anyhow::Re
     .await?;
     println!("  published health: {health:?}");
 
-    let wrong = wrong_blocks(&client, 0..3 * PER_STEP).await?;
+    let mut wrong = wrong_blocks(&client, 0..3 * PER_STEP).await?;
+    wrong.extend(wrong_blocks(&client, OUTAGE_BLOCKS).await?);
     ensure!(
         wrong.is_empty(),
         "acknowledged writes read back wrong: {wrong:?}"
     );
-    println!("all {} acknowledged writes read back exactly", 3 * PER_STEP);
+    let total = 3 * PER_STEP + (OUTAGE_BLOCKS.end - OUTAGE_BLOCKS.start);
+    println!("all {total} acknowledged writes read back exactly");
 
     let (a_applied, a_blocks) = blocks_on(&client, A).await?;
     let (w_applied, w_blocks) = blocks_on(&client, W).await?;
     println!(
         "a: applied {a_applied:?}, {a_blocks} blocks; w: applied {w_applied:?}, {w_blocks} blocks"
     );
-    ensure!(a_blocks >= 3 * PER_STEP, "a lacks blocks: {a_blocks}");
+    ensure!(a_blocks >= total, "a lacks blocks: {a_blocks}");
     ensure!(w_blocks == 0, "the witness stores {w_blocks} blocks");
     client.close();
     Ok(())
@@ -381,9 +395,9 @@ async fn scenario(procs: &mut Processes, etcd_server: &EtcdServer) -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_data_domains_and_a_witness_survive_losing_each_in_turn() -> anyhow::Result<()> {
-    let etcd = EtcdServer::start("witness");
+    let mut etcd = EtcdServer::start("witness");
     let mut procs = Processes::create(etcd.client_url())?;
-    let outcome = match tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs, &etcd)).await {
+    let outcome = match tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs, &mut etcd)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(anyhow!("the scenario took longer than {TEST_TIMEOUT:?}")),
     };

@@ -175,6 +175,18 @@ pub fn start_host(
     disk: &metro_kvstore::FaultyDisk,
     nodes: impl IntoIterator<Item = NodeId>,
 ) -> Arc<TestHost> {
+    let config = metro_fabric::host::HostConfig::new(id, nodes).expect("host config");
+    start_host_with(net, id, disk, config)
+}
+
+/// Starts host `id` on `disk` with `config` (a witness's storage when the
+/// config is a witness's), registered on `net`.
+pub fn start_host_with(
+    net: &Arc<MemNet<HostSlot>>,
+    id: NodeId,
+    disk: &metro_kvstore::FaultyDisk,
+    config: metro_fabric::host::HostConfig,
+) -> Arc<TestHost> {
     let slot = Arc::new(HostSlot::default());
     net.register(id, Arc::clone(&slot));
     let transport = Arc::new(MemTransport {
@@ -182,7 +194,11 @@ pub fn start_host(
         net: Arc::clone(net),
     });
     let storage = open_storage(Arc::new(disk.clone()));
-    let config = metro_fabric::host::HostConfig::new(id, nodes).expect("host config");
+    let storage = if config.witness {
+        NodeStorage::new_witness(storage.store().clone())
+    } else {
+        storage
+    };
     let host = metro_fabric::host::VolumeHost::new(config, storage, transport);
     let _ = slot.0.set(Arc::clone(&host));
     host
