@@ -76,8 +76,8 @@ pub struct VolumeSummary {
     /// The desired members (empty until placed).
     pub placement: Vec<Member>,
     /// `pending` (not placed yet), `creating` (placed, group not created
-    /// yet), `unknown` (created, health not measured yet: the coordinator
-    /// measures it where the group's leader runs), `healthy`, `degraded`,
+    /// yet), `unknown` (created, health not measured yet, e.g. no leader
+    /// now), `healthy`, `degraded`,
     /// `unavailable` (as the coordinator last published).
     pub health: String,
     /// The group's leader as this node knows it (only when it hosts a
