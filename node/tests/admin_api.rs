@@ -173,7 +173,10 @@ async fn admin_api_over_http() {
     );
     assert!(text.contains("metro_raft_leader_changes_total"));
     assert!(text.contains("\nmetro_node_registered 1\n"), "{text}");
-    assert!(text.contains("\nmetro_coordinator_placements_total "), "{text}");
+    assert!(
+        text.contains("\nmetro_coordinator_placements_total "),
+        "{text}"
+    );
 
     // Delete, and what is gone stays gone.
     let deleted: Deleted = client.delete("/v1/volumes/logs").await.unwrap();
