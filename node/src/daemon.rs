@@ -10,7 +10,9 @@
 //! serves whether or not the store is reachable.
 //!
 //! With an NBD listener, [`run_daemon`] also exports every placed volume of
-//! the store by its name (re-read every [`EXPORT_SYNC_INTERVAL`]).
+//! the store by its name (re-read every [`EXPORT_SYNC_INTERVAL`]). With
+//! `admin_listen` it serves the admin HTTP API and `/metrics`
+//! ([`crate::admin`]) over the same store, with the NBD I/O metrics.
 //!
 //! Shutdown ([`run`]'s `shutdown` future: SIGTERM or SIGINT in the binary):
 //! stop the control plane (deregistering), stop every group, close the
@@ -36,6 +38,7 @@ use metro_fabric::volume::VolumeId;
 use metro_kvstore::{FileDisk, Options, Store, StoreError};
 use openraft_rt_tokio::TokioRuntime;
 
+use crate::admin::{AdminServer, AdminService, AdminState, NodeMetrics, NodeSlot};
 use crate::certs::{CertError, client_ids, load_identity, load_trust};
 use crate::config::{DaemonConfig, NodeConfig};
 use crate::control_plane::{AnyMembership, ControlPlane};
@@ -62,6 +65,11 @@ pub enum DaemonError {
     Host(#[from] HostError),
     #[error("control-plane store: {0}")]
     Membership(#[from] metro_fabric::membership::MembershipError),
+    #[error("admin listener on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("NBD listener on {addr}: {source}")]
     Nbd {
         addr: std::net::SocketAddr,
@@ -219,10 +227,12 @@ pub async fn run_daemon(
         admin: config.admin_listen,
     };
     let node = start_with(&config.node, None, &frontends).await?;
+    let metrics = NodeMetrics::new();
     let mut nbd = None;
     let mut export_sync = None;
     if let Some(addr) = config.nbd_listen {
-        let backend = Arc::new(HostBackend::new(Arc::clone(&node.host)));
+        let backend = HostBackend::new(Arc::clone(&node.host)).with_metrics(Arc::clone(&metrics));
+        let backend = Arc::new(backend);
         match NbdListener::start(addr, Arc::clone(&backend)).await {
             Ok(listener) => nbd = Some(listener),
             Err(source) => {
@@ -235,7 +245,20 @@ pub async fn run_daemon(
             backend,
         )));
     }
+    let admin = match config.admin_listen {
+        Some(addr) => match start_admin(&node, addr, metrics).await {
+            Ok(server) => Some(server),
+            Err(source) => {
+                node.stop().await;
+                return Err(DaemonError::Admin { addr, source });
+            }
+        },
+        None => None,
+    };
     shutdown.await;
+    if let Some(server) = &admin {
+        server.stop();
+    }
     if let Some(task) = &export_sync {
         task.abort();
     }
@@ -244,6 +267,19 @@ pub async fn run_daemon(
     }
     node.stop().await;
     Ok(())
+}
+
+/// Serves `node`'s admin API on `addr` (see [`crate::admin`]).
+pub async fn start_admin(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    metrics: Arc<NodeMetrics>,
+) -> std::io::Result<AdminServer> {
+    let control = &node.control;
+    let slot = NodeSlot::of(node);
+    let service = AdminService::new(control.membership.clone(), &control.config.cluster, slot);
+    let state = Arc::new(AdminState { service, metrics });
+    AdminServer::start(addr, state).await
 }
 
 /// Exports every placed volume of the store by name, every

@@ -3,6 +3,7 @@
 //! node daemon ([`daemon`], configured by [`config`]) and the library client
 //! ([`client`]) used by the `metro` binary.
 
+pub mod admin;
 pub mod certs;
 pub mod client;
 pub mod config;

@@ -1,5 +1,12 @@
 //! `metro`: the node daemon and the operator's CLI.
-mod volume_cli;
+//!
+//! Two ways in: the admin commands (`volume`, `domain`, `cluster status`,
+//! `node list`; [`cli`]) talk JSON over HTTP to any node's admin API and
+//! work with volumes by name; `metro client` ([`client_cli`]) talks to the
+//! data path directly over QUIC with a client certificate, by volume id
+//! (raw block reads and writes, replica status).
+mod cli;
+mod client_cli;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -34,14 +41,24 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
-    /// Volume operations through the client API (needs a client certificate).
-    Volume(volume_cli::VolumeArgs),
+    /// Volumes by name through the admin API: create, list, inspect,
+    /// delete, snapshot, clone.
+    Volume(cli::volume::VolumeArgs),
+    /// Failure domains through the admin API: list, activate, deactivate.
+    Domain(cli::domain::DomainArgs),
+    /// Direct data-path client over QUIC (needs a client certificate from
+    /// `metro cluster init --clients N`): volumes by id, raw block reads
+    /// and writes, each replica's status.
+    Client(client_cli::ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Run a node until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
+    /// List the cluster's nodes (up: registered; down: placed but gone)
+    /// through the admin API.
+    List(cli::AdminArgs),
 }
 
 /// `metro node run`: flags override the config file field by field.
@@ -98,6 +115,9 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
+    /// Nodes (up/down), domains, the coordinator, volumes and their health,
+    /// through the admin API.
+    Status(cli::AdminArgs),
     /// Create the cluster CA and one certificate per node (ids 1..=N).
     ///
     /// Each node certificate names its node as `node-<id>.<name>.metro`
@@ -123,10 +143,24 @@ enum ClusterCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Exits 1 with `error: <message: cause: ...>` on failure (no backtrace:
+/// these are the operator's errors, not the program's).
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo(args),
+        Command::Cluster {
+            command: ClusterCommand::Status(args),
+        } => cli::cluster::status(&args),
         Command::Cluster {
             command:
                 ClusterCommand::Init {
@@ -140,7 +174,12 @@ fn main() -> anyhow::Result<()> {
         Command::Node {
             command: NodeCommand::Run(args),
         } => node_run(*args),
-        Command::Volume(args) => volume_cli::run(args),
+        Command::Node {
+            command: NodeCommand::List(args),
+        } => cli::cluster::node_list(&args),
+        Command::Volume(args) => cli::volume::run(args),
+        Command::Domain(args) => cli::domain::run(args),
+        Command::Client(args) => client_cli::run(args),
     }
 }
 

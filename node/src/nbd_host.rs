@@ -31,6 +31,9 @@
 //! - Reads are split at [`READ_BLOCKS_MAX`] and writes at
 //!   [`WRITE_BLOCKS_MAX`] blocks (the NBD server already bounds requests to
 //!   [`VOLUME_IO_MAX_BYTES`](crate::nbd::VOLUME_IO_MAX_BYTES)).
+//! - Every read and write is recorded in the backend's
+//!   [`NodeMetrics`] (operations, bytes, errors, latency as the client saw
+//!   it, retries included) for `/metrics`.
 //! - [`HostBackend::close`] (when the node stops) makes every later
 //!   operation fail at once with [`BackendError::Unavailable`], so open NBD
 //!   connections never touch a stopped node's host again.
@@ -50,6 +53,7 @@ use metro_fabric::volume::{BLOCK_BYTES_U64, BlockData, VolumeId};
 use openraft_rt_tokio::TokioRuntime;
 use tokio::task::JoinHandle;
 
+use crate::admin::metrics::{NodeMetrics, VolumeIo};
 use crate::daemon::NodeHost;
 use crate::nbd::{BackendError, BlockBackend, BoxFuture, ExportInfo, NbdServer, Volume};
 
@@ -74,6 +78,7 @@ struct Export {
 struct Shared {
     host: Arc<NodeHost>,
     closed: AtomicBool,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// NBD exports backed by a node's volume host. See the module docs.
@@ -105,9 +110,24 @@ impl HostBackend {
             shared: Arc::new(Shared {
                 host,
                 closed: AtomicBool::new(false),
+                metrics: NodeMetrics::new(),
             }),
             exports: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The same backend recording its I/O into `metrics` (shared with the
+    /// node's admin endpoint); call before serving.
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = metrics;
+        }
+        self
+    }
+
+    /// The metrics this backend records its I/O into.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.shared.metrics
     }
 
     /// Builder form of [`Self::add_export`]; panics on an invalid export
@@ -217,6 +237,7 @@ impl BlockBackend for HostBackend {
                 None => *self.all_exports().await.get(name)?,
             };
             let volume = HostVolume {
+                io: self.shared.metrics.volume(export.volume),
                 shared: Arc::clone(&self.shared),
                 volume: export.volume,
                 size_bytes: export.size_bytes,
@@ -230,6 +251,7 @@ impl BlockBackend for HostBackend {
 #[derive(Debug)]
 struct HostVolume {
     shared: Arc<Shared>,
+    io: Arc<VolumeIo>,
     volume: VolumeId,
     size_bytes: u64,
 }
@@ -331,11 +353,23 @@ impl Volume for HostVolume {
     }
 
     fn read(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<Vec<u8>, BackendError>> {
-        Box::pin(self.read_blocks(offset, len))
+        Box::pin(async move {
+            let start = Instant::now();
+            let result = self.read_blocks(offset, len).await;
+            let io = &self.io.reads;
+            io.record(u64::from(len), start.elapsed(), result.is_ok());
+            result
+        })
     }
 
     fn write<'a>(&'a self, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(self.write_blocks(offset, data))
+        Box::pin(async move {
+            let start = Instant::now();
+            let result = self.write_blocks(offset, data).await;
+            let io = &self.io.writes;
+            io.record(data.len() as u64, start.elapsed(), result.is_ok());
+            result
+        })
     }
 
     fn trim(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), BackendError>> {

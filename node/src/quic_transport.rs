@@ -428,6 +428,31 @@ impl QuicTransport {
         }
     }
 
+    /// The smoothed QUIC path RTT to each peer with an open pooled
+    /// connection (the smallest over its pool), as quinn estimates it.
+    /// Read-only and non-blocking: a slot busy being (re)connected is
+    /// skipped. Injected delays ([`Self::set_delay`]) are not included:
+    /// they sit above QUIC.
+    pub fn peer_rtts(&self) -> BTreeMap<NodeId, Duration> {
+        let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner);
+        let mut rtts = BTreeMap::new();
+        for (peer, pool) in peers.iter() {
+            let best = pool
+                .slots
+                .iter()
+                .filter_map(|slot| {
+                    let guard = slot.try_lock().ok()?;
+                    let conn = guard.as_ref()?;
+                    conn.close_reason().is_none().then(|| conn.rtt())
+                })
+                .min();
+            if let Some(rtt) = best {
+                rtts.insert(*peer, rtt);
+            }
+        }
+        rtts
+    }
+
     /// Closes the endpoint and every connection; later calls fail.
     pub fn close(&self) {
         self.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");

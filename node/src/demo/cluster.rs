@@ -8,6 +8,13 @@
 //! waits until nothing else holds its host, so its kvstore is released
 //! (the writer thread exits) before [`DemoCluster::restart`] opens the same
 //! data directory again.
+//!
+//! The admin API ([`DemoCluster::serve_admin`]) answers for one running
+//! node at a time, held weakly: when that node stops it moves to another
+//! running node, so it never keeps a stopped node's host alive. Every
+//! node's NBD I/O is recorded in one [`NodeMetrics`] (the demo is one
+//! process), so `/metrics` shows the tour's writes whichever node served
+//! them.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -26,6 +33,7 @@ use metro_fabric::control::{
 };
 use metro_fabric::membership::{MemMembership, Membership as _};
 
+use crate::admin::{AdminServer, AdminService, AdminState, NodeMetrics, NodeSlot};
 use crate::config::NodeConfig;
 use crate::control_plane::{AnyMembership, ControlConfig};
 use crate::daemon::{self, DaemonError, Frontends, Node, NodeHost};
@@ -83,6 +91,8 @@ pub struct DemoCluster {
     running: BTreeMap<NodeId, Running>,
     nbd_addrs: BTreeMap<NodeId, SocketAddr>,
     size_bytes: u64,
+    metrics: Arc<NodeMetrics>,
+    admin: Option<(AdminServer, Arc<AdminState<AnyMembership>>)>,
 }
 
 /// Free loopback UDP addresses, one per node (bound, noted, released).
@@ -176,6 +186,8 @@ impl DemoCluster {
             running: BTreeMap::new(),
             nbd_addrs: BTreeMap::new(),
             size_bytes,
+            metrics: NodeMetrics::new(),
+            admin: None,
         })
     }
 
@@ -212,8 +224,9 @@ impl DemoCluster {
                 Err(err) => return Err(err).with_context(|| format!("starting node {id}")),
             }
         };
-        let backend =
-            HostBackend::new(Arc::clone(&node.host)).with_export(EXPORT, VOLUME, self.size_bytes);
+        let backend = HostBackend::new(Arc::clone(&node.host))
+            .with_metrics(Arc::clone(&self.metrics))
+            .with_export(EXPORT, VOLUME, self.size_bytes);
         let backend = Arc::new(backend);
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let wanted = self.nbd_addrs.get(&id).copied().unwrap_or(loopback);
@@ -225,7 +238,39 @@ impl DemoCluster {
         };
         self.nbd_addrs.insert(id, nbd.addr);
         self.running.insert(id, Running { node, nbd });
+        self.repoint_admin();
         Ok(())
+    }
+
+    /// Serves the admin API on loopback for a running node; its URL.
+    pub async fn serve_admin(&mut self) -> anyhow::Result<String> {
+        let service = AdminService::new(self.membership.clone(), CLUSTER_NAME, NodeSlot::default());
+        let state = Arc::new(AdminState {
+            service,
+            metrics: Arc::clone(&self.metrics),
+        });
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let server = AdminServer::start(loopback, Arc::clone(&state))
+            .await
+            .context("starting the admin API")?;
+        let url = server.url();
+        self.admin = Some((server, state));
+        self.repoint_admin();
+        Ok(url)
+    }
+
+    /// Points the admin API at a running node if its node is not running.
+    fn repoint_admin(&self) {
+        let Some((_, state)) = &self.admin else {
+            return;
+        };
+        let current = state.service.host().map(|h| h.node());
+        if current.is_some_and(|id| self.running.contains_key(&id)) {
+            return;
+        }
+        if let Some(running) = self.running.values().next() {
+            state.service.set_node(NodeSlot::of(&running.node));
+        }
     }
 
     /// The host of running node `id`.
@@ -312,6 +357,7 @@ impl DemoCluster {
                 stopped.push(running);
             }
         }
+        self.repoint_admin();
         // Stop them together: a domain fails at once.
         let stops = stopped.iter().map(|r| r.node.stop());
         futures_util::future::join_all(stops).await;
@@ -347,6 +393,9 @@ impl DemoCluster {
 
     /// Stops every running node.
     pub async fn shutdown(&mut self) {
+        if let Some((server, _)) = self.admin.take() {
+            server.stop();
+        }
         let ids: Vec<NodeId> = self.running.keys().copied().collect();
         if let Err(err) = self.stop(&ids).await {
             tracing::warn!("stopping the demo cluster: {err:#}");

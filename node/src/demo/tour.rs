@@ -64,7 +64,11 @@ pub async fn tour(cluster: &mut DemoCluster, args: &DemoArgs, out: &Out) -> anyh
     let members = cluster.topology().members();
     cluster.create_volume(&members).await?;
     let leader = wait_leader(cluster, &members).await?;
+    let admin_url = cluster.serve_admin().await?;
     describe(cluster, args, &members, leader, out);
+    out.say(format!(
+        "admin API: {admin_url} (metro cluster status --admin {admin_url}; metrics at {admin_url}/metrics)"
+    ));
     let target = endpoint_outside(cluster, leader)?;
     let work = Workload::new(args.writes, target)?;
     let uri = format!("nbd://{target}/{EXPORT}");

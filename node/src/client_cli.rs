@@ -1,5 +1,7 @@
-//! `metro volume create|write|read|status|delete`: the operator's client
-//! commands, over [`MetroClient`] with a client certificate.
+//! `metro client create|write|read|status|delete`: the direct data-path
+//! client, over [`MetroClient`] (QUIC) with a client certificate. Volumes
+//! are addressed by id and created on explicit members; it bypasses the
+//! control plane (use `metro volume` for named, placed volumes).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use metro_node::client::{ClientConfig, MetroClient};
 use metro_node::config::{parse_address, parse_node_id};
 
 #[derive(Debug, Args)]
-pub struct VolumeArgs {
+pub struct ClientArgs {
     /// The certificates directory from `metro cluster init --clients N`.
     #[arg(long)]
     certs_dir: PathBuf,
@@ -27,11 +29,11 @@ pub struct VolumeArgs {
     #[arg(long)]
     volume: u64,
     #[command(subcommand)]
-    command: VolumeCommand,
+    command: ClientCommand,
 }
 
 #[derive(Debug, Subcommand)]
-enum VolumeCommand {
+enum ClientCommand {
     /// Create the volume (idempotent).
     Create {
         #[arg(long)]
@@ -67,7 +69,7 @@ enum VolumeCommand {
     Delete,
 }
 
-fn client(args: &VolumeArgs) -> anyhow::Result<MetroClient> {
+fn client(args: &ClientArgs) -> anyhow::Result<MetroClient> {
     let mut nodes = BTreeMap::<NodeId, _>::new();
     for pair in &args.nodes {
         let (id, addr) = pair
@@ -95,7 +97,7 @@ fn payload(file: Option<&PathBuf>, fill: u8, blocks: u32) -> anyhow::Result<Bloc
 }
 
 /// Runs one volume command on a fresh tokio runtime.
-pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
+pub fn run(args: ClientArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,14 +106,14 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
         let client = client(&args)?;
         let volume = VolumeId(args.volume);
         match &args.command {
-            VolumeCommand::Create {
+            ClientCommand::Create {
                 size_blocks,
                 members,
             } => {
                 client.create_volume(volume, *size_blocks, members).await?;
                 println!("{volume}: created on nodes {members:?}");
             }
-            VolumeCommand::Write {
+            ClientCommand::Write {
                 offset,
                 file,
                 fill,
@@ -122,7 +124,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
                 let index = client.write(volume, *offset, data).await?;
                 println!("{volume}: wrote {count} blocks at {offset} (log index {index})");
             }
-            VolumeCommand::Read { offset, blocks, out } => {
+            ClientCommand::Read { offset, blocks, out } => {
                 let data = client.read(volume, *offset, *blocks).await?;
                 match out {
                     Some(path) => std::fs::write(path, data.as_bytes())
@@ -133,7 +135,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
                     ),
                 }
             }
-            VolumeCommand::Status => {
+            ClientCommand::Status => {
                 for node in client.nodes().to_vec() {
                     match client.status(volume, node).await {
                         Ok(s) => println!(
@@ -144,7 +146,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            VolumeCommand::Delete => {
+            ClientCommand::Delete => {
                 client.delete_volume(volume).await?;
                 println!("{volume}: deleted");
             }

@@ -1,0 +1,311 @@
+//! `metro volume create|list|inspect|delete|snapshot|clone` over the admin
+//! API. Volumes are named; the cluster allocates their ids and places
+//! their replicas (one per data domain).
+
+use clap::{Args, Subcommand};
+use metro_node::admin::api::{
+    CloneVolume, CreateSnapshot, CreateVolume, Deleted, VolumeDetail, VolumeSummary,
+};
+use metro_node::admin::client::method;
+use metro_node::admin::size::{format_size, parse_size};
+
+use super::table::{Table, or_dash};
+use super::{AdminArgs, show};
+
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    command: VolumeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Create a volume: the coordinator places one replica per data domain
+    /// and creates its Raft group; `list` shows when it is healthy.
+    Create {
+        /// Volume name (a-z, 0-9, '-', '_', '.'; also its NBD export name).
+        name: String,
+        /// Size: bytes, or with a unit (512MiB, 10GiB, 1TiB); whole 4 KiB blocks.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Data replicas, each in its own data domain.
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+    },
+    /// List volumes: size, replicas, health, leader, placement.
+    List,
+    /// One volume in detail: members' health and, when the answering node
+    /// hosts a replica, its Raft progress (per-replica lag on the leader).
+    Inspect {
+        /// The volume's name.
+        name: String,
+    },
+    /// Delete a volume and its replicas on every node.
+    Delete {
+        /// The volume's name.
+        name: String,
+    },
+    /// Take a named snapshot of a volume (not implemented yet: the API
+    /// answers 501).
+    Snapshot {
+        /// The volume's name.
+        name: String,
+        /// Snapshot name.
+        #[arg(long)]
+        snapshot: String,
+    },
+    /// Create a volume from a snapshot (not implemented yet: the API
+    /// answers 501).
+    Clone {
+        /// Source volume.
+        name: String,
+        /// The snapshot of the source volume to clone.
+        #[arg(long)]
+        snapshot: String,
+        /// The new volume's name.
+        #[arg(long)]
+        target: String,
+    },
+}
+
+fn placement(summary: &VolumeSummary) -> String {
+    if summary.placement.is_empty() {
+        return "-".into();
+    }
+    summary
+        .placement
+        .iter()
+        .map(|m| format!("{}@{}", m.node, m.domain))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `volume list` table.
+pub fn volumes_table(volumes: &[VolumeSummary]) -> String {
+    if volumes.is_empty() {
+        return "no volumes\n".into();
+    }
+    let mut t = Table::new(&[
+        "name",
+        "id",
+        "size",
+        "replicas",
+        "health",
+        "leader",
+        "placement",
+    ]);
+    for v in volumes {
+        t.row(vec![
+            v.name.clone(),
+            v.id.to_string(),
+            format_size(v.size_bytes),
+            v.replicas.to_string(),
+            v.health.clone(),
+            or_dash(v.leader),
+            placement(v),
+        ]);
+    }
+    let mut out = t.render();
+    for v in volumes {
+        if let (Some(error), "pending" | "creating") = (&v.error, v.health.as_str()) {
+            out.push_str(&format!("note: {} is {}: {error}\n", v.name, v.health));
+        }
+    }
+    out
+}
+
+fn inspect_text(d: &VolumeDetail) -> String {
+    let s = &d.summary;
+    let mut out = format!(
+        "volume {} (id {})\n  size      {} ({} bytes)\n  replicas  {}\n  health    {}\n  leader    {}\n",
+        s.name,
+        s.id,
+        format_size(s.size_bytes),
+        s.size_bytes,
+        s.replicas,
+        s.health,
+        or_dash(s.leader),
+    );
+    if let Some(error) = &s.error {
+        out.push_str(&format!("  error     {error}\n"));
+    }
+    if !d.members.is_empty() {
+        out.push_str("\nmembers (as the coordinator last published):\n");
+        let mut t = Table::new(&["node", "domain", "role", "live", "domain", "in-sync"]);
+        for m in &d.members {
+            t.row(vec![
+                m.node.to_string(),
+                m.domain.clone(),
+                format!("{:?}", m.role).to_lowercase(),
+                yes(m.live),
+                if m.domain_active {
+                    "active"
+                } else {
+                    "inactive"
+                }
+                .into(),
+                yes(m.in_sync),
+            ]);
+        }
+        out.push_str(&t.render());
+    } else if !s.placement.is_empty() {
+        out.push_str(&format!("\nplacement: {}\n", placement(s)));
+    }
+    match &d.local {
+        None => out.push_str(&format!(
+            "\nnode {} hosts no replica of it (ask a member's admin API for Raft progress)\n",
+            d.answered_by
+        )),
+        Some(l) => {
+            out.push_str(&format!(
+                "\nreplica on node {}: term {}, last log {}, applied {}, voters {:?}, learners {:?}\n",
+                l.node,
+                l.term,
+                or_dash(l.last_log_index),
+                or_dash(l.applied_index),
+                l.voters,
+                l.learners
+            ));
+            if !l.progress.is_empty() {
+                let mut t = Table::new(&["node", "matched", "lag", "in-sync"]);
+                for p in &l.progress {
+                    t.row(vec![
+                        p.node.to_string(),
+                        or_dash(p.matched_index),
+                        p.lag_entries.to_string(),
+                        yes(p.in_sync),
+                    ]);
+                }
+                out.push_str(&t.render());
+            }
+        }
+    }
+    out
+}
+
+fn yes(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
+    let a = &args.admin;
+    let none = None::<&()>;
+    match args.command {
+        VolumeCommand::Create {
+            name,
+            size,
+            replicas,
+        } => {
+            let body = CreateVolume {
+                name,
+                size_bytes: size,
+                replicas,
+            };
+            show(
+                a,
+                method::POST,
+                "/v1/volumes",
+                Some(&body),
+                |v: &VolumeSummary| {
+                    format!(
+                        "volume {} created: id {}, {}, {} replicas (placement {})\n",
+                        v.name,
+                        v.id,
+                        format_size(v.size_bytes),
+                        v.replicas,
+                        v.health
+                    )
+                },
+            )
+        }
+        VolumeCommand::List => show(a, method::GET, "/v1/volumes", none, |v: &Vec<_>| {
+            volumes_table(v)
+        }),
+        VolumeCommand::Inspect { name } => {
+            let path = format!("/v1/volumes/{name}");
+            show(a, method::GET, &path, none, inspect_text)
+        }
+        VolumeCommand::Delete { name } => {
+            let path = format!("/v1/volumes/{name}");
+            show(a, method::DELETE, &path, none, |d: &Deleted| {
+                format!("volume {} (id {}) deleted\n", d.name, d.id)
+            })
+        }
+        VolumeCommand::Snapshot { name, snapshot } => {
+            let path = format!("/v1/volumes/{name}/snapshots");
+            let body = CreateSnapshot { snapshot };
+            show(
+                a,
+                method::POST,
+                &path,
+                Some(&body),
+                |_: &serde_json::Value| "snapshot created\n".into(),
+            )
+        }
+        VolumeCommand::Clone {
+            name,
+            snapshot,
+            target,
+        } => {
+            let path = format!("/v1/volumes/{name}/clone");
+            let body = CloneVolume { snapshot, target };
+            show(a, method::POST, &path, Some(&body), |v: &VolumeSummary| {
+                format!(
+                    "volume {} created from the snapshot (id {})\n",
+                    v.name, v.id
+                )
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metro_fabric::control::{Member, MemberRole};
+
+    #[test]
+    fn the_list_table_shows_sizes_health_and_placement() {
+        let member = |node, domain: &str| Member {
+            node,
+            domain: domain.into(),
+            role: MemberRole::Data,
+        };
+        let volumes = vec![
+            VolumeSummary {
+                name: "db".into(),
+                id: 1,
+                size_bytes: 10 << 30,
+                replicas: 2,
+                placement: vec![member(1, "a"), member(3, "b")],
+                health: "healthy".into(),
+                leader: Some(3),
+                error: None,
+            },
+            VolumeSummary {
+                name: "scratch".into(),
+                id: 12,
+                size_bytes: 512 << 20,
+                replicas: 1,
+                placement: vec![],
+                health: "pending".into(),
+                leader: None,
+                error: None,
+            },
+        ];
+        assert_eq!(
+            volumes_table(&volumes),
+            "NAME     ID  SIZE    REPLICAS  HEALTH   LEADER  PLACEMENT\n\
+             db       1   10GiB   2         healthy  3       1@a,3@b\n\
+             scratch  12  512MiB  1         pending  -       -\n"
+        );
+        assert_eq!(volumes_table(&[]), "no volumes\n");
+        let mut stuck = volumes[1].clone();
+        stuck.error = Some("no data domain left".into());
+        assert!(
+            volumes_table(&[stuck]).ends_with("note: scratch is pending: no data domain left\n")
+        );
+    }
+}
