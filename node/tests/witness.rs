@@ -12,8 +12,9 @@
 //!    lead long enough to hand them to `a`, then hand leadership over;
 //! 4. every acknowledged write of every step reads back exactly (through
 //!    `a`), the witness holds no blocks, and each step's outcome is visible
-//!    in the coordinator's published volume health (`metro cluster status`
-//!    shows the same record).
+//!    in the coordinator's published volume health and in `metro cluster
+//!    status` (the real CLI, asked of the witness's admin API: nodes up or
+//!    down, the volume healthy or degraded).
 //!
 //! Fails if an acknowledged write is lost or differs, if writes stop in a
 //! step, if the witness ever stores a block, or on timeouts.
@@ -35,6 +36,7 @@ use metro_fabric::control::{
 use metro_fabric::env::NodeId;
 use metro_fabric::membership::Membership as _;
 use metro_fabric::volume::{BlockData, VolumeId};
+use metro_node::admin::api::ClusterStatus;
 use metro_node::certs::CLIENT_ID_MIN;
 use metro_node::client::{ClientConfig, MetroClient};
 
@@ -65,6 +67,8 @@ fn pattern(index: u64) -> BlockData {
 /// The node processes; killed when dropped.
 struct Processes {
     dir: PathBuf,
+    /// The witness's admin API (it stays up throughout).
+    admin: String,
     etcd: String,
     addrs: BTreeMap<NodeId, SocketAddr>,
     children: BTreeMap<NodeId, Child>,
@@ -93,8 +97,10 @@ impl Processes {
             .zip(&sockets)
             .map(|(id, s)| Ok((*id, s.local_addr()?)))
             .collect::<anyhow::Result<_>>()?;
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         Ok(Self {
             dir,
+            admin: format!("http://{admin}"),
             etcd,
             addrs,
             children: BTreeMap::new(),
@@ -133,6 +139,10 @@ impl Processes {
             .args(["--node-lease-ttl-s", "3", "--repair-delay-s", "3600"]);
         for (peer, addr) in self.addrs.iter().filter(|(p, _)| **p != id) {
             command.arg("--peer").arg(format!("{peer}={addr}"));
+        }
+        if id == W {
+            let admin = self.admin.trim_start_matches("http://");
+            command.args(["--admin-listen", admin]);
         }
         let child = command
             .stdout(Stdio::null())
@@ -273,6 +283,55 @@ async fn wait_health(
     ))
 }
 
+/// `metro cluster status` (the binary) against the witness's admin API,
+/// polled until `check` holds; prints the human table once it does.
+async fn cluster_status(
+    admin: &str,
+    what: &str,
+    check: impl Fn(&ClusterStatus) -> bool,
+) -> anyhow::Result<ClusterStatus> {
+    let metro = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_metro"))
+            .args(["cluster", "status", "--admin", admin])
+            .args(args)
+            .output()
+    };
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let output = metro(&["--output", "json"])?;
+        last = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        if output.status.success()
+            && let Ok(status) = serde_json::from_slice::<ClusterStatus>(&output.stdout)
+            && check(&status)
+        {
+            let table = metro(&[])?;
+            println!(
+                "metro cluster status:\n{}",
+                String::from_utf8_lossy(&table.stdout)
+            );
+            return Ok(status);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Err(anyhow!(
+        "`metro cluster status` never showed {what}; last:\n{last}"
+    ))
+}
+
+fn node_up(status: &ClusterStatus, node: NodeId) -> Option<bool> {
+    status.nodes.iter().find(|n| n.id == node).map(|n| n.up)
+}
+
+fn volume_health(status: &ClusterStatus) -> Option<&str> {
+    status
+        .volumes
+        .iter()
+        .find(|v| v.name == NAME)
+        .map(|v| v.health.as_str())
+}
+
 fn live(health: &Health, node: NodeId) -> Option<bool> {
     let members = match health {
         Health::Pending => return None,
@@ -328,6 +387,10 @@ async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow
         "the witness domain is not the witness: {placement:?}"
     );
 
+    cluster_status(&procs.admin, "all up and the volume healthy", |s| {
+        NODES.iter().all(|n| node_up(s, *n) == Some(true)) && volume_health(s) == Some("healthy")
+    })
+    .await?;
     let client = Arc::new(procs.client()?);
     write_step(&client, 0..PER_STEP).await.context("step 1")?;
     println!("step 1: {PER_STEP} writes acknowledged with a, b and w up");
@@ -372,6 +435,16 @@ async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow
     })
     .await?;
     println!("  published health: {health:?}");
+    cluster_status(
+        &procs.admin,
+        "b down, a back and the volume degraded",
+        |s| {
+            node_up(s, B) == Some(false)
+                && node_up(s, A) == Some(true)
+                && volume_health(s) == Some("degraded")
+        },
+    )
+    .await?;
 
     let mut wrong = wrong_blocks(&client, 0..3 * PER_STEP).await?;
     wrong.extend(wrong_blocks(&client, OUTAGE_BLOCKS).await?);
