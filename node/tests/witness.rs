@@ -21,10 +21,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,11 +32,10 @@ use metro_fabric::control::{
 use metro_fabric::env::NodeId;
 use metro_fabric::membership::Membership as _;
 use metro_fabric::volume::{BlockData, VolumeId};
-use metro_node::admin::api::ClusterStatus;
-use metro_node::certs::CLIENT_ID_MIN;
-use metro_node::client::{ClientConfig, MetroClient};
+use metro_node::client::MetroClient;
 
 use common::EtcdServer;
+use common::processes::{NodeSpec, ProcessCluster, cluster_status, node_up, volume_health};
 
 const CLUSTER: &str = "wit";
 const A: NodeId = 1;
@@ -62,137 +57,6 @@ const POLL: Duration = Duration::from_millis(200);
 
 fn pattern(index: u64) -> BlockData {
     BlockData::new(metro_node::demo::workload::pattern(index)).expect("one block")
-}
-
-/// The node processes; killed when dropped.
-struct Processes {
-    dir: PathBuf,
-    /// The witness's admin API (it stays up throughout).
-    admin: String,
-    etcd: String,
-    addrs: BTreeMap<NodeId, SocketAddr>,
-    children: BTreeMap<NodeId, Child>,
-    keep: bool,
-}
-
-impl Processes {
-    fn create(etcd: String) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("metro-witness-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let status = Command::new(env!("CARGO_BIN_EXE_metro"))
-            .args(["cluster", "init", "--name", CLUSTER, "--nodes", "3"])
-            .args(["--clients", "1", "--dir"])
-            .arg(dir.join("certs"))
-            .stdout(Stdio::null())
-            .status()
-            .context("running metro cluster init")?;
-        ensure!(status.success(), "metro cluster init failed: {status}");
-        let sockets: Vec<UdpSocket> = NODES
-            .iter()
-            .map(|_| UdpSocket::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let addrs = NODES
-            .iter()
-            .zip(&sockets)
-            .map(|(id, s)| Ok((*id, s.local_addr()?)))
-            .collect::<anyhow::Result<_>>()?;
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        Ok(Self {
-            dir,
-            admin: format!("http://{admin}"),
-            etcd,
-            addrs,
-            children: BTreeMap::new(),
-            keep: false,
-        })
-    }
-
-    fn start(&mut self, id: NodeId) -> anyhow::Result<()> {
-        let (domain, role) = match id {
-            A => ("a", "data"),
-            B => ("b", "data"),
-            _ => ("w", "witness"),
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("node-{id}.log")))?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_metro"));
-        command
-            .args(["node", "run", "--log-level", "info"])
-            .args(["--node-id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("data-{id}")))
-            .arg("--certs-dir")
-            .arg(self.dir.join("certs"))
-            .args(["--listen", &self.addrs[&id].to_string()])
-            .args([
-                "--cluster",
-                CLUSTER,
-                "--domain",
-                domain,
-                "--domain-role",
-                role,
-            ])
-            .args(["--etcd", &self.etcd])
-            .args(["--node-lease-ttl-s", "3", "--repair-delay-s", "3600"]);
-        for (peer, addr) in self.addrs.iter().filter(|(p, _)| **p != id) {
-            command.arg("--peer").arg(format!("{peer}={addr}"));
-        }
-        if id == W {
-            let admin = self.admin.trim_start_matches("http://");
-            command.args(["--admin-listen", admin]);
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        self.children.insert(id, child);
-        Ok(())
-    }
-
-    fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
-        let mut child = self
-            .children
-            .remove(&id)
-            .ok_or_else(|| anyhow!("node {id} not running"))?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    fn client(&self) -> anyhow::Result<MetroClient> {
-        let config = ClientConfig::new(self.dir.join("certs"), CLIENT_ID_MIN, self.addrs.clone());
-        Ok(MetroClient::connect(config)?)
-    }
-
-    fn print_logs(&self) {
-        for id in NODES {
-            let path = self.dir.join(format!("node-{id}.log"));
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            eprintln!("--- {} (last lines) ---", path.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if self.keep || std::thread::panicking() {
-            eprintln!("node logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// Writes blocks `range` at queue depth [`QUEUE_DEPTH`], retrying each
@@ -283,55 +147,6 @@ async fn wait_health(
     ))
 }
 
-/// `metro cluster status` (the binary) against the witness's admin API,
-/// polled until `check` holds; prints the human table once it does.
-async fn cluster_status(
-    admin: &str,
-    what: &str,
-    check: impl Fn(&ClusterStatus) -> bool,
-) -> anyhow::Result<ClusterStatus> {
-    let metro = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_metro"))
-            .args(["cluster", "status", "--admin", admin])
-            .args(args)
-            .output()
-    };
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let output = metro(&["--output", "json"])?;
-        last = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        if output.status.success()
-            && let Ok(status) = serde_json::from_slice::<ClusterStatus>(&output.stdout)
-            && check(&status)
-        {
-            let table = metro(&[])?;
-            println!(
-                "metro cluster status:\n{}",
-                String::from_utf8_lossy(&table.stdout)
-            );
-            return Ok(status);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    Err(anyhow!(
-        "`metro cluster status` never showed {what}; last:\n{last}"
-    ))
-}
-
-fn node_up(status: &ClusterStatus, node: NodeId) -> Option<bool> {
-    status.nodes.iter().find(|n| n.id == node).map(|n| n.up)
-}
-
-fn volume_health(status: &ClusterStatus) -> Option<&str> {
-    status
-        .volumes
-        .iter()
-        .find(|v| v.name == NAME)
-        .map(|v| v.health.as_str())
-}
-
 fn live(health: &Health, node: NodeId) -> Option<bool> {
     let members = match health {
         Health::Pending => return None,
@@ -347,7 +162,7 @@ async fn blocks_on(client: &MetroClient, node: NodeId) -> anyhow::Result<(Option
     Ok((status.applied_index, status.blocks_nonzero))
 }
 
-async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow::Result<()> {
+async fn scenario(procs: &mut ProcessCluster, etcd_server: &mut EtcdServer) -> anyhow::Result<()> {
     let etcd = etcd_server.connect().await;
     for id in NODES {
         procs.start(id)?;
@@ -387,9 +202,15 @@ async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow
         "the witness domain is not the witness: {placement:?}"
     );
 
-    cluster_status(&procs.admin, "all up and the volume healthy", |s| {
-        NODES.iter().all(|n| node_up(s, *n) == Some(true)) && volume_health(s) == Some("healthy")
-    })
+    cluster_status(
+        &procs.admin[&W],
+        "all up and the volume healthy",
+        STEP_TIMEOUT,
+        |s| {
+            NODES.iter().all(|n| node_up(s, *n) == Some(true))
+                && volume_health(s, NAME) == Some("healthy")
+        },
+    )
     .await?;
     let client = Arc::new(procs.client()?);
     write_step(&client, 0..PER_STEP).await.context("step 1")?;
@@ -436,12 +257,13 @@ async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow
     .await?;
     println!("  published health: {health:?}");
     cluster_status(
-        &procs.admin,
+        &procs.admin[&W],
         "b down, a back and the volume degraded",
+        STEP_TIMEOUT,
         |s| {
             node_up(s, B) == Some(false)
                 && node_up(s, A) == Some(true)
-                && volume_health(s) == Some("degraded")
+                && volume_health(s, NAME) == Some("degraded")
         },
     )
     .await?;
@@ -469,7 +291,28 @@ async fn scenario(procs: &mut Processes, etcd_server: &mut EtcdServer) -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_data_domains_and_a_witness_survive_losing_each_in_turn() -> anyhow::Result<()> {
     let mut etcd = EtcdServer::start("witness");
-    let mut procs = Processes::create(etcd.client_url())?;
+    let specs = vec![
+        NodeSpec {
+            id: A,
+            domain: "a",
+            role: "data",
+            admin: false,
+        },
+        NodeSpec {
+            id: B,
+            domain: "b",
+            role: "data",
+            admin: false,
+        },
+        NodeSpec {
+            id: W,
+            domain: "w",
+            role: "witness",
+            admin: true,
+        },
+    ];
+    let timing = ["--node-lease-ttl-s", "3", "--repair-delay-s", "3600"];
+    let mut procs = ProcessCluster::create(CLUSTER, etcd.client_url(), specs, &timing)?;
     let outcome = match tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs, &mut etcd)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(anyhow!("the scenario took longer than {TEST_TIMEOUT:?}")),

@@ -136,3 +136,4 @@ impl EtcdServer {
             .expect("connect to the test etcd")
     }
 }
+pub mod processes;
