@@ -497,7 +497,8 @@ impl Cluster {
     /// is lost, or did not start. A recovery that fails with an I/O error
     /// (injected EIO) is retried after [`RECOVERY_RETRY_MS`], up to
     /// [`RECOVERY_ATTEMPTS_MAX`] times; one that finds its deliberately
-    /// corrupted disk damaged leaves the node down for good (lost); any
+    /// corrupted disk damaged (kvstore refuses to open, or a replica does
+    /// not reopen) leaves the node down for good (lost); any
     /// other failure is a violation: a node must always recover from its
     /// own disk.
     pub async fn restart(self: &Arc<Self>, id: NodeId) -> bool {
@@ -551,9 +552,13 @@ impl Cluster {
                     self.supervise(id, errors, kill);
                     hosted
                 }
-                Err(NodeError::Store { corrupt: true, .. }) if node.corrupted => {
+                Err(NodeError::Store { corrupt: true, .. } | NodeError::Group { .. })
+                    if node.corrupted =>
+                {
                     // The expected outcome of latent corruption: recovery
-                    // refuses to guess; the node stays down.
+                    // (kvstore's, or the replicas' reading their logs back:
+                    // a CRC mismatch, seed 603) refuses to guess; the node
+                    // stays down.
                     node.lost = true;
                     drop(nodes);
                     self.net.stop(id);

@@ -39,7 +39,8 @@
 //!   node's disk is flipped, on a node whose permanent loss every volume
 //!   survives; the node is then restarted (as by a routine restart) so
 //!   that recovery reads the damage. Expected: recovery refuses to open
-//!   (`Corrupt`) and the node stays down for good, or it opens (the damage
+//!   (kvstore's `Corrupt`, or a replica whose log read back fails its CRC)
+//!   and the node stays down for good, or it opens (the damage
 //!   lies where recovery does not read) and stays *fail-stop*: whatever it
 //!   serves must still be correct (reads through it and its applied
 //!   entries are checked as ever), but it may stop serving, so it is left
