@@ -170,20 +170,17 @@ fn corruption_found_by_a_replica_reopening_is_fail_stop() {
     passes(603, |_| {});
 }
 
-/// A leader whose disk holds corrupted block data keeps leading and fails
+/// A leader whose disk held corrupted block data kept leading and failed
 /// every read of those blocks ("value CRC mismatch"), so the volume never
-/// serves them again although a healthy replica holds them: found by seed
-/// 635 (node 4's latent corruption lands in a log segment holding vol-1's
+/// served them again although a healthy replica held them: seed 635
+/// (node 4's latent corruption lands in a log segment holding vol-1's
 /// block values; node 4 reopens, since recovery reads only the record
-/// headers, and stays vol-1's leader; the final sweep fails through every
-/// node). No acknowledged write is lost and nothing wrong is served: this
-/// is an availability bug in fabric. The fix belongs there: a replica that
-/// detects corruption of its own data must fail-stop that group (shut it
-/// down, or step down and refuse to campaign) so that a healthy replica
-/// leads, e.g. a typed `Corrupt` error from `VolumeRead::read_blocks` that
-/// the router answers by shutting the group down.
+/// headers, and stays vol-1's leader; the final sweep failed through every
+/// node). Nothing wrong was served and no acknowledged write was lost: an
+/// availability bug. Fixed in fabric: a read that finds the replica's own
+/// data damaged (`VolumeRead` reports `ReadFailure::damaged`) shuts that
+/// group down on that node (fail-stop), and the others elect a leader.
 #[test]
-#[ignore = "a leader with corrupted block data keeps leading: see the comment"]
-fn a_leader_with_corrupted_data_steps_aside() {
+fn a_leader_with_corrupted_data_fails_stop() {
     passes(635, |_| {});
 }
