@@ -22,26 +22,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use metro_fabric::control::{
-    ClusterView, DomainInfo, DomainRole, DomainState, NodeInfo, VolumeRecord, VolumeSpec, place,
+    ClusterView, DomainInfo, DomainRole, DomainState, Health, NodeInfo, VolumeRecord, VolumeSpec,
+    VolumeStatusRecord, encode, place, status_key,
 };
 use metro_fabric::env::NodeId;
+use metro_fabric::membership::Membership as _;
 use metro_fabric::storage::VolumeHandle;
 use metro_fabric::volume::{BLOCK_BYTES, VolumeId};
-use metro_kvstore::CrashMode;
+use metro_kvstore::{CrashMode, FaultyDisk};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::base::BoxFuture;
 use openraft::{AsyncRuntime, ServerState};
 
 use crate::Rt;
 use crate::checker::{RaftObserver, Violations};
+use crate::control::{ControlPlane, LEASE_TTL, NodeControl};
 use crate::history::History;
 use crate::kill::KillSwitch;
 use crate::network::SimNetwork;
-use crate::node::{self, Host, NodeSpec, Raft, Running, SimNode, Sm};
+use crate::node::{self, Host, NodeError, NodeSpec, Raft, Running, SimNode, Sm};
 use crate::options::{SimOptions, VOLUME_BLOCKS};
 use crate::rng::SimRng;
 
+/// Recovery attempts of one restart that fail with an I/O error.
+pub const RECOVERY_ATTEMPTS_MAX: u64 = 20;
+/// Pause before retrying a recovery that failed with an I/O error.
+pub const RECOVERY_RETRY_MS: u64 = 500;
+/// How often a supervisor looks at its node's disk errors (node clock).
+pub const SUPERVISOR_POLL_MS: u64 = 200;
+/// How long a supervisor takes to restart a node whose disk failed, at
+/// least (node clock).
+pub const SUPERVISOR_DELAY_MS_MIN: u64 = 500;
+/// ... and at most.
+pub const SUPERVISOR_DELAY_MS_MAX: u64 = 3_000;
+/// How long the restarted process takes to come back.
+pub const SUPERVISOR_DOWN_MS: u64 = 200;
 /// Attempts to create one volume at boot before it counts as a violation.
 pub const CREATE_ATTEMPTS_MAX: u64 = 20;
 /// Pause between two attempts to create a volume.
@@ -55,6 +72,8 @@ pub struct SimVolume {
     pub members: Vec<NodeId>,
     pub history: History,
     pub observer: RaftObserver,
+    /// When a write to it was last acknowledged (0: never).
+    pub last_ack_ns: AtomicU64,
 }
 
 /// One run's cluster.
@@ -64,6 +83,22 @@ pub struct Cluster {
     pub rng: SimRng,
     pub volumes: Vec<SimVolume>,
     pub violations: Violations,
+    /// The control plane: the store every node registers with.
+    pub control: ControlPlane,
+    /// Events that may disturb the data path (crashes, restarts, partitions
+    /// and their heals): an outage window without any is held to writes
+    /// completing.
+    pub disruptions: AtomicU64,
+    /// When the last disruption happened.
+    pub last_disruption_ns: AtomicU64,
+    /// I/O errors every node's disk returned so far.
+    pub disk_errors: Arc<AtomicU64>,
+    /// Writes acknowledged so far, over all volumes.
+    pub acked_writes: AtomicU64,
+    /// Restarts of nodes whose disk returned an I/O error (the supervisor).
+    pub supervisor_restarts: AtomicU64,
+    /// Recoveries that failed with an I/O error and were retried.
+    pub recovery_retries: AtomicU64,
     /// Write ids are unique across volumes, so a block showing another
     /// volume's write is caught as a write that never went there.
     write_ids: AtomicU64,
@@ -122,7 +157,7 @@ fn place_volumes(
     options: &SimOptions,
     nodes: &BTreeMap<NodeId, SimNode>,
     violations: &Violations,
-) -> Vec<SimVolume> {
+) -> (Vec<SimVolume>, ClusterView) {
     let mut view = topology_view(options, nodes);
     let mut volumes = Vec::new();
     for id in 1..=options.volumes {
@@ -140,6 +175,7 @@ fn place_volumes(
                     members: placement.nodes().collect(),
                     history: History::new(),
                     observer: RaftObserver::new(),
+                    last_ack_ns: AtomicU64::new(0),
                 });
                 let record = VolumeRecord {
                     spec,
@@ -150,7 +186,32 @@ fn place_volumes(
             Err(err) => violations.report(format!("placing {name}: {err}")),
         }
     }
-    volumes
+    (volumes, view)
+}
+
+/// Writes the desired state of `view` (domains, placed volumes with their
+/// groups created) into the control plane's store, as the coordinator
+/// would have after creating them.
+fn seed_store(control: &ControlPlane, view: &ClusterView) {
+    let store = &control.store;
+    let keys = &control.keys;
+    let put = |key: String, value: Vec<u8>| {
+        let written = store.put(key.as_bytes(), &value, None).now_or_never();
+        debug_assert!(matches!(written, Some(Ok(_))), "the store takes {key}");
+    };
+    for (name, domain) in &view.domains {
+        put(keys.domain(name), encode(domain));
+    }
+    for (name, record) in &view.volumes {
+        put(keys.volume(name), encode(record));
+        let status = VolumeStatusRecord {
+            group_created: true,
+            health: Health::Pending,
+            coordinator: 0,
+            error: None,
+        };
+        put(status_key(keys, name), encode(&status));
+    }
 }
 
 impl Cluster {
@@ -173,13 +234,28 @@ impl Cluster {
             }
         }
         let violations = Violations::new();
-        let volumes = place_volumes(&options, &nodes, &violations);
+        let (volumes, view) = place_volumes(&options, &nodes, &violations);
+        let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        let env = options.env.clone();
+        let control = ControlPlane::new(&ids, |id| {
+            // A slow clock sleeps longer between keep-alives.
+            let period = LEASE_TTL / metro_fabric::control::KEEP_ALIVES_PER_TTL;
+            env.true_span(id, period).saturating_sub(period)
+        });
+        seed_store(&control, &view);
         let cluster = Arc::new(Self {
             options,
             net,
             rng,
             volumes,
             violations,
+            control,
+            disruptions: AtomicU64::new(0),
+            last_disruption_ns: AtomicU64::new(0),
+            disk_errors: Arc::new(AtomicU64::new(0)),
+            acked_writes: AtomicU64::new(0),
+            supervisor_restarts: AtomicU64::new(0),
+            recovery_retries: AtomicU64::new(0),
             write_ids: AtomicU64::new(0),
             nodes: Mutex::new(nodes),
         });
@@ -190,6 +266,57 @@ impl Cluster {
             cluster.create(index).await;
         }
         cluster
+    }
+
+    /// Counts an event that may disturb the data path.
+    pub fn disrupted(&self) {
+        self.disruptions.fetch_add(1, Ordering::SeqCst);
+        self.last_disruption_ns
+            .store(crate::now_ns(), Ordering::SeqCst);
+    }
+
+    /// The disk of `id`.
+    pub fn disk(&self, id: NodeId) -> Option<FaultyDisk> {
+        self.lock().get(&id).map(|n| n.disk.clone())
+    }
+
+    /// Marks `id`'s disk as deliberately corrupted: from now on it is
+    /// fail-stop (see `faults.rs`) and left out of the convergence checks.
+    pub fn mark_corrupted(&self, id: NodeId) {
+        if let Some(node) = self.lock().get_mut(&id) {
+            node.corrupted = true;
+        }
+    }
+
+    /// Whether `id`'s disk was deliberately corrupted.
+    pub fn is_corrupted(&self, id: NodeId) -> bool {
+        self.lock().get(&id).is_some_and(|n| n.corrupted)
+    }
+
+    /// Whether `id` refused to recover from its corrupted disk (it stays
+    /// down for good).
+    pub fn is_lost(&self, id: NodeId) -> bool {
+        self.lock().get(&id).is_some_and(|n| n.lost)
+    }
+
+    /// Whether a running incarnation has seen its disk fail (it awaits its
+    /// supervisor's restart).
+    pub fn awaits_supervisor(&self) -> bool {
+        let nodes = self.lock();
+        nodes.values().any(|n| {
+            n.running
+                .as_ref()
+                .is_some_and(|r| r.disk_errors.load(Ordering::SeqCst) > 0)
+        })
+    }
+
+    /// The control tasks of every running incarnation.
+    pub fn running_controls(&self) -> BTreeMap<NodeId, NodeControl> {
+        let nodes = self.lock();
+        nodes
+            .values()
+            .filter_map(|n| Some((n.spec.id, n.running.as_ref()?.control.clone())))
+            .collect()
     }
 
     /// Creates volume `index` through a node drawn from the seed, retrying
@@ -333,8 +460,13 @@ impl Cluster {
 
     /// Whether crashing `id` now leaves every volume a majority of its
     /// members running.
+    /// (A node with a corrupted disk counts as down: it is fail-stop.)
     pub fn may_crash(&self, id: NodeId) -> bool {
-        let up: BTreeSet<NodeId> = self.up_nodes().into_iter().collect();
+        let up: BTreeSet<NodeId> = self
+            .up_nodes()
+            .into_iter()
+            .filter(|n| !self.is_corrupted(*n))
+            .collect();
         self.volumes.iter().all(|v| {
             let running = v
                 .members
@@ -355,27 +487,55 @@ impl Cluster {
             return false;
         };
         node::crash(node.spec, running, &node.disk, &self.net, mode);
+        drop(nodes);
+        self.disrupted();
         true
     }
 
     /// Starts a new incarnation of `id` from its disk, with every replica
     /// its catalogue records; false if it already runs, is being started,
-    /// or did not start (a violation: a node must always recover from its
-    /// own disk).
+    /// is lost, or did not start. A recovery that fails with an I/O error
+    /// (injected EIO) is retried after [`RECOVERY_RETRY_MS`], up to
+    /// [`RECOVERY_ATTEMPTS_MAX`] times; one that finds its deliberately
+    /// corrupted disk damaged (kvstore refuses to open, or a replica does
+    /// not reopen) leaves the node down for good (lost); any
+    /// other failure is a violation: a node must always recover from its
+    /// own disk.
     pub async fn restart(self: &Arc<Self>, id: NodeId) -> bool {
         let (spec, disk) = {
             let mut nodes = self.lock();
             let Some(node) = nodes.get_mut(&id) else {
                 return false;
             };
-            if node.running.is_some() || node.starting {
+            if node.running.is_some() || node.starting || node.lost {
                 return false;
             }
             node.starting = true;
             (node.spec, node.disk.clone())
         };
-        let peers = self.node_ids().into_iter().collect();
-        let started = node::start(spec, &disk, &self.net, &self.options, peers).await;
+        let peers: BTreeSet<NodeId> = self.node_ids().into_iter().collect();
+        let mut attempts = 0;
+        let started = loop {
+            attempts += 1;
+            let started = node::start(
+                spec,
+                &disk,
+                &self.net,
+                &self.options,
+                peers.clone(),
+                &self.control,
+                &self.disk_errors,
+            )
+            .await;
+            match started {
+                Err(NodeError::Eio { .. }) if attempts < RECOVERY_ATTEMPTS_MAX => {
+                    self.net.stop(id);
+                    self.recovery_retries.fetch_add(1, Ordering::SeqCst);
+                    Rt::sleep(Duration::from_millis(RECOVERY_RETRY_MS)).await;
+                }
+                other => break other,
+            }
+        };
         let hosted = {
             let mut nodes = self.lock();
             let node = nodes.get_mut(&id).expect("nodes are never removed");
@@ -383,9 +543,26 @@ impl Cluster {
             match started {
                 Ok(running) => {
                     let hosted = running.host.volumes();
+                    let errors = Arc::clone(&running.disk_errors);
+                    let kill = running.kill.clone();
                     node.restarts += 1;
                     node.running = Some(running);
+                    drop(nodes);
+                    self.disrupted();
+                    self.supervise(id, errors, kill);
                     hosted
+                }
+                Err(NodeError::Store { corrupt: true, .. } | NodeError::Group { .. })
+                    if node.corrupted =>
+                {
+                    // The expected outcome of latent corruption: recovery
+                    // (kvstore's, or the replicas' reading their logs back:
+                    // a CRC mismatch, seed 603) refuses to guess; the node
+                    // stays down.
+                    node.lost = true;
+                    drop(nodes);
+                    self.net.stop(id);
+                    return false;
                 }
                 Err(err) => {
                     drop(nodes);
@@ -404,6 +581,39 @@ impl Cluster {
             }
         }
         true
+    }
+
+    /// The supervisor of one incarnation of `id` (systemd, or an operator):
+    /// once its disk returned an I/O error — a failed write or fdatasync
+    /// poisons the store, so the node can no longer persist anything — it
+    /// is restarted: after [`SUPERVISOR_DELAY_MS_MIN`]..[`SUPERVISOR_DELAY_MS_MAX`]
+    /// on the node's clock it is crashed as by power loss (after a failed
+    /// fdatasync the kernel may have dropped the dirty pages, so nothing
+    /// unsynced is assumed to survive) and restarted from its disk.
+    fn supervise(self: &Arc<Self>, id: NodeId, errors: Arc<AtomicU64>, kill: KillSwitch) {
+        let cluster = Arc::clone(self);
+        let poll = self
+            .options
+            .env
+            .true_span(id, Duration::from_millis(SUPERVISOR_POLL_MS));
+        Rt::spawn(async move {
+            while errors.load(Ordering::SeqCst) == 0 {
+                Rt::sleep(poll).await;
+                if kill.is_killed() {
+                    return;
+                }
+            }
+            let delay = cluster
+                .rng
+                .millis(SUPERVISOR_DELAY_MS_MIN, SUPERVISOR_DELAY_MS_MAX);
+            Rt::sleep(cluster.options.env.true_span(id, delay)).await;
+            if kill.is_killed() || !cluster.crash(id, CrashMode::DropUnsynced) {
+                return;
+            }
+            cluster.supervisor_restarts.fetch_add(1, Ordering::SeqCst);
+            Rt::sleep(Duration::from_millis(SUPERVISOR_DOWN_MS)).await;
+            cluster.restart(id).await;
+        });
     }
 
     /// Follows the metrics of `id`'s replica of volume `index` for as long

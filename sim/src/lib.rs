@@ -12,7 +12,9 @@
 //!
 //! Pieces, one per module:
 //! - [`options`]: everything a run varies (topology, latencies, fault
-//!   rates, workload), derived from the seed and printed first.
+//!   rates, workload, and in half the seeds the environment faults: disk
+//!   EIO, latent corruption, etcd outages and cuts, coordinators, clock
+//!   drift), derived from the seed and printed first.
 //! - [`network`]: [`network::SimNetwork`], fabric's `Transport` over
 //!   simulated links (latency, jitter, loss, duplication, partitions, nodes
 //!   down, per-request timeout).
@@ -26,11 +28,17 @@
 //!   payloads and reading through any node's host (forwarded to the
 //!   volume's leader), the recorded history per volume, and the safety
 //!   checks over it.
-//! - [`faults`]: the fault schedule of the safety phase.
+//! - [`control`]: the control plane on virtual time — fabric's
+//!   `MemMembership` as the cluster's etcd, each node's registration and
+//!   coordinator against it through a per-node link that can be cut, and
+//!   the checks over them.
+//! - [`faults`]: the fault schedule of the safety phase: crashes,
+//!   partitions, etcd outages and cuts, EIO and latent corruption of disks.
 //! - [`run`]: one seed end to end — safety phase, liveness phase (every
 //!   volume), verdict.
 pub mod checker;
 pub mod cluster;
+pub mod control;
 pub mod faults;
 pub mod history;
 pub mod kill;

@@ -11,6 +11,11 @@
 //!   speed=..x`.
 //! - The swarm skips the executor trace (`trace=0 events=0`; a fifth of
 //!   the cost) unless `--trace`; `run` always hashes it.
+//! - The environment faults (etcd outages and cuts, coordinators, latent
+//!   corruption, clock drift, disk EIO) come from the seed like every other
+//!   option: on in half the seeds, EIO in half of those. `--env on|off` and
+//!   `--eio on|off` (run, swarm, options) override the seed's choice
+//!   (`--eio on` implies `--env on`); the rest still comes from the seed.
 //! - `--topology 2,2,2,w1` (run, swarm, options) replaces the topology the
 //!   seed draws: comma-separated domains, `N` a data domain of N nodes,
 //!   `wN` a witness domain (the other options still come from the seed).
@@ -48,6 +53,8 @@ enum Command {
         /// Witness replicas only vote (production lets them campaign).
         #[arg(long)]
         witness_never_campaigns: bool,
+        #[command(flatten)]
+        env: EnvArgs,
     },
     /// Prints the options of seeds S..S+K without running them.
     Options {
@@ -57,6 +64,8 @@ enum Command {
         start: u64,
         #[arg(long)]
         topology: Option<String>,
+        #[command(flatten)]
+        env: EnvArgs,
     },
     /// Runs many seeds.
     Swarm {
@@ -70,10 +79,65 @@ enum Command {
         topology: Option<String>,
         #[arg(long)]
         witness_never_campaigns: bool,
+        #[command(flatten)]
+        env: EnvArgs,
         /// Hashes every seed's executor trace (slower).
         #[arg(long)]
         trace: bool,
     },
+}
+
+/// Overrides of the seed's environment faults.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+struct EnvArgs {
+    /// The environment faults (etcd outages and cuts, coordinators,
+    /// corruption, clock drift): as the seed draws, or forced on or off.
+    #[arg(long, value_enum, default_value_t = Switch::Seed)]
+    env: Switch,
+    /// Disk EIO faults: as the seed draws, or forced on or off.
+    #[arg(long, value_enum, default_value_t = Switch::Seed)]
+    eio: Switch,
+}
+
+/// As the seed draws it, or forced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    #[default]
+    Seed,
+    On,
+    Off,
+}
+
+impl EnvArgs {
+    /// Applies the overrides to `options`.
+    fn apply(self, options: SimOptions) -> SimOptions {
+        let eio = match self.eio {
+            Switch::Seed => None,
+            Switch::On => Some(true),
+            Switch::Off => Some(false),
+        };
+        match (self.env, self.eio) {
+            (Switch::Off, Switch::On) | (Switch::On, _) | (Switch::Seed, Switch::On) => {
+                options.with_env_faults(eio)
+            }
+            (Switch::Off, _) => options.without_env_faults(),
+            (Switch::Seed, _) if options.env.is_none() => options,
+            (Switch::Seed, _) => options.with_env_faults(eio),
+        }
+    }
+
+    /// The flags that replay these overrides.
+    fn flags(self) -> String {
+        let mut flags = String::new();
+        for (name, switch) in [("env", self.env), ("eio", self.eio)] {
+            match switch {
+                Switch::Seed => {}
+                Switch::On => flags.push_str(&format!(" --{name} on")),
+                Switch::Off => flags.push_str(&format!(" --{name} off")),
+            }
+        }
+        flags
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,6 +183,7 @@ struct Variant {
     bug: Option<Bug>,
     topology: Option<String>,
     witness_never_campaigns: bool,
+    env: EnvArgs,
 }
 
 impl Variant {
@@ -129,7 +194,7 @@ impl Variant {
         };
         options.bug = self.bug.map(Bug::planted);
         options.witness_never_campaigns = self.witness_never_campaigns;
-        Ok(options)
+        Ok(self.env.apply(options))
     }
 
     /// The flags that replay a seed of this variant.
@@ -141,6 +206,7 @@ impl Variant {
         if self.witness_never_campaigns {
             flags.push_str(" --witness-never-campaigns");
         }
+        flags.push_str(&self.env.flags());
         flags
     }
 }
@@ -173,6 +239,7 @@ fn run(seed: u64, variant: &Variant) -> ExitCode {
         "ops={:?} net={:?} faults={:?} leaders_per_term_max={}",
         report.ops, report.net, report.faults, report.leaders_per_term_max
     );
+    println!("env={:?}", report.env);
     for message in &report.messages {
         println!("violation: {message}");
     }
@@ -236,11 +303,13 @@ fn main() -> ExitCode {
             bug,
             topology,
             witness_never_campaigns,
+            env,
         } => {
             let variant = Variant {
                 bug,
                 topology,
                 witness_never_campaigns,
+                env,
             };
             run(seed, &variant)
         }
@@ -250,12 +319,14 @@ fn main() -> ExitCode {
             bug,
             topology,
             witness_never_campaigns,
+            env,
             trace,
         } => {
             let variant = Variant {
                 bug,
                 topology,
                 witness_never_campaigns,
+                env,
             };
             swarm(seeds, start, &variant, trace)
         }
@@ -263,11 +334,13 @@ fn main() -> ExitCode {
             seeds,
             start,
             topology,
+            env,
         } => {
             let variant = Variant {
                 bug: None,
                 topology,
                 witness_never_campaigns: false,
+                env,
             };
             for seed in start..start + seeds {
                 match variant.options(seed) {

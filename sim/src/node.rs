@@ -20,6 +20,12 @@
 //! [`DISK_IDLE_TICK_MAX_US`]. Never `Writer::run` and never the
 //! blocking `Store::write` here: the executor has one thread.
 //!
+//! Each incarnation also runs fabric's `NodeRegistration` (and, if the
+//! seed says so, a `Coordinator`) against the cluster's store (see
+//! `control.rs`), and sees its disk through a wrapper that counts the I/O
+//! errors the disk returns (its supervisor's health signal, see
+//! `Cluster::supervise`).
+//!
 //! Crash = power loss: the incarnation's tasks end at once (their
 //! [`KillSwitch`]), the network forgets it, the disk loses what was not
 //! synced ([`FaultyDisk::crash`]), and every Raft handle of its host is
@@ -27,21 +33,20 @@
 //! anything). Restart opens a new incarnation on the same disk.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use std::collections::BTreeSet;
 
 use metro_fabric::env::{Disk, DiskError, DiskFile, NodeId, OpenMode};
-use metro_fabric::host::{
-    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, HostConfig,
-    HostHandler, VolumeHost,
-};
+use metro_fabric::host::{HostConfig, HostHandler, VolumeHost, base_raft_config};
 use metro_fabric::raft::types::VolumeRaft;
 use metro_fabric::storage::{NodeStorage, VolumeStateMachine};
-use metro_kvstore::{CrashMode, FaultyDisk, Options, Store, Writer};
+use metro_kvstore::{CrashMode, FaultyDisk, Options, Store, StoreError, Writer};
 use openraft::{AsyncRuntime, Config, SnapshotPolicy};
 
 use crate::Rt;
+use crate::control::{ControlPlane, NodeControl};
 use crate::kill::KillSwitch;
 use crate::network::{SimNetwork, SimTransport};
 use crate::options::{PlantedBug, SimOptions};
@@ -64,9 +69,17 @@ pub type Handler = HostHandler<Rt, SimTransport>;
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// kvstore refused to open (recover) the disk.
+    /// kvstore refused to open (recover) the disk; `corrupt`: because it
+    /// found damage to acknowledged data.
     #[error("node {node}: store does not open: {reason}")]
-    Store { node: NodeId, reason: String },
+    Store {
+        node: NodeId,
+        reason: String,
+        corrupt: bool,
+    },
+    /// The disk failed an operation (EIO) while the node started.
+    #[error("node {node}: I/O error while starting: {reason}")]
+    Eio { node: NodeId, reason: String },
     /// The host did not reopen the replicas of its catalogue.
     #[error("node {node}: replicas do not open: {reason}")]
     Group { node: NodeId, reason: String },
@@ -85,6 +98,10 @@ pub struct Running {
     pub host: Arc<Host>,
     pub transport: SimTransport,
     pub kill: KillSwitch,
+    /// Its registration (and coordinator) against the control plane.
+    pub control: NodeControl,
+    /// I/O errors its disk returned to this incarnation.
+    pub disk_errors: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Running {
@@ -102,6 +119,10 @@ pub struct SimNode {
     pub running: Option<Running>,
     /// Set while an incarnation is being started.
     pub starting: bool,
+    /// Its disk was deliberately corrupted (fail-stop from then on).
+    pub corrupted: bool,
+    /// It refused to recover from its corrupted disk: down for good.
+    pub lost: bool,
     pub restarts: u64,
 }
 
@@ -121,13 +142,9 @@ pub fn raft_config(options: &SimOptions) -> Arc<Config> {
         logs => SnapshotPolicy::LogsSinceLast(logs),
     };
     let config = Config {
-        cluster_name: "metro".into(),
-        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
-        election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         snapshot_policy,
         max_in_snapshot_log_to_keep: 16,
-        ..Default::default()
+        ..base_raft_config()
     };
     Arc::new(
         config
@@ -167,31 +184,52 @@ impl SimNode {
             disk: FaultyDisk::new(disk_seed),
             running: None,
             starting: false,
+            corrupted: false,
+            lost: false,
             restarts: 0,
         }
     }
 }
 
 /// Opens a new incarnation of `spec` on `disk` (recovering what it holds)
-/// among `peers`.
+/// among `peers`; it registers with `control` (and runs a coordinator with
+/// `options.env.coordinators`).
 pub async fn start(
     spec: NodeSpec,
     disk: &FaultyDisk,
     net: &Arc<SimNetwork>,
     options: &SimOptions,
     peers: BTreeSet<NodeId>,
+    control: &ControlPlane,
+    errors_total: &Arc<AtomicU64>,
 ) -> Result<Running, NodeError> {
     let node = spec.id;
-    let seen: Arc<dyn Disk> = match options.bug {
-        Some(PlantedBug::LyingFsync) => Arc::new(LyingDisk(disk.clone())),
-        _ => Arc::new(disk.clone()),
+    let disk_errors = Arc::new(AtomicU64::new(0));
+    let seen: Arc<dyn Disk> = Arc::new(SimDisk {
+        inner: disk.clone(),
+        lying: options.bug == Some(PlantedBug::LyingFsync),
+        errors: Arc::clone(&disk_errors),
+        total: Arc::clone(errors_total),
+    });
+    // A failure after an injected EIO is that EIO's (the supervisor
+    // retries it); anything else is the store's or the host's verdict.
+    let eio = |reason: String, other: NodeError| match disk_errors.load(Ordering::SeqCst) {
+        0 => other,
+        _ => NodeError::Eio { node, reason },
     };
-    let (store, writer) = Store::open(seen, store_options()).map_err(|e| NodeError::Store {
-        node,
-        reason: e.to_string(),
+    let (store, writer) = Store::open(seen, store_options()).map_err(|e| {
+        let store = NodeError::Store {
+            node,
+            reason: e.to_string(),
+            corrupt: matches!(e, StoreError::Corrupt { .. }),
+        };
+        eio(e.to_string(), store)
     })?;
     let kill = KillSwitch::new();
-    let tick = Duration::from_micros(options.fsync_us);
+    // The disk's tick is timed by the node's clock.
+    let tick = options
+        .env
+        .true_span(node, Duration::from_micros(options.fsync_us));
     let writer_kill = kill.clone();
     Rt::spawn(async move { writer_kill.guard(drive_writer(writer, tick)).await });
     let storage = NodeStorage::new(store);
@@ -204,18 +242,39 @@ pub async fn start(
         witness: false,
     };
     let host = Host::new(config, storage, Arc::new(transport.clone()));
-    host.open_existing().await.map_err(|e| NodeError::Group {
-        node,
-        reason: e.to_string(),
-    })?;
+    let opened = host.open_existing().await.map_err(|e| {
+        let group = NodeError::Group {
+            node,
+            reason: e.to_string(),
+        };
+        eio(e.to_string(), group)
+    });
+    if let Err(err) = opened {
+        // As a crashed process: the writer task and the network endpoint
+        // end with the switch; the groups it did open shut down.
+        kill.kill();
+        shut_down_groups(&host);
+        return Err(err);
+    }
     if spec.witness && options.witness_never_campaigns {
         never_campaign(&host);
     }
     handler.attach(Arc::clone(&host));
+    let domain = format!("d{}", spec.domain);
+    let control = control.start_node(node, domain, &host, options.env.coordinators);
+    let registration = Arc::clone(&control.registration);
+    let registration_kill = kill.clone();
+    Rt::spawn(async move { registration_kill.guard(registration.run()).await });
+    if let Some(coordinator) = control.coordinator.clone() {
+        let coordinator_kill = kill.clone();
+        Rt::spawn(async move { coordinator_kill.guard(coordinator.run()).await });
+    }
     Ok(Running {
         host,
         transport,
         kill,
+        control,
+        disk_errors,
     })
 }
 
@@ -239,7 +298,12 @@ pub fn crash(
     net.stop(spec.id);
     running.kill.kill();
     disk.crash(mode);
-    let router = running.host.router();
+    shut_down_groups(&running.host);
+}
+
+/// Shuts down every Raft group of `host` in the background.
+fn shut_down_groups(host: &Host) {
+    let router = host.router();
     for volume in router.volumes() {
         let Some(raft) = router.remove(volume) else {
             continue;
@@ -252,48 +316,86 @@ pub fn crash(
     }
 }
 
-/// A planted bug: a disk whose `fdatasync` succeeds without syncing.
+/// The disk one incarnation sees: the node's [`FaultyDisk`], counting the
+/// I/O errors it returns (the supervisor's health signal), and with the
+/// planted bug `LyingFsync`, an `fdatasync` that succeeds without syncing.
 #[derive(Debug)]
-struct LyingDisk(FaultyDisk);
+struct SimDisk {
+    inner: FaultyDisk,
+    lying: bool,
+    errors: Arc<AtomicU64>,
+    /// Every node's errors, for the whole run.
+    total: Arc<AtomicU64>,
+}
 
 #[derive(Debug)]
-struct LyingFile(Arc<dyn DiskFile>);
+struct SimFile {
+    inner: Arc<dyn DiskFile>,
+    lying: bool,
+    errors: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+}
 
-impl Disk for LyingDisk {
+/// Counts `result` if it is an I/O error (EIO); a missing file or a short
+/// read is an answer, not a failure.
+fn counted<T>(
+    (errors, total): (&AtomicU64, &AtomicU64),
+    result: Result<T, DiskError>,
+) -> Result<T, DiskError> {
+    if let Err(DiskError::Io { .. }) = result {
+        errors.fetch_add(1, Ordering::SeqCst);
+        total.fetch_add(1, Ordering::SeqCst);
+    }
+    result
+}
+
+impl Disk for SimDisk {
     fn open(&self, name: &str, mode: OpenMode) -> Result<Arc<dyn DiskFile>, DiskError> {
-        Ok(Arc::new(LyingFile(self.0.open(name, mode)?)))
+        let inner = counted((&self.errors, &self.total), self.inner.open(name, mode))?;
+        Ok(Arc::new(SimFile {
+            inner,
+            lying: self.lying,
+            errors: Arc::clone(&self.errors),
+            total: Arc::clone(&self.total),
+        }))
     }
     fn list(&self) -> Result<Vec<String>, DiskError> {
-        self.0.list()
+        counted((&self.errors, &self.total), self.inner.list())
     }
     fn remove(&self, name: &str) -> Result<(), DiskError> {
-        self.0.remove(name)
+        counted((&self.errors, &self.total), self.inner.remove(name))
     }
     fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
-        self.0.rename(from, to)
+        counted((&self.errors, &self.total), self.inner.rename(from, to))
     }
     fn sync_dir(&self) -> Result<(), DiskError> {
-        self.0.sync_dir()
+        counted((&self.errors, &self.total), self.inner.sync_dir())
     }
 }
 
-impl DiskFile for LyingFile {
+impl DiskFile for SimFile {
     fn name(&self) -> &str {
-        self.0.name()
+        self.inner.name()
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        self.0.read_at(buf, offset)
+        counted((&self.errors, &self.total), self.inner.read_at(buf, offset))
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        self.0.write_at(buf, offset)
+        counted(
+            (&self.errors, &self.total),
+            self.inner.write_at(buf, offset),
+        )
     }
     fn sync_data(&self) -> Result<(), DiskError> {
-        Ok(())
+        match self.lying {
+            true => Ok(()),
+            false => counted((&self.errors, &self.total), self.inner.sync_data()),
+        }
     }
     fn len(&self) -> Result<u64, DiskError> {
-        self.0.len()
+        counted((&self.errors, &self.total), self.inner.len())
     }
     fn set_len(&self, len: u64) -> Result<(), DiskError> {
-        self.0.set_len(len)
+        counted((&self.errors, &self.total), self.inner.set_len(len))
     }
 }

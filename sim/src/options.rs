@@ -81,7 +81,137 @@ pub struct SimOptions {
     /// Witness replicas only vote (`elect(false)`). Production lets them
     /// campaign; never set by a seed (see `tests/regressions.rs`).
     pub witness_never_campaigns: bool,
+    /// Storage and control-plane faults (drawn from a stream of their own).
+    pub env: EnvFaults,
     pub bug: Option<PlantedBug>,
+}
+
+/// Faults of a node's environment beyond the network: its disk, the
+/// control-plane store ("etcd") and its clock. Drawn from a stream of their
+/// own, so the other options of a seed stay what they were before these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvFaults {
+    /// Whether the EIO faults below are injected.
+    pub eio: bool,
+    /// Nodes (1-based ids) whose disk fails writes and fdatasyncs with EIO
+    /// at `eio_write_ppm` per operation during the safety phase.
+    pub eio_write_nodes: Vec<u64>,
+    pub eio_write_ppm: u32,
+    /// Nodes whose disk fails reads with EIO at `eio_read_ppm`.
+    pub eio_read_nodes: Vec<u64>,
+    pub eio_read_ppm: u32,
+    /// When (ms into the safety phase) one byte of a sealed segment of one
+    /// node's disk is flipped (latent corruption), if at all.
+    pub corrupt_at_ms: Option<u64>,
+    /// Relative weights of the control-plane faults, next to
+    /// `fault_weights`: store outage, one node cut off from the store.
+    pub control_weights: [u64; 2],
+    /// Coordinators run on every node (only the elected one acts).
+    pub coordinators: bool,
+    /// Per node (index = id - 1): its clock's rate in ppm of true time
+    /// (1_000_000: exact; below: a slow clock). It stretches what the
+    /// simulator times for that node — its disk ticks, its supervisor, its
+    /// registration's keep-alive period; openraft's and fabric's own timers
+    /// read the runtime's one virtual clock, which cannot be skewed per
+    /// node (see `control.rs`).
+    pub clock_rate_ppm: Vec<u64>,
+}
+
+/// Share of seeds whose environment faults are on.
+pub const ENV_SEEDS_PPM: u64 = 500_000;
+/// Share of those whose disks also fail with EIO.
+pub const EIO_SEEDS_PPM: u64 = 500_000;
+/// Chance that a node's clock drifts at all.
+pub const CLOCK_DRIFT_PPM: u64 = 400_000;
+/// The most a drifting clock is off, in ppm of its rate.
+pub const CLOCK_DRIFT_MAX_PPM: u64 = 300_000;
+
+impl EnvFaults {
+    /// No disk, store or clock faults (and no coordinators).
+    pub fn none() -> Self {
+        Self {
+            eio: false,
+            eio_write_nodes: Vec::new(),
+            eio_write_ppm: 0,
+            eio_read_nodes: Vec::new(),
+            eio_read_ppm: 0,
+            corrupt_at_ms: None,
+            control_weights: [0, 0],
+            coordinators: false,
+            clock_rate_ppm: vec![1_000_000; NODES_MAX],
+        }
+    }
+
+    /// The environment faults `seed` draws for a run whose safety phase
+    /// lasts `safety_s` seconds among `nodes` nodes (EIO on or off as the
+    /// seed draws it), and whether the seed turns them on at all
+    /// ([`ENV_SEEDS_PPM`]).
+    pub fn draw(seed: u64, safety_s: u64, nodes: u64) -> (Self, bool) {
+        let mut rng = SplitMix64::new(seed ^ 0x656e_7666_6175_6c74);
+        let pick_nodes = |rng: &mut SplitMix64, max: u64| -> Vec<u64> {
+            let count = rng.below(max + 1);
+            let mut chosen: Vec<u64> = Vec::new();
+            for _ in 0..count {
+                let id = 1 + rng.below(nodes);
+                if !chosen.contains(&id) {
+                    chosen.push(id);
+                }
+            }
+            chosen.sort_unstable();
+            chosen
+        };
+        let eio_write_nodes = pick_nodes(&mut rng, 2);
+        let eio_write_ppm = 200 + rng.below(2_801) as u32;
+        let eio_read_nodes = pick_nodes(&mut rng, 1);
+        let eio_read_ppm = 200 + rng.below(2_801) as u32;
+        let corrupt_at_ms = (rng.below(3) == 0).then(|| {
+            let lo = safety_s * 1_000 / 4;
+            lo + rng.below(safety_s * 1_000 / 2)
+        });
+        let control_weights = [rng.below(3), rng.below(3)];
+        let coordinators = rng.below(4) != 0;
+        let clock_rate_ppm = (0..NODES_MAX)
+            .map(|_| match rng.below(1_000_000) < CLOCK_DRIFT_PPM {
+                true => 1_000_000 - CLOCK_DRIFT_MAX_PPM + rng.below(2 * CLOCK_DRIFT_MAX_PPM + 1),
+                false => 1_000_000,
+            })
+            .collect();
+        // Drawn last, so every draw above stays what it was before these
+        // switches existed (the seeds in `tests/regressions.rs`).
+        let on = rng.below(1_000_000) < ENV_SEEDS_PPM;
+        let eio = rng.below(1_000_000) < EIO_SEEDS_PPM;
+        let env = Self {
+            eio,
+            eio_write_nodes,
+            eio_write_ppm,
+            eio_read_nodes,
+            eio_read_ppm,
+            corrupt_at_ms,
+            control_weights,
+            coordinators,
+            clock_rate_ppm,
+        };
+        (env, on)
+    }
+
+    /// Whether no environment fault is on.
+    pub fn is_none(&self) -> bool {
+        *self == Self::none()
+    }
+
+    /// The clock rate of node `id`, ppm of true time.
+    pub fn clock_rate(&self, id: u64) -> u64 {
+        self.clock_rate_ppm
+            .get(id.saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or(1_000_000)
+    }
+
+    /// A span of `node_time` on node `id`'s clock, in true time.
+    pub fn true_span(&self, id: u64, node_time: std::time::Duration) -> std::time::Duration {
+        let nanos = node_time.as_nanos() * 1_000_000 / u128::from(self.clock_rate(id).max(1));
+        std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
 }
 
 fn latency(rng: &mut SplitMix64, lo_us: u64, hi_us: u64) -> Latency {
@@ -142,9 +272,11 @@ impl SimOptions {
             volumes: 0,
             replicas: 0,
             witness_never_campaigns: false,
+            env: EnvFaults::none(),
             bug: None,
         }
         .with_volumes(&mut rng)
+        .with_env()
     }
 
     /// Draws the volume count and replica count (after every other draw,
@@ -201,7 +333,33 @@ impl SimOptions {
             })
             .collect();
         options.domains = domains;
-        Ok(options.with_volumes(&mut rng))
+        Ok(options.with_volumes(&mut rng).with_env())
+    }
+
+    /// Draws the environment faults (disk, store, clocks) for the topology:
+    /// on in [`ENV_SEEDS_PPM`] of the seeds, [`EnvFaults::none`] in the
+    /// others.
+    fn with_env(mut self) -> Self {
+        let (env, on) = EnvFaults::draw(self.seed, self.safety_s, self.node_count());
+        self.env = if on { env } else { EnvFaults::none() };
+        self
+    }
+
+    /// The seed's environment faults, on whatever the seed says; EIO as
+    /// the seed draws it, or as `eio` says (`--env on`, `--eio on|off`).
+    pub fn with_env_faults(mut self, eio: Option<bool>) -> Self {
+        let (env, _) = EnvFaults::draw(self.seed, self.safety_s, self.node_count());
+        self.env = env;
+        if let Some(eio) = eio {
+            self.env.eio = eio;
+        }
+        self
+    }
+
+    /// No environment faults (`--env off`).
+    pub fn without_env_faults(mut self) -> Self {
+        self.env = EnvFaults::none();
+        self
     }
 
     /// Nodes in the cluster.
@@ -255,6 +413,30 @@ impl fmt::Display for SimOptions {
             self.fault_weights,
             self.tear_ppm
         )?;
+        let env = &self.env;
+        if env.is_none() {
+            writeln!(f, "  env off")?;
+        } else {
+            let drift: Vec<String> = (1..=self.node_count())
+                .filter(|id| env.clock_rate(*id) != 1_000_000)
+                .map(|id| format!("n{id}:{}ppm", env.clock_rate(id)))
+                .collect();
+            let corrupt = env
+                .corrupt_at_ms
+                .map_or("never".to_string(), |ms| format!("{ms}ms"));
+            writeln!(
+                f,
+                "  env eio={} eio_write={:?}@{}ppm eio_read={:?}@{}ppm corrupt_at={corrupt} weights(etcd_outage,etcd_cut)={:?} coordinators={} clock_rate=[{}]",
+                env.eio,
+                env.eio_write_nodes,
+                env.eio_write_ppm,
+                env.eio_read_nodes,
+                env.eio_read_ppm,
+                env.control_weights,
+                env.coordinators,
+                drift.join(" ")
+            )?;
+        }
         write!(
             f,
             "  workload volumes={}x{}replicas clients={} writes={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} bug={:?}",

@@ -38,7 +38,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::checker::check_history;
 use crate::cluster::{Cluster, SimVolume};
-use crate::faults::{FaultStats, inject, pause_ms};
+use crate::control::ControlStats;
+use crate::faults::{FaultStats, inject, pause_ms, set_disk_faults};
 use crate::history::{OpKind, Outcome, decode_blocks};
 use crate::network::{LinkFaults, NetStats};
 use crate::options::{SimOptions, VOLUME_BLOCKS};
@@ -52,6 +53,9 @@ pub const LIVENESS_BUDGET_S: u64 = 30;
 pub const TRACE_SLICE_MS: u64 = 250;
 /// Virtual seconds after which a run counts as hung, beyond its phases.
 pub const RUN_SLACK_S: u64 = 60;
+/// Virtual seconds the control plane may take to settle in the liveness
+/// phase (every node registered, one coordinator).
+pub const CONTROL_SETTLE_S: u64 = 20;
 /// Pause between two looks while waiting for convergence.
 pub const CONVERGE_POLL_MS: u64 = 50;
 /// Whole-volume reads tried at the end.
@@ -117,7 +121,20 @@ pub struct RunReport {
     pub ops: OpCounts,
     pub net: NetStats,
     pub faults: FaultStats,
+    pub env: EnvStats,
     pub leaders_per_term_max: usize,
+}
+
+/// What the environment faults came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnvStats {
+    pub control: ControlStats,
+    /// Nodes restarted by their supervisor after a disk I/O error.
+    pub supervisor_restarts: u64,
+    /// Recoveries retried after an I/O error.
+    pub recovery_retries: u64,
+    /// Whether the corrupted node (if any) refused to recover.
+    pub corrupted_lost: bool,
 }
 
 /// Operations of a run by kind and outcome.
@@ -168,6 +185,7 @@ struct Scenario {
     ops: OpCounts,
     net: NetStats,
     faults: FaultStats,
+    env: EnvStats,
     leaders_per_term_max: usize,
 }
 
@@ -240,6 +258,7 @@ fn run(options: SimOptions, traced: bool) -> RunReport {
         ops: scenario.ops,
         net: scenario.net,
         faults: scenario.faults,
+        env: scenario.env,
         leaders_per_term_max: scenario.leaders_per_term_max,
     }
 }
@@ -253,12 +272,16 @@ async fn scenario(options: SimOptions) -> Scenario {
         Rt::spawn(client(Arc::clone(&cluster), number, Arc::clone(&stop)));
     }
     let faults = Rt::spawn(inject(Arc::clone(&cluster), Arc::clone(&stop)));
+    let done = Arc::new(AtomicBool::new(false));
+    Rt::spawn(monitor_control(Arc::clone(&cluster), Arc::clone(&done)));
     Rt::sleep(safety).await;
     stop.store(true, Ordering::SeqCst);
     let faults = faults.await.unwrap_or_default();
     for volume in &cluster.volumes {
         liveness(&cluster, volume).await;
     }
+    control_settles(&cluster).await;
+    done.store(true, Ordering::SeqCst);
     let mut ops = Vec::new();
     for volume in &cluster.volumes {
         let volume_ops = volume.history.ops();
@@ -277,13 +300,53 @@ async fn scenario(options: SimOptions) -> Scenario {
         ops: OpCounts::of(&ops),
         net: cluster.net.stats(),
         faults,
+        env: EnvStats {
+            control: cluster.control.stats(),
+            supervisor_restarts: cluster.supervisor_restarts.load(Ordering::SeqCst),
+            recovery_retries: cluster.recovery_retries.load(Ordering::SeqCst),
+            corrupted_lost: faults.corrupted.is_some_and(|id| cluster.is_lost(id)),
+        },
         leaders_per_term_max,
     }
+}
+
+/// Samples the control-plane checks until `done`.
+async fn monitor_control(cluster: Arc<Cluster>, done: Arc<AtomicBool>) {
+    let nodes = cluster.node_ids();
+    while !done.load(Ordering::SeqCst) {
+        let running = cluster.running_controls();
+        cluster
+            .control
+            .sample(now_ns(), &nodes, &running, &cluster.violations);
+        pause_ms(crate::control::SAMPLE_MS).await;
+    }
+}
+
+/// Requires, once everything healed, every node that is not lost to be
+/// registered (and to know it) and one coordinator to lead.
+async fn control_settles(cluster: &Arc<Cluster>) {
+    let deadline = now_ns() + CONTROL_SETTLE_S * 1_000_000_000;
+    let nodes: Vec<NodeId> = cluster
+        .node_ids()
+        .into_iter()
+        .filter(|id| !cluster.is_lost(*id))
+        .collect();
+    while now_ns() < deadline {
+        if cluster.control.settled(&nodes, &cluster.running_controls()) {
+            return;
+        }
+        pause_ms(CONVERGE_POLL_MS).await;
+    }
+    cluster.violations.report(format!(
+        "liveness: control plane did not settle (every node registered, one coordinator) within {CONTROL_SETTLE_S} s"
+    ));
 }
 
 /// Heals everything and requires `volume` to converge in the budget.
 async fn liveness(cluster: &Arc<Cluster>, volume: &SimVolume) {
     let deadline = now_ns() + LIVENESS_BUDGET_S * 1_000_000_000;
+    set_disk_faults(cluster, false);
+    cluster.control.heal();
     cluster.net.heal_partitions();
     cluster.net.set_faults(LinkFaults {
         loss_ppm: 0,
@@ -328,12 +391,13 @@ async fn probe_write(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bo
 }
 
 /// Waits until every member of `volume` runs and all applied the same,
-/// newest index.
+/// newest index (a member whose disk was corrupted is left out).
 async fn converged(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bool {
     while now_ns() < deadline {
         let applied: Vec<Option<u64>> = volume
             .members
             .iter()
+            .filter(|id| !cluster.is_corrupted(**id))
             .map(|id| {
                 let raft = cluster.raft(*id, volume.id)?;
                 let metrics = raft.metrics();
@@ -354,11 +418,16 @@ async fn converged(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bool
 
 /// Reads every member's own copy of `volume`: records it as a read (so a
 /// lost acknowledged write shows) and requires all copies, and all the
-/// hosts' status digests, to be identical.
+/// hosts' status digests, to be identical (a member whose disk was
+/// corrupted is left out).
 async fn compare_replicas(cluster: &Cluster, volume: &SimVolume) {
     let mut digests: Vec<(NodeId, u64)> = Vec::new();
     let mut statuses: Vec<(NodeId, Option<u64>, u32)> = Vec::new();
     for &id in &volume.members {
+        if cluster.is_corrupted(id) {
+            // Fail-stop: may lag or have stopped (see faults.rs).
+            continue;
+        }
         let who = format!("replica-{id}");
         if let Some(host) = cluster.host(id) {
             match host.status(volume.id).await {

@@ -139,6 +139,10 @@ pub async fn write(
     if !early_ack {
         history.complete(op, outcome.clone(), None, now_ns());
     }
+    if let Outcome::Acked { .. } = outcome {
+        volume.last_ack_ns.store(now_ns(), Ordering::SeqCst);
+        cluster.acked_writes.fetch_add(1, Ordering::SeqCst);
+    }
     outcome
 }
 

@@ -35,6 +35,33 @@ fn same_seed_same_trace_in_one_process() {
     assert_ne!(first.trace, other.trace, "another seed runs differently");
 }
 
+/// Seed 0 draws every environment fault kind, EIO included: its disks,
+/// supervisors, store and clocks replay exactly too.
+#[test]
+fn environment_faults_replay_exactly() {
+    let options = SimOptions::from_seed(0);
+    assert!(options.env.eio && !options.env.is_none(), "{options}");
+    let first = run_seed(options.clone());
+    let second = run_seed(options);
+    assert_eq!(first.violations, 0, "{:?}", first.messages);
+    assert_eq!(
+        (
+            first.trace,
+            first.events,
+            first.sim_ns,
+            first.ops,
+            first.net
+        ),
+        (
+            second.trace,
+            second.events,
+            second.sim_ns,
+            second.ops,
+            second.net
+        )
+    );
+}
+
 /// The final line without its wall-clock field.
 fn replay_line(seed: u64) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_metro-sim"))

@@ -38,7 +38,17 @@ pub trait VolumeRead: Send + 'static {
         &mut self,
         offset_blocks: u64,
         len_blocks: u32,
-    ) -> impl Future<Output = Result<BlockData, String>> + Send + '_;
+    ) -> impl Future<Output = Result<BlockData, ReadFailure>> + Send + '_;
+}
+
+/// Why a read of applied blocks failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadFailure {
+    pub message: String,
+    /// The replica's own data is damaged (a checksum or decode failure):
+    /// it must stop serving the volume (fail-stop), so that a healthy
+    /// replica leads instead of this one failing every read of it.
+    pub damaged: bool,
 }
 
 /// Where a volume's state machine stages a snapshot being received.
@@ -346,14 +356,22 @@ where
     RT: AsyncRuntime,
     SM: RaftStateMachine<TypeConfig<RT>, SnapshotData = SnapshotData> + VolumeRead,
 {
-    let read = raft
+    let read: Result<Result<BlockData, ReadFailure>, _> = raft
         .with_state_machine(move |sm: &mut SM| {
             Box::pin(sm.read_blocks(offset_blocks, len_blocks)) as openraft::base::BoxFuture<'_, _>
         })
         .await;
     match read {
         Ok(Ok(data)) => ClientReply::Read(data),
-        Ok(Err(message)) => failed(message),
+        Ok(Err(failure)) => {
+            if failure.damaged {
+                // Fail-stop: this replica's data cannot be trusted; its
+                // group stops here and the others elect a leader (found
+                // by the simulator: `metro-sim run --seed 635`).
+                let _ = raft.shutdown().await;
+            }
+            failed(failure.message)
+        }
         Err(fatal) => failed(fatal),
     }
 }

@@ -17,7 +17,9 @@
 //!   log id; durable on return.
 //! - `save_vote`: one batch; durable on return (openraft requires it).
 //! - `save_committed`: queued, not awaited: durable no later than the next
-//!   awaited write (openraft treats it as optional).
+//!   awaited write (openraft treats it as optional). So the committed log
+//!   id read back after a crash may lag: a restarted leader must campaign
+//!   again instead of resuming its term (`host::base_raft_config`).
 //!
 //! A failed write poisons the kvstore; this store then fails every call.
 

@@ -79,6 +79,17 @@ pub enum StorageError {
     Failed(String),
 }
 
+impl StorageError {
+    /// Whether the error says this node's stored data is damaged (a
+    /// checksum kvstore verified, or a value that does not decode).
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt { .. } | Self::Store(StoreError::Corrupt { .. })
+        )
+    }
+}
+
 impl From<StorageError> for io::Error {
     fn from(err: StorageError) -> Self {
         io::Error::other(err)
@@ -139,5 +150,28 @@ impl NodeStorage {
         let log = LogStore::open(self.store.clone(), volume)?;
         let sm = VolumeStateMachine::open(Arc::clone(self), volume, size_blocks)?;
         Ok((log, sm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_is_told_apart_from_other_failures() {
+        let crc = StorageError::Store(StoreError::Corrupt {
+            file: "log-00000001.seg".into(),
+            offset: 7,
+            reason: "value CRC mismatch".into(),
+        });
+        let decode = StorageError::Corrupt {
+            what: "block",
+            key: 3,
+            reason: "5 bytes".into(),
+        };
+        assert!(crc.is_damage() && decode.is_damage());
+        let poisoned = StorageError::Store(StoreError::Poisoned("EIO".into()));
+        let failed = StorageError::Failed("EIO".into());
+        assert!(!poisoned.is_damage() && !failed.is_damage());
     }
 }

@@ -46,7 +46,7 @@ use super::namespaces::{
 use super::overlay::{BlockOverlay, Lookup};
 use super::snapshot::SnapshotData;
 use super::{APPLY_IN_FLIGHT_MAX, NodeStorage, StorageError};
-use crate::raft::router::{ReceiveSnapshot, VolumeRead};
+use crate::raft::router::{ReadFailure, ReceiveSnapshot, VolumeRead};
 use crate::raft::types::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -688,11 +688,14 @@ impl<RT: AsyncRuntime> VolumeRead for VolumeStateMachine<RT> {
         &mut self,
         offset_blocks: u64,
         len_blocks: u32,
-    ) -> impl Future<Output = Result<BlockData, String>> + Send + '_ {
+    ) -> impl Future<Output = Result<BlockData, ReadFailure>> + Send + '_ {
         let result = self
             .handle()
             .read_blocks(offset_blocks, len_blocks)
-            .map_err(|err| err.to_string());
+            .map_err(|err| ReadFailure {
+                damaged: err.is_damage(),
+                message: err.to_string(),
+            });
         std::future::ready(result)
     }
 }
