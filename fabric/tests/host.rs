@@ -28,7 +28,7 @@ const SIZE_BLOCKS: u64 = 4096;
 const MEMBERS: [NodeId; 3] = [1, 2, 3];
 /// A caller that is not a node of the cluster.
 const CLIENT: NodeId = 1_000_001;
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(45);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 struct Node {

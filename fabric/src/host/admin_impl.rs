@@ -23,7 +23,9 @@
 //! leader runs: when the leader is another node, `replace_member` and
 //! `in_sync` are forwarded to it once (host-level `ReplaceMember` /
 //! `InSync` requests, nodes only), where they run locally and are never
-//! forwarded again; with no leader known they answer [`AdminError::Retry`].
+//! forwarded again; a node without a replica (a coordinator need not host
+//! one) asks the members in turn; with no leader known they answer
+//! [`AdminError::Retry`].
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -87,17 +89,55 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         self.control(node, volume, request).await
     }
 
-    /// Where `spec`'s group's leader is: `Ok(None)` here (use
-    /// [`Self::local_leader`]), `Ok(Some(node))` elsewhere.
-    fn leader_elsewhere(&self, spec: &VolumeSpec) -> Result<Option<NodeId>, AdminError> {
-        let raft = self
-            .raft(VolumeId(spec.id))
-            .ok_or_else(|| retry(spec, format!("no replica on node {}", self.node())))?;
+    /// Where to run a leader-only admin call for `spec`: `Ok(None)` here
+    /// (this node leads), else the nodes to ask in turn — the leader when
+    /// this node's replica knows it, every member of `placement` but this
+    /// node and `skip` when this node hosts no replica (the coordinator
+    /// need not host one; a member that does not lead refuses, the next
+    /// one is asked).
+    fn admin_targets(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        skip: Option<NodeId>,
+    ) -> Result<Option<Vec<NodeId>>, AdminError> {
+        let Some(raft) = self.raft(VolumeId(spec.id)) else {
+            let others: Vec<NodeId> = placement
+                .nodes()
+                .filter(|n| *n != self.node() && Some(*n) != skip)
+                .collect();
+            if others.is_empty() {
+                return Err(retry(spec, "no member to ask"));
+            }
+            return Ok(Some(others));
+        };
         match raft.metrics().borrow_watched().current_leader {
             Some(leader) if leader == self.node() => Ok(None),
-            Some(leader) => Ok(Some(leader)),
+            Some(leader) => Ok(Some(vec![leader])),
             None => Err(retry(spec, "no leader now")),
         }
+    }
+
+    /// Asks each of `targets` in turn to run `request`; the first answer
+    /// that is not a refusal.
+    async fn forward_admin_any(
+        &self,
+        spec: &VolumeSpec,
+        targets: &[NodeId],
+        request: &ClientRequest,
+        timeout_ms: u64,
+    ) -> Result<(NodeId, ClientReply), AdminError> {
+        let mut last = retry(spec, "no member answered");
+        for &target in targets {
+            match self
+                .forward_admin(spec, target, request.clone(), timeout_ms)
+                .await
+            {
+                Ok(reply) => return Ok((target, reply)),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
     }
 
     /// Asks `leader` to run `request` (a forwarded admin request), bounded
@@ -235,7 +275,7 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
         dead: NodeId,
         replacement: NodeId,
     ) -> Result<(), AdminError> {
-        let Some(leader) = self.leader_elsewhere(spec)? else {
+        let Some(targets) = self.admin_targets(spec, placement, Some(dead))? else {
             return self
                 .replace_member_here(spec, placement, dead, replacement)
                 .await;
@@ -247,9 +287,12 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
             replacement,
         };
         let timeout = CATCH_UP_TIMEOUT_MS + MEMBERSHIP_CHANGE_TIMEOUT_MS;
-        match self.forward_admin(spec, leader, request, timeout).await? {
-            ClientReply::Done => Ok(()),
-            other => Err(retry(spec, format!("node {leader} answered {other:?}"))),
+        match self
+            .forward_admin_any(spec, &targets, &request, timeout)
+            .await?
+        {
+            (_, ClientReply::Done) => Ok(()),
+            (node, other) => Err(retry(spec, format!("node {node} answered {other:?}"))),
         }
     }
 
@@ -258,18 +301,18 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
         spec: &VolumeSpec,
         placement: &Placement,
     ) -> Result<BTreeSet<NodeId>, AdminError> {
-        let Some(leader) = self.leader_elsewhere(spec)? else {
+        let Some(targets) = self.admin_targets(spec, placement, None)? else {
             return self.in_sync_here(spec, placement);
         };
         let request = ClientRequest::InSync {
             members: placement.nodes().collect(),
         };
         match self
-            .forward_admin(spec, leader, request, FORWARD_TIMEOUT_MS)
+            .forward_admin_any(spec, &targets, &request, FORWARD_TIMEOUT_MS)
             .await?
         {
-            ClientReply::InSync { nodes } => Ok(nodes.into_iter().collect()),
-            other => Err(retry(spec, format!("node {leader} answered {other:?}"))),
+            (_, ClientReply::InSync { nodes }) => Ok(nodes.into_iter().collect()),
+            (node, other) => Err(retry(spec, format!("node {node} answered {other:?}"))),
         }
     }
 }

@@ -439,7 +439,17 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 let reply = match self.hop(target, volume, &request).await {
                     Ok(reply) => reply,
                     Err(HostError::UnknownVolume(_)) if target == start => break,
-                    Err(err) => return Err(err),
+                    Err(err) => {
+                        // The hinted leader failed us (gone, partitioned):
+                        // forget it, so that the caller's retry asks the
+                        // other nodes instead of it forever. The error is
+                        // returned as is: the request may have been applied.
+                        let mut hints = lock(&self.leader_hints);
+                        if hints.get(&volume) == Some(&target) {
+                            hints.remove(&volume);
+                        }
+                        return Err(err);
+                    }
                 };
                 match reply {
                     ClientReply::Redirect {
