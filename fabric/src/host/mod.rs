@@ -104,6 +104,13 @@ impl HostConfig {
             heartbeat_interval: HEARTBEAT_INTERVAL_MS,
             election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
             election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            // A restarted leader campaigns again instead of resuming its
+            // term: a resumed leader reuses its old no-op entry and the
+            // committed id it read back (saved lazily, so possibly behind
+            // what it acknowledged) as the floor of linearizable reads, and
+            // would serve a read that misses an acknowledged write. A new
+            // term's no-op entry is above every acknowledged write.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         let raft = raft

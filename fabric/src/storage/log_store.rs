@@ -16,8 +16,12 @@
 //! - `purge`: one batch deleting the prefix and recording the last purged
 //!   log id; durable on return.
 //! - `save_vote`: one batch; durable on return (openraft requires it).
-//! - `save_committed`: queued, not awaited: durable no later than the next
-//!   awaited write (openraft treats it as optional).
+//! - `save_committed`: kept in memory and written with the next write of
+//!   this log (openraft treats it as optional; on restart an older committed
+//!   id only means re-applying less before the leader says more).
+//!
+//! Every write carries the state machine's pending apply changes in front
+//! of it (see [`ApplyRider`]): a replicated batch costs one fdatasync.
 //!
 //! A failed write poisons the kvstore; this store then fails every call.
 
@@ -35,8 +39,9 @@ use openraft::{AsyncRuntime, OptionalSend, RaftLogReader};
 use super::StorageError;
 use super::codec::{decode_entry, decode_log_id, decode_vote, encode_entry};
 use super::codec::{encode_log_id, encode_vote};
-use super::durable::submit_then;
+use super::durable::{Durable, submit_then};
 use super::namespaces::{GroupNamespaces, RAFT_KEY_COMMITTED, RAFT_KEY_LAST_PURGED, RAFT_KEY_VOTE};
+use super::state_machine::ApplyRider;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use crate::volume::VolumeId;
 
@@ -61,6 +66,8 @@ struct LogMemory {
     /// A truncation not yet durable: (ticket, entries above this index are
     /// gone even if kvstore still shows them).
     hide_above: Option<(u64, u64)>,
+    /// A committed log id not yet written: it goes with the next write.
+    unsaved_committed: Option<Option<LogId>>,
     /// Why an earlier write failed.
     failure: Option<String>,
 }
@@ -70,11 +77,42 @@ struct LogShared {
     store: Store,
     ns: GroupNamespaces,
     memory: Mutex<LogMemory>,
+    /// The group's state machine's pending apply changes, if attached.
+    rider: Option<ApplyRider>,
 }
 
 impl LogShared {
     fn memory(&self) -> MutexGuard<'_, LogMemory> {
         self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Submits the ops `fill` adds (about `fill_bytes` bytes) in one batch,
+    /// after the pending committed id and the state machine's pending apply
+    /// changes; `hook` runs on completion.
+    fn submit(
+        &self,
+        fill_bytes: usize,
+        fill: impl FnOnce(&mut WriteBatch),
+        hook: impl FnOnce(&Result<u64, metro_kvstore::StoreError>) + Send + 'static,
+    ) -> Durable {
+        let committed = self.memory().unsaved_committed.take();
+        let ns = self.ns.raft_meta();
+        let fill = move |batch: &mut WriteBatch| {
+            match committed {
+                Some(Some(id)) => batch.put(ns, RAFT_KEY_COMMITTED, encode_log_id(&id)),
+                Some(None) => batch.delete(ns, RAFT_KEY_COMMITTED),
+                None => batch,
+            };
+            fill(batch);
+        };
+        match &self.rider {
+            Some(rider) => rider.submit(fill_bytes, fill, hook),
+            None => {
+                let mut batch = WriteBatch::new();
+                fill(&mut batch);
+                submit_then(&self.store, batch, hook)
+            }
+        }
     }
 
     fn check(&self) -> Result<(), StorageError> {
@@ -131,6 +169,15 @@ impl<RT: AsyncRuntime> LogStore<RT> {
     /// purged log ids and finds the last entry (a binary search of
     /// one-entry scans: the log is contiguous).
     pub fn open(store: Store, volume: VolumeId) -> Result<Self, StorageError> {
+        Self::open_with(store, volume, None)
+    }
+
+    /// Like [`Self::open`], its writes carrying `rider`'s pending changes.
+    pub(crate) fn open_with(
+        store: Store,
+        volume: VolumeId,
+        rider: Option<ApplyRider>,
+    ) -> Result<Self, StorageError> {
         let ns = GroupNamespaces::new(volume);
         let vote = meta_value(&store, &ns, RAFT_KEY_VOTE)?
             .map(|bytes| decode_vote(RAFT_KEY_VOTE, &bytes))
@@ -153,6 +200,7 @@ impl<RT: AsyncRuntime> LogStore<RT> {
             store,
             ns,
             memory: Mutex::new(memory),
+            rider,
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -332,10 +380,17 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.shared.check()?;
-        let mut batch = WriteBatch::new();
-        batch.put(self.shared.ns.raft_meta(), RAFT_KEY_VOTE, encode_vote(vote));
+        let ns = self.shared.ns.raft_meta();
+        let value = encode_vote(vote);
         let shared = Arc::clone(&self.shared);
-        submit_then(&self.shared.store, batch, move |r| note_failure(&shared, r))
+        self.shared
+            .submit(
+                value.len() + 64,
+                |batch| {
+                    batch.put(ns, RAFT_KEY_VOTE, value);
+                },
+                move |r| note_failure(&shared, r),
+            )
             .await
             .map_err(StorageError::from)?;
         self.shared.memory().vote = Some(*vote);
@@ -344,18 +399,10 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.shared.check()?;
-        let ns = self.shared.ns.raft_meta();
-        let mut batch = WriteBatch::new();
-        match &committed {
-            Some(id) => batch.put(ns, RAFT_KEY_COMMITTED, encode_log_id(id)),
-            None => batch.delete(ns, RAFT_KEY_COMMITTED),
-        };
-        let shared = Arc::clone(&self.shared);
-        // Not awaited: see the module docs.
-        drop(submit_then(&self.shared.store, batch, move |r| {
-            note_failure(&shared, r)
-        }));
-        self.shared.memory().committed = committed;
+        // Written with the next write: see the module docs.
+        let mut memory = self.shared.memory();
+        memory.unsaved_committed = Some(committed);
+        memory.committed = committed;
         Ok(())
     }
 
@@ -380,11 +427,18 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let mut batch = WriteBatch::new();
+        let mut encoded = Vec::with_capacity(entries.len());
+        let mut bytes = 0;
         for entry in &entries {
-            let bytes = encode_entry::<RT>(ns.volume, entry)?;
-            batch.put(ns.raft_log(), entry.log_id.index, bytes);
+            let value = encode_entry::<RT>(ns.volume, entry)?;
+            bytes += value.len() + 64;
+            encoded.push((entry.log_id.index, value));
         }
+        let fill = move |batch: &mut WriteBatch| {
+            for (index, value) in encoded {
+                batch.put(ns.raft_log(), index, value);
+            }
+        };
         let ticket = {
             let mut memory = self.shared.memory();
             let ticket = memory.next_ticket;
@@ -396,7 +450,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             ticket
         };
         let shared = Arc::clone(&self.shared);
-        let durable = submit_then(&self.shared.store, batch, move |result| {
+        let durable = self.shared.submit(bytes, fill, move |result| {
             note_failure(&shared, result);
             shared.memory().tail.retain(|_, (t, _)| *t != ticket);
             let flushed = match result {
@@ -425,28 +479,32 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             }
             ticket
         };
-        let mut batch = WriteBatch::new();
-        batch.delete_range(self.shared.ns.raft_log(), from, u64::MAX);
+        let log_ns = self.shared.ns.raft_log();
+        let fill = move |batch: &mut WriteBatch| {
+            batch.delete_range(log_ns, from, u64::MAX);
+        };
         let shared = Arc::clone(&self.shared);
-        submit_then(&self.shared.store, batch, move |result| {
-            note_failure(&shared, result);
-            let mut memory = shared.memory();
-            if memory.hide_above.is_some_and(|(t, _)| t == ticket) && result.is_ok() {
-                memory.hide_above = None;
-            }
-        })
-        .await
-        .map_err(StorageError::from)?;
+        self.shared
+            .submit(64, fill, move |result| {
+                note_failure(&shared, result);
+                let mut memory = shared.memory();
+                if memory.hide_above.is_some_and(|(t, _)| t == ticket) && result.is_ok() {
+                    memory.hide_above = None;
+                }
+            })
+            .await
+            .map_err(StorageError::from)?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.shared.check()?;
         let ns = self.shared.ns;
-        let mut batch = WriteBatch::new();
-        batch
-            .delete_range(ns.raft_log(), 0, log_id.index.saturating_add(1))
-            .put(ns.raft_meta(), RAFT_KEY_LAST_PURGED, encode_log_id(&log_id));
+        let fill = move |batch: &mut WriteBatch| {
+            batch
+                .delete_range(ns.raft_log(), 0, log_id.index.saturating_add(1))
+                .put(ns.raft_meta(), RAFT_KEY_LAST_PURGED, encode_log_id(&log_id));
+        };
         {
             let mut memory = self.shared.memory();
             memory.tail.retain(|index, _| *index > log_id.index);
@@ -456,7 +514,8 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             }
         }
         let shared = Arc::clone(&self.shared);
-        submit_then(&self.shared.store, batch, move |r| note_failure(&shared, r))
+        self.shared
+            .submit(128, fill, move |r| note_failure(&shared, r))
             .await
             .map_err(StorageError::from)?;
         Ok(())
