@@ -203,18 +203,36 @@ async fn replicated(
     drive(&host, 8, blocks, Duration::from_millis(300)).await?;
     let mut rows = Vec::new();
     for &depth in depths {
+        let before = store_counts(&nodes);
         let (ops, elapsed, hist) = drive(&host, depth, blocks, secs).await?;
-        rows.push(Row::new(
+        let after = store_counts(&nodes);
+        let mut row = Row::new(
             &format!("r{replicas}_d{delay_ms}_qd{depth}"),
             ops,
             elapsed,
             &hist,
-        ));
+        );
+        // Per node and per acknowledged write: fdatasyncs of the log and
+        // kvstore batches made durable.
+        let per_write = |d: u64| d as f64 / ops.max(1) as f64 / nodes.len() as f64;
+        row.extra
+            .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
+        row.extra
+            .push(("batches_per_write".into(), per_write(after.1 - before.1)));
+        rows.push(row);
     }
     for node in &nodes {
         node.stop().await;
     }
     Ok(rows)
+}
+
+/// The nodes' total log fdatasyncs and durable batches so far.
+fn store_counts(nodes: &[Node]) -> (u64, u64) {
+    nodes.iter().fold((0, 0), |(syncs, batches), node| {
+        let stats = node.host.storage().store().stats();
+        (syncs + stats.log_syncs, batches + stats.batches)
+    })
 }
 
 async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<usize> {

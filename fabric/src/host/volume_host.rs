@@ -103,6 +103,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         &self.router
     }
 
+    /// The node's storage (its kvstore).
+    pub fn storage(&self) -> &Arc<NodeStorage> {
+        &self.storage
+    }
+
     /// The node's transport.
     pub fn transport(&self) -> &Arc<T> {
         &self.transport
