@@ -75,10 +75,12 @@ fn failed(volume: VolumeId, reason: impl std::fmt::Display) -> HostError {
 
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// A host with no replica open yet; call [`Self::open_existing`] next.
+    /// Whatever `config.raft` says, groups never resume leadership at a
+    /// restart (see [`HostConfig::without_leader_restore`]).
     pub fn new(config: HostConfig, storage: Arc<NodeStorage>, transport: Arc<T>) -> Arc<Self> {
         Arc::new(Self {
             catalogue: Catalogue::new(storage.store().clone()),
-            config,
+            config: config.without_leader_restore(),
             storage,
             router: Arc::new(GroupRouter::new()),
             transport,

@@ -22,7 +22,8 @@
 //!
 //! Ordering is for speed only, never for safety: a request handed over out
 //! of order is one Raft itself rejects (its previous entry is missing: a
-//! conflict, and the leader resends) or accepts harmlessly (entries of one
+//! conflict, which the leader's pipeline takes as a failed call, and
+//! resends) or accepts harmlessly (entries of one
 //! leader never truncate one another). So the wait is bounded and a lost
 //! predecessor costs at most that wait. At most [`APPEND_ORDER_WAITERS_MAX`]
 //! requests wait per (volume, leader); more go at once.

@@ -14,15 +14,19 @@
 //! - Results come out in input order; the stream ends after the first
 //!   result that stops replication (a transport error, a conflict, a higher
 //!   vote, or a partial success short of the request's last entry), like
-//!   openraft's sequential default. Requests still in flight then are
+//!   openraft's sequential default. A conflict on any request but the
+//!   stream's first is reported as a failed call: its predecessor was
+//!   acknowledged up to its `prev_log_id`, so it was only seen out of order,
+//!   and openraft would take a conflict there for the follower losing
+//!   acknowledged entries. Requests still in flight then are
 //!   dropped (their calls cancelled): openraft starts a new stream from what
 //!   was acknowledged.
 //! - The follower may receive the requests out of order (the transport
 //!   gives no order between calls); [`super::router::GroupRouter`] restores
-//!   it per (volume, leader). Out-of-order delivery is safe in any case:
-//!   Raft rejects an append whose previous entry is missing (a conflict,
-//!   answered in order here, and openraft resends), and entries of the same
-//!   leader never truncate one another.
+//!   it per (volume, leader) (with a bounded wait). Out-of-order delivery is
+//!   safe in any case: Raft rejects an append whose previous entry is
+//!   missing (answered here as a failed call, see above, and openraft
+//!   resends), and entries of the same leader never truncate one another.
 //! - Polling is deterministic: the input is polled (up to the window) before
 //!   the in-flight calls, in a fixed order.
 
@@ -81,6 +85,8 @@ pub struct AppendPipeline<RT: AsyncRuntime, S, F> {
     ranges: VecDeque<Range>,
     /// Set once a result ended the stream.
     done: bool,
+    /// Whether a result was yielded yet.
+    yielded: bool,
 }
 
 impl<RT: AsyncRuntime, S, F> std::fmt::Debug for AppendPipeline<RT, S, F> {
@@ -109,6 +115,7 @@ where
             in_flight: FuturesOrdered::new(),
             ranges: VecDeque::new(),
             done: false,
+            yielded: false,
         }
     }
 
@@ -134,6 +141,7 @@ where
 /// What one response means to openraft, and whether the stream goes on.
 fn settle<RT: AsyncRuntime>(
     range: Range,
+    first: bool,
     result: Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>>,
 ) -> (AppendItem<RT>, bool) {
     match result {
@@ -141,11 +149,17 @@ fn settle<RT: AsyncRuntime>(
             // Short of the request's end: the rest must be resent.
             (Ok(Ok(matched)), matched == range.last)
         }
-        Ok(AppendEntriesResponse::Conflict) if range.prev.is_none() => {
-            // A conflict before the first entry cannot happen; openraft's
-            // conversion would panic on it. Treat it as a failed call.
+        Ok(AppendEntriesResponse::Conflict) if !first || range.prev.is_none() => {
+            // Not the first request of the stream: the one before it was
+            // acknowledged up to this one's `prev_log_id`, so the follower
+            // has it and only saw this request too early (out of order).
+            // Reported as a conflict, openraft would take it for the
+            // follower losing acknowledged entries (log reversion, a
+            // panic); as a failed call it resends from what was
+            // acknowledged. (A conflict before the first entry cannot
+            // happen at all; openraft's conversion would panic on it.)
             let err = openraft::error::NetworkError::new(&std::io::Error::other(
-                "conflict reported before the first log entry",
+                "append seen out of order by the follower",
             ));
             (Err(RPCError::Network(err)), false)
         }
@@ -180,7 +194,8 @@ where
                     prev: None,
                     last: None,
                 });
-                let (item, go_on) = settle::<RT>(range, result);
+                let (item, go_on) = settle::<RT>(range, !this.yielded, result);
+                this.yielded = true;
                 if !go_on {
                     this.done = true;
                     this.input = None;
@@ -277,26 +292,42 @@ mod tests {
         assert_eq!(matched, expected);
     }
 
-    /// A conflict ends the stream after its result; later calls are dropped.
-    #[tokio::test]
-    async fn the_stream_ends_at_the_first_conflict() {
-        let requests: Vec<Request> = (0..6).map(|i| request(i, i + 1)).collect();
-        let send = |rpc: Request| -> AppendCall<Rt> {
+    fn conflict_at(at: u64) -> impl FnMut(Request) -> AppendCall<Rt> {
+        move |rpc: Request| -> AppendCall<Rt> {
             let prev = rpc.prev_log_id.map(|l| l.index);
             Box::pin(async move {
-                Ok(if prev == Some(2) {
+                Ok(if prev == Some(at) {
                     AppendEntriesResponse::Conflict
                 } else {
                     AppendEntriesResponse::Success
                 })
             })
+        }
+    }
+
+    /// A conflict on the stream's first request is a conflict; on a later
+    /// one (seen out of order by the follower) a failed call. Either ends
+    /// the stream after its result.
+    #[tokio::test]
+    async fn the_stream_ends_at_the_first_conflict() {
+        let requests = |from: u64| {
+            (from..from + 6)
+                .map(|i| request(i, i + 1))
+                .collect::<Vec<_>>()
         };
-        let results: Vec<_> = AppendPipeline::<Rt, _, _>::new(stream::iter(requests), send)
-            .collect()
-            .await;
+        let results: Vec<_> =
+            AppendPipeline::<Rt, _, _>::new(stream::iter(requests(0)), conflict_at(2))
+                .collect()
+                .await;
         assert_eq!(results.len(), 3);
+        assert!(matches!(results[2], Err(RPCError::Network(_))));
+        let results: Vec<_> =
+            AppendPipeline::<Rt, _, _>::new(stream::iter(requests(2)), conflict_at(2))
+                .collect()
+                .await;
+        assert_eq!(results.len(), 1);
         assert!(matches!(
-            results[2],
+            results[0],
             Ok(Err(openraft::raft::StreamAppendError::Conflict(id))) if id.index == 2
         ));
     }
