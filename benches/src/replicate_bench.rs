@@ -7,7 +7,9 @@
 //! and drives random 4 KiB writes into its leader at queue depth 1 and 32.
 //! In the same run it measures the baselines the targets are stated against:
 //! a kvstore-only durable 4 KiB write (queue depth 1) and the QUIC round trip
-//! between two nodes.
+//! between two nodes, each once before and once after the replicated runs
+//! (the latency target takes the lower p50 of each pair: the host's fsync
+//! and scheduling latency drift while other work runs on it).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -85,6 +87,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             rows.extend(measured);
         }
     }
+    // The baselines again: the machine's fsync and scheduling latency drift
+    // (other work on the host), and the latency target uses the lower of
+    // each pair, which only makes it harder to meet.
+    let mut after = kvstore_baseline(&args.dir.join("kv-only-after"), blocks, secs)?;
+    after.name = "kvstore_only_qd1_after".into();
+    rows.push(after);
+    let mut after = runtime.block_on(quic_rtt(&args.dir.join("after"), &certs, 0))?;
+    after.name = "quic_rtt_after".into();
+    rows.push(after);
     let targets = targets(&rows);
     let config = json!({"seconds": args.seconds, "volume_mib": args.volume_mib,
         "delays_ms": args.delays_ms, "replicas": args.replicas, "depths": args.depths});
@@ -106,12 +117,16 @@ fn targets(rows: &[Row]) -> Vec<Target> {
             met: ratio >= 0.5,
         });
     }
+    let lower = |a: &str, b: &str| match (find(a), find(b)) {
+        (Some(x), Some(y)) => Some(x.p50_us.min(y.p50_us)),
+        (x, y) => x.or(y).map(|r| r.p50_us),
+    };
     if let (Some(r3), Some(kv), Some(rtt)) = (
         find("r3_d0_qd1"),
-        find("kvstore_only_qd1"),
-        find("quic_rtt"),
+        lower("kvstore_only_qd1", "kvstore_only_qd1_after"),
+        lower("quic_rtt", "quic_rtt_after"),
     ) {
-        let bound = kv.p50_us as f64 + rtt.p50_us as f64;
+        let bound = kv as f64 + rtt as f64;
         let ratio = r3.p50_us as f64 / bound;
         targets.push(Target {
             name: "3 replicas depth-1 p50 / (kvstore p50 + QUIC RTT p50)".into(),
