@@ -121,12 +121,19 @@ impl AppendOrder {
             waiters: Vec::new(),
         });
         // A request of an older vote (late, stale) does not move the cursor
-        // of a newer one.
+        // of a newer one; within one vote it only moves forward: a
+        // heartbeat or resend behind it (a heartbeat carries the last
+        // acknowledged log id) must not make the requests after it wait for
+        // predecessors that were handed over long ago.
         if *vote < cursor.vote {
             return;
         }
-        cursor.vote = *vote;
-        cursor.last = last;
+        if *vote == cursor.vote {
+            cursor.last = cursor.last.max(last);
+        } else {
+            cursor.vote = *vote;
+            cursor.last = last;
+        }
         let waiters = std::mem::take(&mut cursor.waiters);
         drop(cursors);
         for waker in waiters {
@@ -212,6 +219,25 @@ mod tests {
             .await
             .expect("woken before the bound")
             .expect("no panic");
+    }
+
+    /// A heartbeat or resend behind the cursor does not move it back: the
+    /// request after the newest one handed over still goes at once.
+    #[tokio::test]
+    async fn the_cursor_only_moves_forward_within_a_vote() {
+        let order = AppendOrder::default();
+        order.handed(VOLUME, 1, &vote(1), log_id(10));
+        order.handed(VOLUME, 1, &vote(1), log_id(4));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let v = vote(1);
+        let turn = order.wait_turn::<TokioRuntime>(VOLUME, 1, &v, log_id(10));
+        assert!(pin!(turn).poll(&mut cx).is_ready());
+        // A new vote starts over.
+        order.handed(VOLUME, 1, &vote(2), log_id(3));
+        let v = vote(2);
+        let turn = order.wait_turn::<TokioRuntime>(VOLUME, 1, &v, log_id(10));
+        assert!(pin!(turn).poll(&mut cx).is_pending());
     }
 
     /// A predecessor that never comes costs at most the bound.
