@@ -219,7 +219,9 @@ async fn replicated(
     let mut rows = Vec::new();
     for &depth in depths {
         let before = store_counts(&nodes);
+        let cpu_before = process_cpu_ms();
         let (ops, elapsed, hist) = drive(&host, depth, blocks, secs).await?;
+        let cpu_after = process_cpu_ms();
         let after = store_counts(&nodes);
         let mut row = Row::new(
             &format!("r{replicas}_d{delay_ms}_qd{depth}"),
@@ -234,12 +236,31 @@ async fn replicated(
             .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
         row.extra
             .push(("batches_per_write".into(), per_write(after.1 - before.1)));
+        // CPU time of the whole process (every node, QUIC, kvstore writers)
+        // per acknowledged write.
+        if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+            let us = (b.saturating_sub(a)) as f64 * 1000.0 / ops.max(1) as f64;
+            row.extra.push(("cpu_us_per_write".into(), us));
+        }
         rows.push(row);
     }
     for node in &nodes {
         node.stop().await;
     }
     Ok(rows)
+}
+
+/// User + system CPU time of this process so far, in ms (Linux
+/// `/proc/self/stat`, clock ticks of 10 ms), if readable.
+fn process_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime
+    // and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10)
 }
 
 /// The nodes' total log fdatasyncs and durable batches so far.
