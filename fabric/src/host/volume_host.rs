@@ -77,6 +77,8 @@ fn failed(volume: VolumeId, reason: impl std::fmt::Display) -> HostError {
 
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// A host with no replica open yet; call [`Self::open_existing`] next.
+    /// Whatever `config.raft` says, groups never resume leadership at a
+    /// restart (see [`HostConfig::without_leader_restore`]).
     pub fn new(config: HostConfig, storage: Arc<NodeStorage>, transport: Arc<T>) -> Arc<Self> {
         assert_eq!(
             config.witness,
@@ -85,7 +87,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         );
         Arc::new(Self {
             catalogue: Catalogue::new(storage.store().clone()),
-            config,
+            config: config.without_leader_restore(),
             storage,
             router: Arc::new(GroupRouter::new()),
             transport,
@@ -114,6 +116,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// The router holding every hosted group's `Raft` handle.
     pub fn router(&self) -> &Arc<HostRouter<RT>> {
         &self.router
+    }
+
+    /// The node's storage (its kvstore).
+    pub fn storage(&self) -> &Arc<NodeStorage> {
+        &self.storage
     }
 
     /// The node's transport.

@@ -20,6 +20,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use futures_util::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -28,6 +30,7 @@ use openraft::raft::{
 };
 use openraft::{AsyncRuntime, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 
+use super::pipeline::{AppendCall, AppendItem, AppendPipeline};
 use super::types::{RaftNode, Snapshot, SnapshotData, TypeConfig, Vote};
 use crate::env::{Lane, NodeId, Transport, TransportError};
 use crate::storage::StorageError;
@@ -182,6 +185,21 @@ impl<T, RT> std::fmt::Debug for GroupNetwork<T, RT> {
     }
 }
 
+/// Sends one AppendEntries request for `volume` to `peer`.
+async fn append_call<T: Transport, RT: AsyncRuntime>(
+    transport: &T,
+    peer: NodeId,
+    volume: VolumeId,
+    rpc: AppendEntriesRequest<TypeConfig<RT>>,
+) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
+    let message = Message::AppendEntries(rpc);
+    match call_peer(transport, peer, Lane::Raft, volume, message).await {
+        Ok(Message::AppendEntriesReply(reply)) => Ok(reply),
+        Ok(other) => Err(unexpected("append-entries", &other).into_rpc()),
+        Err(err) => Err(err.into_rpc()),
+    }
+}
+
 impl<T: Transport, RT: AsyncRuntime> GroupNetwork<T, RT> {
     async fn call(&self, lane: Lane, message: Message<RT>) -> Result<Message<RT>, CallError> {
         call_peer(&*self.transport, self.target, lane, self.volume, message).await
@@ -250,16 +268,32 @@ impl<T: Transport, RT: AsyncRuntime> GroupNetwork<T, RT> {
 impl<T: Transport, RT: AsyncRuntime> RaftNetworkV2<TypeConfig<RT>> for GroupNetwork<T, RT> {
     type SnapshotData = SnapshotData;
 
+    /// Pipelined: up to [`super::pipeline::APPEND_WINDOW_MAX`] requests in flight, results in
+    /// order (see [`super::pipeline`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendItem<RT>>, RPCError<TypeConfig<RT>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig<RT>>> + OptionalSend + Unpin + 'static,
+    {
+        let transport = Arc::clone(&self.transport);
+        let (volume, target) = (self.volume, self.target);
+        let send = move |rpc| -> AppendCall<RT> {
+            let transport = Arc::clone(&transport);
+            Box::pin(async move { append_call(&*transport, target, volume, rpc).await })
+        };
+        let stream: BoxStream<'s, AppendItem<RT>> = Box::pin(AppendPipeline::new(input, send));
+        Box::pin(std::future::ready(Ok(stream)))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig<RT>>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RPCError<TypeConfig<RT>>> {
-        match self.call(Lane::Raft, Message::AppendEntries(rpc)).await {
-            Ok(Message::AppendEntriesReply(reply)) => Ok(reply),
-            Ok(other) => Err(unexpected("append-entries", &other).into_rpc()),
-            Err(err) => Err(err.into_rpc()),
-        }
+        append_call(&*self.transport, self.target, self.volume, rpc).await
     }
 
     async fn vote(

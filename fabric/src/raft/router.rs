@@ -12,16 +12,24 @@
 //! installs it. One transfer per volume at a time; a new first piece
 //! replaces a partial transfer. Nothing but the current piece is in memory.
 //!
+//! AppendEntries from one leader are handed to the group in the leader's
+//! order ([`super::append_order`]): the leader pipelines them, and the
+//! transport may deliver them in any order.
+//!
 //! Locks are held only to look up or update maps, never across an await.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::{Mutex, PoisonError, RwLock};
+use std::task::Poll;
 
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::storage::RaftStateMachine;
 use openraft::{AsyncRuntime, ReadPolicy};
 
+use super::append_order::AppendOrder;
 use super::types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, VolumeRaft};
 use crate::env::{Lane, NodeId, RequestHandler};
 use crate::storage::snapshot::piece_number;
@@ -112,6 +120,7 @@ where
 {
     groups: RwLock<BTreeMap<VolumeId, VolumeRaft<RT, SM>>>,
     snapshots: Mutex<BTreeMap<VolumeId, Assembly>>,
+    append_order: AppendOrder,
 }
 
 impl<RT, SM> std::fmt::Debug for GroupRouter<RT, SM>
@@ -135,6 +144,7 @@ where
         Self {
             groups: RwLock::new(BTreeMap::new()),
             snapshots: Mutex::new(BTreeMap::new()),
+            append_order: AppendOrder::default(),
         }
     }
 }
@@ -165,6 +175,7 @@ where
             .unwrap_or_else(PoisonError::into_inner);
         snapshots.remove(&volume);
         drop(snapshots);
+        self.append_order.forget(volume);
         let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
         groups.remove(&volume)
     }
@@ -211,7 +222,7 @@ where
         let unavailable = |reason: String| RouterError::Unavailable { volume, reason };
         Ok(match frame.message {
             Message::AppendEntries(rpc) => Message::AppendEntriesReply(
-                raft.append_entries(rpc)
+                self.append_in_order(from, volume, &raft, rpc)
                     .await
                     .map_err(|e| unavailable(e.to_string()))?,
             ),
@@ -237,6 +248,30 @@ where
             | Message::ClientReply(_)
             | Message::Fault(_) => return Err(RouterError::Unsupported("reply message")),
         })
+    }
+
+    /// Hands `rpc` to the group in its leader's order (see
+    /// [`super::append_order`]), then waits for the group's answer.
+    async fn append_in_order(
+        &self,
+        from: NodeId,
+        volume: VolumeId,
+        raft: &VolumeRaft<RT, SM>,
+        rpc: AppendEntriesRequest<TypeConfig<RT>>,
+    ) -> Result<AppendEntriesResponse<TypeConfig<RT>>, RaftError<TypeConfig<RT>>> {
+        let vote = rpc.vote;
+        let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        self.append_order
+            .wait_turn::<RT>(volume, from, &vote, rpc.prev_log_id)
+            .await;
+        let mut append = pin!(raft.append_entries(rpc));
+        // The first poll queues the request in the group's API channel.
+        let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+        self.append_order.handed(volume, from, &vote, last);
+        match first {
+            Poll::Ready(result) => result,
+            Poll::Pending => append.await,
+        }
     }
 
     fn lock_snapshots(&self) -> std::sync::MutexGuard<'_, BTreeMap<VolumeId, Assembly>> {

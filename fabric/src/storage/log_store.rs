@@ -16,10 +16,13 @@
 //! - `purge`: one batch deleting the prefix and recording the last purged
 //!   log id; durable on return.
 //! - `save_vote`: one batch; durable on return (openraft requires it).
-//! - `save_committed`: queued, not awaited: durable no later than the next
-//!   awaited write (openraft treats it as optional). So the committed log
-//!   id read back after a crash may lag: a restarted leader must campaign
+//! - `save_committed`: kept in memory and written with the next write of
+//!   this log (openraft treats it as optional). So the committed log id
+//!   read back after a crash may lag: a restarted leader must campaign
 //!   again instead of resuming its term (`host::base_raft_config`).
+//!
+//! Every write carries the state machine's pending apply changes in front
+//! of it (see [`ApplyRider`]): a replicated batch costs one fdatasync.
 //!
 //! A failed write poisons the kvstore; this store then fails every call.
 
@@ -37,8 +40,9 @@ use openraft::{AsyncRuntime, OptionalSend, RaftLogReader};
 use super::StorageError;
 use super::codec::{decode_entry, decode_log_id, decode_vote, encode_entry};
 use super::codec::{encode_log_id, encode_vote};
-use super::durable::submit_then;
+use super::durable::{Durable, submit_then};
 use super::namespaces::{GroupNamespaces, RAFT_KEY_COMMITTED, RAFT_KEY_LAST_PURGED, RAFT_KEY_VOTE};
+use super::state_machine::ApplyRider;
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use crate::volume::VolumeId;
 
@@ -63,6 +67,8 @@ struct LogMemory {
     /// A truncation not yet durable: (ticket, entries above this index are
     /// gone even if kvstore still shows them).
     hide_above: Option<(u64, u64)>,
+    /// A committed log id not yet written: it goes with the next write.
+    unsaved_committed: Option<Option<LogId>>,
     /// Why an earlier write failed.
     failure: Option<String>,
 }
@@ -72,11 +78,42 @@ struct LogShared {
     store: Store,
     ns: GroupNamespaces,
     memory: Mutex<LogMemory>,
+    /// The group's state machine's pending apply changes, if attached.
+    rider: Option<ApplyRider>,
 }
 
 impl LogShared {
     fn memory(&self) -> MutexGuard<'_, LogMemory> {
         self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Submits the ops `fill` adds (about `fill_bytes` bytes) in one batch,
+    /// after the pending committed id and the state machine's pending apply
+    /// changes; `hook` runs on completion.
+    fn submit(
+        &self,
+        fill_bytes: usize,
+        fill: impl FnOnce(&mut WriteBatch),
+        hook: impl FnOnce(&Result<u64, metro_kvstore::StoreError>) + Send + 'static,
+    ) -> Durable {
+        let committed = self.memory().unsaved_committed.take();
+        let ns = self.ns.raft_meta();
+        let fill = move |batch: &mut WriteBatch| {
+            match committed {
+                Some(Some(id)) => batch.put(ns, RAFT_KEY_COMMITTED, encode_log_id(&id)),
+                Some(None) => batch.delete(ns, RAFT_KEY_COMMITTED),
+                None => batch,
+            };
+            fill(batch);
+        };
+        match &self.rider {
+            Some(rider) => rider.submit(fill_bytes, fill, hook),
+            None => {
+                let mut batch = WriteBatch::new();
+                fill(&mut batch);
+                submit_then(&self.store, batch, hook)
+            }
+        }
     }
 
     fn check(&self) -> Result<(), StorageError> {
@@ -133,6 +170,15 @@ impl<RT: AsyncRuntime> LogStore<RT> {
     /// purged log ids and finds the last entry (a binary search of
     /// one-entry scans: the log is contiguous).
     pub fn open(store: Store, volume: VolumeId) -> Result<Self, StorageError> {
+        Self::open_with(store, volume, None)
+    }
+
+    /// Like [`Self::open`], its writes carrying `rider`'s pending changes.
+    pub(crate) fn open_with(
+        store: Store,
+        volume: VolumeId,
+        rider: Option<ApplyRider>,
+    ) -> Result<Self, StorageError> {
         let ns = GroupNamespaces::new(volume);
         let vote = meta_value(&store, &ns, RAFT_KEY_VOTE)?
             .map(|bytes| decode_vote(RAFT_KEY_VOTE, &bytes))
@@ -155,6 +201,7 @@ impl<RT: AsyncRuntime> LogStore<RT> {
             store,
             ns,
             memory: Mutex::new(memory),
+            rider,
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -334,10 +381,17 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.shared.check()?;
-        let mut batch = WriteBatch::new();
-        batch.put(self.shared.ns.raft_meta(), RAFT_KEY_VOTE, encode_vote(vote));
+        let ns = self.shared.ns.raft_meta();
+        let value = encode_vote(vote);
         let shared = Arc::clone(&self.shared);
-        submit_then(&self.shared.store, batch, move |r| note_failure(&shared, r))
+        self.shared
+            .submit(
+                value.len() + 64,
+                |batch| {
+                    batch.put(ns, RAFT_KEY_VOTE, value);
+                },
+                move |r| note_failure(&shared, r),
+            )
             .await
             .map_err(StorageError::from)?;
         self.shared.memory().vote = Some(*vote);
@@ -346,18 +400,10 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.shared.check()?;
-        let ns = self.shared.ns.raft_meta();
-        let mut batch = WriteBatch::new();
-        match &committed {
-            Some(id) => batch.put(ns, RAFT_KEY_COMMITTED, encode_log_id(id)),
-            None => batch.delete(ns, RAFT_KEY_COMMITTED),
-        };
-        let shared = Arc::clone(&self.shared);
-        // Not awaited: see the module docs.
-        drop(submit_then(&self.shared.store, batch, move |r| {
-            note_failure(&shared, r)
-        }));
-        self.shared.memory().committed = committed;
+        // Written with the next write: see the module docs.
+        let mut memory = self.shared.memory();
+        memory.unsaved_committed = Some(committed);
+        memory.committed = committed;
         Ok(())
     }
 
@@ -382,11 +428,18 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             callback.io_completed(Ok(()));
             return Ok(());
         };
-        let mut batch = WriteBatch::new();
+        let mut encoded = Vec::with_capacity(entries.len());
+        let mut bytes = 0;
         for entry in &entries {
-            let bytes = encode_entry::<RT>(ns.volume, entry)?;
-            batch.put(ns.raft_log(), entry.log_id.index, bytes);
+            let value = encode_entry::<RT>(ns.volume, entry)?;
+            bytes += value.len() + 64;
+            encoded.push((entry.log_id.index, value));
         }
+        let fill = move |batch: &mut WriteBatch| {
+            for (index, value) in encoded {
+                batch.put(ns.raft_log(), index, value);
+            }
+        };
         let ticket = {
             let mut memory = self.shared.memory();
             let ticket = memory.next_ticket;
@@ -398,7 +451,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             ticket
         };
         let shared = Arc::clone(&self.shared);
-        let durable = submit_then(&self.shared.store, batch, move |result| {
+        let durable = self.shared.submit(bytes, fill, move |result| {
             note_failure(&shared, result);
             shared.memory().tail.retain(|_, (t, _)| *t != ticket);
             let flushed = match result {
@@ -427,28 +480,32 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             }
             ticket
         };
-        let mut batch = WriteBatch::new();
-        batch.delete_range(self.shared.ns.raft_log(), from, u64::MAX);
+        let log_ns = self.shared.ns.raft_log();
+        let fill = move |batch: &mut WriteBatch| {
+            batch.delete_range(log_ns, from, u64::MAX);
+        };
         let shared = Arc::clone(&self.shared);
-        submit_then(&self.shared.store, batch, move |result| {
-            note_failure(&shared, result);
-            let mut memory = shared.memory();
-            if memory.hide_above.is_some_and(|(t, _)| t == ticket) && result.is_ok() {
-                memory.hide_above = None;
-            }
-        })
-        .await
-        .map_err(StorageError::from)?;
+        self.shared
+            .submit(64, fill, move |result| {
+                note_failure(&shared, result);
+                let mut memory = shared.memory();
+                if memory.hide_above.is_some_and(|(t, _)| t == ticket) && result.is_ok() {
+                    memory.hide_above = None;
+                }
+            })
+            .await
+            .map_err(StorageError::from)?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.shared.check()?;
         let ns = self.shared.ns;
-        let mut batch = WriteBatch::new();
-        batch
-            .delete_range(ns.raft_log(), 0, log_id.index.saturating_add(1))
-            .put(ns.raft_meta(), RAFT_KEY_LAST_PURGED, encode_log_id(&log_id));
+        let fill = move |batch: &mut WriteBatch| {
+            batch
+                .delete_range(ns.raft_log(), 0, log_id.index.saturating_add(1))
+                .put(ns.raft_meta(), RAFT_KEY_LAST_PURGED, encode_log_id(&log_id));
+        };
         {
             let mut memory = self.shared.memory();
             memory.tail.retain(|index, _| *index > log_id.index);
@@ -458,7 +515,8 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             }
         }
         let shared = Arc::clone(&self.shared);
-        submit_then(&self.shared.store, batch, move |r| note_failure(&shared, r))
+        self.shared
+            .submit(128, fill, move |r| note_failure(&shared, r))
             .await
             .map_err(StorageError::from)?;
         Ok(())

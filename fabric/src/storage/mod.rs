@@ -13,13 +13,16 @@
 //!   from the kvstore completion, i.e. after the fdatasync returned); readable
 //!   as soon as `append` returns (an in-memory tail covers the gap).
 //! - Vote, truncation, purge: durable when the call returns.
-//! - Committed log id: submitted, not awaited (optional in openraft);
-//!   durable no later than anything submitted after it.
+//! - Committed log id: kept in memory and written with the log's next write
+//!   (optional in openraft).
 //! - State machine: an applied entry's blocks and the applied log id travel
-//!   in one batch, submitted and *not* awaited; reads see it at once through
-//!   an in-memory overlay. After a crash the applied log id read back is
-//!   exactly the one matching the durable blocks, and openraft re-applies the
-//!   log after it (the log, fsynced before commit, is the durability).
+//!   in one batch, *not* awaited: they ride along with the group's next log
+//!   write (or go alone past a size bound, or before any other state machine
+//!   write), so that a replicated batch costs each node one fdatasync. Reads
+//!   see them at once through an in-memory overlay. After a crash the
+//!   applied log id read back is exactly the one matching the durable
+//!   blocks, and openraft re-applies the log after it (the log, fsynced
+//!   before commit, is the durability).
 //! - Snapshots: pinned kvstore snapshots of the block map, durable when
 //!   built or installed (see [`snapshot`]).
 //!
@@ -147,8 +150,8 @@ impl NodeStorage {
         volume: VolumeId,
         size_blocks: u64,
     ) -> Result<(LogStore<RT>, VolumeStateMachine<RT>), StorageError> {
-        let log = LogStore::open(self.store.clone(), volume)?;
         let sm = VolumeStateMachine::open(Arc::clone(self), volume, size_blocks)?;
+        let log = LogStore::open_with(self.store.clone(), volume, Some(sm.rider()))?;
         Ok((log, sm))
     }
 }

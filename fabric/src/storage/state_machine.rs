@@ -1,16 +1,23 @@
 //! [`VolumeStateMachine`]: openraft's `RaftStateMachine` for one volume, its
 //! block map in kvstore.
 //!
-//! Apply: each committed entry becomes one kvstore batch holding its block
-//! changes (puts, or a `delete_range` for trim / write-zeroes / shrink) and
-//! the new applied log id (plus membership or size when they change). The
-//! batch is submitted and *not* awaited: the entry is already durable in the
-//! log of a majority, and on restart the applied log id read back matches
-//! the blocks of the same batch, so openraft re-applies exactly the entries
+//! Apply: each committed entry's block changes (puts, or a `delete_range`
+//! for trim / write-zeroes / shrink) and the new applied log id (plus
+//! membership or size when they change) are added to the group's *pending*
+//! apply batch, which is neither submitted nor awaited at once: it rides
+//! along in the group's next log write ([`ApplyRider`], one kvstore batch,
+//! so one fdatasync per replicated batch instead of one for the log and
+//! another for the apply, which the next append then queued behind). It is
+//! submitted on its own when it grows past [`PENDING_APPLY_BYTES_MAX`] or
+//! [`PENDING_APPLY_ENTRIES_MAX`], and before any other write of the state
+//! machine (snapshot, staging, install), so kvstore's FIFO order is the
+//! apply order. Not waiting is safe: the entry is already durable in the log
+//! of a majority, and on restart the applied log id read back matches the
+//! blocks of the same batch, so openraft re-applies exactly the entries
 //! after it. The client is answered at once; reads see the applied data
-//! through a [`BlockOverlay`] of not-yet-durable batches (kvstore shows a
+//! through a [`BlockOverlay`] of not-yet-durable changes (kvstore shows a
 //! batch only once durable), so a read never misses an applied write.
-//! At most [`APPLY_IN_FLIGHT_MAX`] batches are queued per volume.
+//! At most [`APPLY_IN_FLIGHT_MAX`] batches of its own are queued per volume.
 //!
 //! On a witness node (`NodeStorage::is_witness`) block changes are not
 //! applied at all: only the applied log id, membership and size are kept.
@@ -73,6 +80,68 @@ struct SmShared {
     ns: GroupNamespaces,
     state: Mutex<SmState>,
     overlay: Mutex<BlockOverlay>,
+    /// Applied changes not yet submitted to kvstore (lock order: pending,
+    /// then state, then overlay).
+    pending: Mutex<PendingApply>,
+}
+
+/// Applied entries' changes waiting for a batch to ride in.
+#[derive(Debug, Default)]
+struct PendingApply {
+    batch: WriteBatch,
+    /// Overlay tickets of the entries in `batch`.
+    tickets: Vec<u64>,
+}
+
+/// Pending apply changes above this many bytes go to kvstore on their own.
+pub const PENDING_APPLY_BYTES_MAX: usize = 4 << 20;
+/// Pending applied entries above this many go to kvstore on their own.
+pub const PENDING_APPLY_ENTRIES_MAX: usize = 256;
+
+/// What a completed kvstore batch reports to the state machine whose
+/// pending changes it carried.
+type ApplyHook = Box<dyn FnOnce(&Result<u64, metro_kvstore::StoreError>) + Send>;
+
+/// The log store's handle on its group's pending apply changes: every log
+/// store write goes through [`ApplyRider::submit`], which puts the pending
+/// changes first in the same batch.
+#[derive(Debug, Clone)]
+pub(crate) struct ApplyRider {
+    shared: Arc<SmShared>,
+}
+
+impl ApplyRider {
+    /// Submits a batch built by `fill` (about `fill_bytes` encoded bytes)
+    /// with the pending apply changes in front of it: in the same batch when
+    /// both fit in one, else in a batch of their own just before it. `hook`
+    /// runs once the batch is durable (or failed).
+    pub(crate) fn submit(
+        &self,
+        fill_bytes: usize,
+        fill: impl FnOnce(&mut WriteBatch),
+        hook: impl FnOnce(&Result<u64, metro_kvstore::StoreError>) + Send + 'static,
+    ) -> Durable {
+        let store = self.shared.store();
+        // Held until submitted: a state machine write that finds nothing
+        // pending must not overtake the changes this batch carries.
+        let mut pending = lock(&self.shared.pending);
+        let Some((mut batch, done)) = self.shared.take_pending(&mut pending) else {
+            let mut batch = WriteBatch::new();
+            fill(&mut batch);
+            return submit_then(store, batch, hook);
+        };
+        if batch.encoded_len() + fill_bytes > metro_kvstore::BATCH_BYTES_MAX {
+            drop(submit_then(store, batch, done));
+            batch = WriteBatch::new();
+            fill(&mut batch);
+            return submit_then(store, batch, hook);
+        }
+        fill(&mut batch);
+        submit_then(store, batch, move |result| {
+            done(result);
+            hook(result);
+        })
+    }
 }
 
 /// The state machine of one volume group.
@@ -124,6 +193,27 @@ impl SmShared {
 
     fn sm_value(&self, key: u64) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.store().get(self.ns.sm_meta(), key)?)
+    }
+
+    /// Empties `pending`: its batch and the hook that settles its tickets.
+    fn take_pending(
+        self: &Arc<Self>,
+        pending: &mut PendingApply,
+    ) -> Option<(WriteBatch, ApplyHook)> {
+        if pending.batch.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(&mut pending.batch);
+        let tickets = std::mem::take(&mut pending.tickets);
+        let shared = Arc::clone(self);
+        let hook: ApplyHook = Box::new(move |result| {
+            shared.note(result);
+            let mut overlay = lock(&shared.overlay);
+            for ticket in tickets {
+                overlay.durable(ticket);
+            }
+        });
+        Some((batch, hook))
     }
 }
 
@@ -208,6 +298,7 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
             ns: GroupNamespaces::new(volume),
             state: Mutex::new(placeholder_state()),
             overlay: Mutex::new(BlockOverlay::default()),
+            pending: Mutex::new(PendingApply::default()),
         };
         let state = load_state::<RT>(&shared, size_blocks)?;
         *shared.state() = state;
@@ -227,8 +318,18 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         }
     }
 
-    /// Submits an apply batch; waits only while [`APPLY_IN_FLIGHT_MAX`] are queued.
-    async fn submit_apply(&mut self, batch: WriteBatch, ticket: u64) -> Result<(), StorageError> {
+    /// The log store's handle on this state machine's pending changes.
+    pub(crate) fn rider(&self) -> ApplyRider {
+        ApplyRider {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Submits the pending apply changes on their own (if any); waits only
+    /// while [`APPLY_IN_FLIGHT_MAX`] such batches are queued. Every other
+    /// write of the state machine calls this first, so that it is ordered
+    /// after the changes already applied.
+    async fn flush_pending(&mut self) -> Result<(), StorageError> {
         while self.in_flight.front().is_some_and(Durable::is_done) {
             if let Some(done) = self.in_flight.pop_front() {
                 done.await?;
@@ -239,17 +340,20 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         {
             oldest.await?;
         }
-        let shared = Arc::clone(&self.shared);
-        let durable = submit_then(self.shared.store(), batch, move |result| {
-            shared.note(result);
-            lock(&shared.overlay).durable(ticket);
-        });
+        let durable = {
+            let mut pending = lock(&self.shared.pending);
+            match self.shared.take_pending(&mut pending) {
+                Some((batch, hook)) => submit_then(self.shared.store(), batch, hook),
+                None => return Ok(()),
+            }
+        };
         self.in_flight.push_back(durable);
         Ok(())
     }
 
-    /// Waits until every submitted apply batch is durable.
+    /// Waits until every applied change is durable.
     async fn drain(&mut self) -> Result<(), StorageError> {
+        self.flush_pending().await?;
         while let Some(durable) = self.in_flight.pop_front() {
             durable.await?;
         }
@@ -258,6 +362,8 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
 
     /// Pins the active slot as the current Raft snapshot; durable on return.
     async fn pin_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        // The pinned block map must hold every applied change.
+        self.flush_pending().await?;
         let shared = Arc::clone(&self.shared);
         let (slot, size_blocks, meta, old) = {
             let state = shared.state();
@@ -321,6 +427,7 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
             state.last_staging = slot;
             slot
         };
+        self.flush_pending().await?;
         let mut batch = WriteBatch::new();
         batch.drop_namespace(self.shared.ns.block_map(slot));
         submit(self.shared.store(), batch).await?;
@@ -496,16 +603,21 @@ fn apply_command(
 }
 
 impl SmShared {
-    /// Builds the batch applying `entry`, updating state and overlay.
+    /// Adds the changes applying `entry` to the pending batch, updating
+    /// state and overlay; returns the response and whether the pending
+    /// batch should now go on its own.
     fn prepare<RT: AsyncRuntime>(
         &self,
         entry: &Entry,
-    ) -> Result<(WriteBatch, u64, VolumeResponse), StorageError> {
+    ) -> Result<(VolumeResponse, bool), StorageError> {
+        let mut pending = lock(&self.pending);
+        let pending = &mut *pending;
         let mut state = self.state();
         let mut overlay = lock(&self.overlay);
         let ticket = overlay.ticket();
+        pending.tickets.push(ticket);
         let sm = self.ns.sm_meta();
-        let mut batch = WriteBatch::new();
+        let batch = &mut pending.batch;
         batch.put(sm, SM_KEY_APPLIED, encode_log_id(&entry.log_id));
         state.applied = Some(entry.log_id);
         let response = match &entry.payload {
@@ -524,10 +636,12 @@ impl SmShared {
                 VolumeResponse::Applied
             }
             EntryPayload::Normal(command) => {
-                apply_command(self, &mut state, &mut overlay, ticket, command, &mut batch)
+                apply_command(self, &mut state, &mut overlay, ticket, command, batch)
             }
         };
-        Ok((batch, ticket, response))
+        let full = batch.encoded_len() >= PENDING_APPLY_BYTES_MAX
+            || pending.tickets.len() >= PENDING_APPLY_ENTRIES_MAX;
+        Ok((response, full))
     }
 }
 
@@ -642,8 +756,10 @@ impl<RT: AsyncRuntime> RaftStateMachine<TypeConfig<RT>> for VolumeStateMachine<R
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             self.shared.check()?;
-            let (batch, ticket, response) = self.shared.prepare::<RT>(&entry)?;
-            self.submit_apply(batch, ticket).await?;
+            let (response, full) = self.shared.prepare::<RT>(&entry)?;
+            if full {
+                self.flush_pending().await?;
+            }
             if let Some(responder) = responder {
                 responder.send(response);
             }
