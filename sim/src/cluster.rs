@@ -293,6 +293,11 @@ impl Cluster {
         self.lock().get(&id).is_some_and(|n| n.corrupted)
     }
 
+    /// Whether `id` is a witness node (log only, no blocks).
+    pub fn is_witness(&self, id: NodeId) -> bool {
+        self.lock().get(&id).is_some_and(|n| n.spec.witness)
+    }
+
     /// Whether `id` refused to recover from its corrupted disk (it stays
     /// down for good).
     pub fn is_lost(&self, id: NodeId) -> bool {

@@ -7,8 +7,12 @@
 //! with every replica the node's catalogue records
 //! ([`VolumeHost::open_existing`]), and a [`HostHandler`] as the node's
 //! request handler on the [`SimNetwork`] (attached once the replicas are
-//! open; until then requests fail as on a starting node). Witness nodes'
-//! groups campaign like any voter, as in production; with
+//! open; until then requests fail as on a starting node). Witness nodes
+//! run the production witness (`NodeStorage::new_witness`,
+//! `HostConfig::into_witness` and `VolumeHost::witness_duties` every
+//! `WITNESS_DUTY_INTERVAL_MS`): no blocks, the log purged only to the
+//! leader's floor, leadership handed on; the checkers require a witness to
+//! hold no block and leave it out of the byte-identical comparison. With
 //! `witness_never_campaigns` they only vote (`elect(false)`, set once a
 //! group is open: a witness may still win the election its own
 //! initialization starts).
@@ -39,7 +43,9 @@ use std::time::Duration;
 use std::collections::BTreeSet;
 
 use metro_fabric::env::{Disk, DiskError, DiskFile, NodeId, OpenMode};
-use metro_fabric::host::{HostConfig, HostHandler, VolumeHost, base_raft_config};
+use metro_fabric::host::{
+    HostConfig, HostHandler, VolumeHost, WITNESS_DUTY_INTERVAL_MS, base_raft_config,
+};
 use metro_fabric::raft::types::VolumeRaft;
 use metro_fabric::storage::{NodeStorage, VolumeStateMachine};
 use metro_kvstore::{CrashMode, FaultyDisk, Options, Store, StoreError, Writer};
@@ -232,15 +238,26 @@ pub async fn start(
         .true_span(node, Duration::from_micros(options.fsync_us));
     let writer_kill = kill.clone();
     Rt::spawn(async move { writer_kill.guard(drive_writer(writer, tick)).await });
-    let storage = NodeStorage::new(store);
+    let storage = match spec.witness {
+        true => NodeStorage::new_witness(store),
+        false => NodeStorage::new(store),
+    };
     let handler = Handler::new();
     let transport = net.start(node, handler.clone(), kill.clone());
-    let config = HostConfig {
+    let mut config = HostConfig {
         node,
         peers: peers.into_iter().filter(|p| *p != node).collect(),
         raft: raft_config(options),
         witness: false,
     };
+    if spec.witness {
+        // The production witness: no blocks, later elections, its log
+        // purged only to the leader's floor (see `fabric::host`).
+        config = config.into_witness().map_err(|e| NodeError::Group {
+            node,
+            reason: e.to_string(),
+        })?;
+    }
     let host = Host::new(config, storage, Arc::new(transport.clone()));
     let opened = host.open_existing().await.map_err(|e| {
         let group = NodeError::Group {
@@ -260,6 +277,21 @@ pub async fn start(
         never_campaign(&host);
     }
     handler.attach(Arc::clone(&host));
+    if spec.witness {
+        let duties_host = Arc::clone(&host);
+        let duties_kill = kill.clone();
+        let every = Duration::from_millis(WITNESS_DUTY_INTERVAL_MS);
+        Rt::spawn(async move {
+            duties_kill
+                .guard(async move {
+                    loop {
+                        Rt::sleep(every).await;
+                        duties_host.witness_duties().await;
+                    }
+                })
+                .await
+        });
+    }
     let domain = format!("d{}", spec.domain);
     let control = control.start_node(node, domain, &host, options.env.coordinators);
     let registration = Arc::clone(&control.registration);

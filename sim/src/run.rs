@@ -416,6 +416,23 @@ async fn converged(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bool
     false
 }
 
+/// A witness member's status must report no block (it applies none).
+async fn witness_holds_no_blocks(cluster: &Cluster, volume: &SimVolume, id: NodeId) {
+    let Some(host) = cluster.host(id) else {
+        return;
+    };
+    match host.status(volume.id).await {
+        Ok(status) if status.blocks_nonzero == 0 => {}
+        Ok(status) => cluster.violations.report(format!(
+            "witness {id}: holds {} blocks of {}",
+            status.blocks_nonzero, volume.id
+        )),
+        Err(err) => cluster
+            .violations
+            .report(format!("witness {id}: status of {}: {err}", volume.id)),
+    }
+}
+
 /// Reads every member's own copy of `volume`: records it as a read (so a
 /// lost acknowledged write shows) and requires all copies, and all the
 /// hosts' status digests, to be identical (a member whose disk was
@@ -426,6 +443,11 @@ async fn compare_replicas(cluster: &Cluster, volume: &SimVolume) {
     for &id in &volume.members {
         if cluster.is_corrupted(id) {
             // Fail-stop: may lag or have stopped (see faults.rs).
+            continue;
+        }
+        if cluster.is_witness(id) {
+            // A witness keeps the log, not the blocks: it must hold none.
+            witness_holds_no_blocks(cluster, volume, id).await;
             continue;
         }
         let who = format!("replica-{id}");

@@ -184,3 +184,12 @@ fn corruption_found_by_a_replica_reopening_is_fail_stop() {
 fn a_leader_with_corrupted_data_fails_stop() {
     passes(635, |_| {});
 }
+
+/// A witness that lagged got a Raft snapshot from a data leader and
+/// installed its blocks: "witness 6: holds 30 blocks of vol-2" (seed 181,
+/// its own options). A witness now installs a snapshot's metadata only.
+/// Replay: `metro-sim run --seed 181`.
+#[test]
+fn a_witness_installs_no_blocks_from_a_snapshot() {
+    passes(181, |_| {});
+}

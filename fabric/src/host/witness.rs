@@ -17,8 +17,9 @@
 //!   witness's own (block-less) snapshot, which are committed, so a
 //!   matched entry below the floor is never truncated on any voter.
 //! - **No data.** Applying changes no block (see `storage::state_machine`),
-//!   and a witness's snapshot refuses to be sent (`storage::snapshot`): a
-//!   follower that needs one waits for a data leader.
+//!   installing a Raft snapshot keeps its metadata only, and a witness's
+//!   snapshot refuses to be sent (`storage::snapshot`): a follower that
+//!   needs one waits for a data leader.
 //! - **Leads only to hand entries on.** A witness may win an election (in
 //!   the A+W case above it must: its log is the longer one); its elections
 //!   time out later than data replicas' so that a data replica usually wins
