@@ -9,9 +9,8 @@
 //! placement. The new replica must hold exactly the blocks written before
 //! and during the repair, and the published health must turn healthy again.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure};
@@ -19,12 +18,13 @@ use metro_fabric::control::{
     ClusterKeys, Health, VolumeRecord, VolumeSpec, VolumeStatusRecord, decode, encode, status_key,
 };
 use metro_fabric::env::NodeId;
-use metro_fabric::membership::{MemMembership, Membership as _};
+use metro_fabric::membership::Membership as _;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_node::config::NodeConfig;
-use metro_node::control_plane::{AnyMembership, ControlConfig};
-use metro_node::daemon::{self, Frontends, Node};
-use metro_node::tls::ClusterCa;
+use metro_node::control_plane::AnyMembership;
+use metro_node::daemon::Node;
+
+use common::inproc;
 
 const CLUSTER: &str = "rep";
 const NODES: [NodeId; 4] = [1, 2, 3, 4];
@@ -32,71 +32,30 @@ const VOLUME: VolumeId = VolumeId(9);
 const NAME: &str = "vol";
 const BLOCKS: u64 = 256;
 const WAIT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(100);
 
 fn domain_of(id: NodeId) -> &'static str {
     ["a", "b", "c", "c"][(id - 1) as usize]
 }
 
 fn configs(dir: &std::path::Path) -> anyhow::Result<Vec<NodeConfig>> {
-    let certs = dir.join("certs");
-    let ca = ClusterCa::generate(CLUSTER)?;
-    ca.save(&certs)?;
-    for id in NODES {
-        ca.issue_node(id, &[])?.save(&certs)?;
-    }
-    let sockets: Vec<UdpSocket> = NODES
+    let domains: Vec<(NodeId, String)> = NODES
         .iter()
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
-    let addrs: BTreeMap<NodeId, SocketAddr> = NODES
-        .iter()
-        .zip(&sockets)
-        .map(|(id, s)| Ok((*id, s.local_addr()?)))
-        .collect::<anyhow::Result<_>>()?;
-    drop(sockets);
-    Ok(NODES
-        .iter()
-        .map(|&id| {
-            let mut control = ControlConfig::embedded(CLUSTER, domain_of(id));
-            control.timing.repair_delay = Duration::from_secs(1);
-            NodeConfig {
-                node_id: id,
-                data_dir: dir.join(format!("node-{id}")),
-                certs_dir: certs.clone(),
-                listen: addrs[&id],
-                peers: addrs
-                    .iter()
-                    .filter(|(p, _)| **p != id)
-                    .map(|(p, a)| (*p, *a))
-                    .collect(),
-                delays: BTreeMap::new(),
-                log_level: tracing::Level::WARN,
-                control,
-            }
-        })
-        .collect())
+        .map(|id| (*id, domain_of(*id).to_string()))
+        .collect();
+    let nodes: Vec<(NodeId, &str)> = domains.iter().map(|(id, d)| (*id, d.as_str())).collect();
+    inproc::node_configs(dir, CLUSTER, &nodes, |c| {
+        c.timing.repair_delay = Duration::from_secs(1)
+    })
 }
 
 fn block(index: u64) -> BlockData {
     BlockData::new(metro_node::demo::workload::pattern(index)).expect("one block")
 }
 
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> anyhow::Result<T> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = probe().await {
-            return Ok(found);
-        }
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Writes block `index` through `node`'s host, retrying while there is
 /// no leader (elections, the leadership move).
 async fn write(node: &Node, index: u64) -> anyhow::Result<()> {
-    wait_for(&format!("block {index} acknowledged"), async || {
+    inproc::wait_for(&format!("block {index} acknowledged"), WAIT, async || {
         node.host.write(VOLUME, index, block(index)).await.ok()
     })
     .await?;
@@ -131,7 +90,7 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
     store
         .put(keys.volume(NAME).as_bytes(), &encode(&fresh), None)
         .await?;
-    let placed: Vec<NodeId> = wait_for("placement", async || {
+    let placed: Vec<NodeId> = inproc::wait_for("placement", WAIT, async || {
         record(store).await?.placement.map(|p| p.nodes().collect())
     })
     .await?;
@@ -141,14 +100,14 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no replica in c: {placed:?}"))?;
     let spare = if victim == 3 { 4 } else { 3 };
     let host = |id: NodeId| &nodes[(id - 1) as usize].host;
-    wait_for("the group's leader", async || {
+    inproc::wait_for("the group's leader", WAIT, async || {
         host(1).status(VOLUME).await.ok()?.leader
     })
     .await?;
     for index in 0..BLOCKS / 2 {
         write(&nodes[0], index).await?;
     }
-    let coordinator = wait_for("an elected coordinator", async || {
+    let coordinator = inproc::wait_for("an elected coordinator", WAIT, async || {
         nodes
             .iter()
             .find(|n| n.control.coordinator_stats().leading)
@@ -160,7 +119,7 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
         .iter()
         .find(|n| **n != coordinator && **n != victim)
         .ok_or_else(|| anyhow!("no member to lead"))?;
-    let leader = wait_for("the leadership to move", async || {
+    let leader = inproc::wait_for("the leadership to move", WAIT, async || {
         let raft = host(1).raft(VOLUME)?;
         let leader = host(1).status(VOLUME).await.ok()?.leader?;
         if leader == target {
@@ -181,7 +140,7 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
     for index in BLOCKS / 2..BLOCKS {
         write(&nodes[(target - 1) as usize], index).await?;
     }
-    let repaired: Vec<NodeId> = wait_for("the repaired placement", async || {
+    let repaired: Vec<NodeId> = inproc::wait_for("the repaired placement", WAIT, async || {
         let nodes: Vec<NodeId> = record(store).await?.placement?.nodes().collect();
         nodes.contains(&spare).then_some(nodes)
     })
@@ -191,7 +150,7 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     ensure!(!repaired.contains(&victim), "the dead node is still placed");
-    let healthy = wait_for("healthy again", async || {
+    let healthy = inproc::wait_for("healthy again", WAIT, async || {
         health(store)
             .await
             .filter(|h| matches!(h, Health::Healthy { .. }))
@@ -203,12 +162,13 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
         leader_status.voters.contains(&spare) && !leader_status.voters.contains(&victim),
         "group voters not swapped: {leader_status:?}"
     );
-    let spare_status = wait_for("the new replica at the leader's index", async || {
-        let s = host(spare).status(VOLUME).await.ok()?;
-        let l = host(target).status(VOLUME).await.ok()?;
-        (s.applied_index == l.applied_index).then_some(s)
-    })
-    .await?;
+    let spare_status =
+        inproc::wait_for("the new replica at the leader's index", WAIT, async || {
+            let s = host(spare).status(VOLUME).await.ok()?;
+            let l = host(target).status(VOLUME).await.ok()?;
+            (s.applied_index == l.applied_index).then_some(s)
+        })
+        .await?;
     let now = host(target).status(VOLUME).await?;
     ensure!(
         spare_status.digest == now.digest && spare_status.blocks_nonzero == BLOCKS,
@@ -219,28 +179,6 @@ async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {
 
 #[test]
 fn a_dead_replica_is_replaced_in_its_domain() -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::temp_dir().join(format!("metro-repair-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let outcome = rt.block_on(async {
-        let store = AnyMembership::Mem(MemMembership::new());
-        let mut nodes = Vec::new();
-        for config in configs(&dir)? {
-            let node =
-                daemon::start_with(&config, Some(store.clone()), &Frontends::default()).await?;
-            nodes.push(node);
-        }
-        let outcome = tokio::time::timeout(Duration::from_secs(150), scenario(&nodes, &store))
-            .await
-            .unwrap_or_else(|_| Err(anyhow!("scenario timed out")));
-        for node in &nodes {
-            node.stop().await;
-        }
-        outcome
-    });
-    let _ = std::fs::remove_dir_all(&dir);
-    outcome
+    let timeout = Duration::from_secs(150);
+    inproc::run_scenario("repair", timeout, configs, scenario)
 }

@@ -136,4 +136,5 @@ impl EtcdServer {
             .expect("connect to the test etcd")
     }
 }
+pub mod inproc;
 pub mod processes;
