@@ -13,6 +13,7 @@
 //! through the node's NBD endpoint.
 
 mod admin_harness;
+mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 //! sizes, duplicate names, snapshots not implemented, no server).
 
 mod admin_harness;
+mod common;
 
 use admin_harness::{Cluster, metro, metro_ok as ok, wait_for};
 

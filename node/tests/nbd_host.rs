@@ -11,21 +11,18 @@
 //!
 //! A missing qemu tool fails the test, naming the Debian package.
 
+mod common;
 mod qemu;
 
 use qemu::{qemu_io, random_bytes, run};
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use metro_fabric::env::NodeId;
 use metro_fabric::volume::{BLOCK_BYTES_U64, VolumeId};
 use metro_node::config::NodeConfig;
-use metro_node::control_plane::ControlConfig;
 use metro_node::daemon::{self, Node};
 use metro_node::nbd_host::{HostBackend, NbdListener};
-use metro_node::tls::ClusterCa;
 
 const MIB: u64 = 1024 * 1024;
 const NODES: [NodeId; 3] = [1, 2, 3];
@@ -42,43 +39,14 @@ struct Harness {
     nbd: Vec<NbdListener>,
 }
 
-fn free_udp_addrs(count: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<UdpSocket> = (0..count)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("local address"))
-        .collect()
-}
-
 fn configs(dir: &Path) -> Vec<NodeConfig> {
-    let certs = dir.join("certs");
-    let ca = ClusterCa::generate("nbdhost").expect("CA");
-    ca.save(&certs).expect("save the CA");
-    for id in NODES {
-        let identity = ca.issue_node(id, &[]).expect("node certificate");
-        identity.save(&certs).expect("save the node certificate");
-    }
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        NODES.into_iter().zip(free_udp_addrs(NODES.len())).collect();
-    NODES
+    let domains: Vec<String> = NODES.iter().map(|id| format!("domain-{id}")).collect();
+    let nodes: Vec<(NodeId, &str)> = NODES
         .iter()
-        .map(|&id| NodeConfig {
-            node_id: id,
-            data_dir: dir.join(format!("node-{id}")),
-            certs_dir: certs.clone(),
-            listen: addrs[&id],
-            peers: addrs
-                .iter()
-                .filter(|(p, _)| **p != id)
-                .map(|(p, a)| (*p, *a))
-                .collect(),
-            delays: BTreeMap::new(),
-            log_level: tracing::Level::WARN,
-            control: ControlConfig::embedded("test", &format!("domain-{id}")),
-        })
-        .collect()
+        .copied()
+        .zip(domains.iter().map(String::as_str))
+        .collect();
+    common::inproc::node_configs(dir, "nbdhost", &nodes, |_| {}).expect("node configurations")
 }
 
 impl Harness {

@@ -5,8 +5,6 @@
 //! node 1's NBD listener and its admin server.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +14,9 @@ use metro_fabric::env::NodeId;
 use metro_fabric::membership::{MemMembership, Membership};
 use metro_node::admin::{AdminServer, NodeMetrics};
 use metro_node::config::NodeConfig;
-use metro_node::control_plane::{AnyMembership, ControlConfig, ControlTiming};
+use metro_node::control_plane::{AnyMembership, ControlTiming};
 use metro_node::daemon::{self, Frontends, Node, NodeHost};
 use metro_node::nbd_host::{HostBackend, NbdListener};
-use metro_node::tls::ClusterCa;
 use openraft_rt_tokio::TokioRuntime;
 
 pub type Mem = MemMembership<TokioRuntime>;
@@ -40,48 +37,15 @@ pub fn temp_dir() -> PathBuf {
 }
 
 pub fn configs(dir: &Path) -> Vec<NodeConfig> {
-    let certs = dir.join("certs");
-    let ca = ClusterCa::generate(CLUSTER).expect("CA");
-    ca.save(&certs).expect("save the CA");
-    for id in NODES {
-        ca.issue_node(id, &[]).unwrap().save(&certs).unwrap();
-    }
-    let sockets: Vec<UdpSocket> = NODES
-        .iter()
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: BTreeMap<NodeId, SocketAddr> = NODES
-        .into_iter()
-        .zip(sockets.iter().map(|s| s.local_addr().unwrap()))
-        .collect();
-    drop(sockets);
     let timing = ControlTiming {
         interval: Duration::from_millis(200),
         lease_ttl: Duration::from_secs(2),
         node_lease_ttl: Duration::from_secs(2),
         ..ControlTiming::default()
     };
-    NODES
-        .iter()
-        .zip(DOMAINS)
-        .map(|(&id, domain)| NodeConfig {
-            node_id: id,
-            data_dir: dir.join(format!("node-{id}")),
-            certs_dir: certs.clone(),
-            listen: addrs[&id],
-            peers: addrs
-                .iter()
-                .filter(|(p, _)| **p != id)
-                .map(|(p, a)| (*p, *a))
-                .collect(),
-            delays: BTreeMap::new(),
-            log_level: tracing::Level::WARN,
-            control: ControlConfig {
-                timing,
-                ..ControlConfig::embedded(CLUSTER, domain)
-            },
-        })
-        .collect()
+    let nodes: Vec<(NodeId, &str)> = NODES.iter().copied().zip(DOMAINS).collect();
+    crate::common::inproc::node_configs(dir, CLUSTER, &nodes, |c| c.timing = timing)
+        .expect("node configurations")
 }
 
 /// Data-domain records of `cluster` (for a second cluster without nodes).
