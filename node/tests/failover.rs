@@ -12,8 +12,10 @@
 //! differ, or if the cluster does not recover in time. Prints the failover
 //! time (SIGKILL to the first acknowledged write issued after it).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,34 +67,8 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("metro-failover-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let status = Command::new(env!("CARGO_BIN_EXE_metro"))
-            .args([
-                "cluster",
-                "init",
-                "--name",
-                "failover",
-                "--nodes",
-                "3",
-                "--clients",
-                "1",
-            ])
-            .arg("--dir")
-            .arg(dir.join("certs"))
-            .stdout(Stdio::null())
-            .status()
-            .context("running metro cluster init")?;
-        ensure!(status.success(), "metro cluster init failed: {status}");
-        // Ephemeral ports: bind, note, release (the nodes bind them next).
-        let sockets: Vec<UdpSocket> = NODES
-            .iter()
-            .map(|_| UdpSocket::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let addrs = NODES
-            .iter()
-            .zip(&sockets)
-            .map(|(id, s)| Ok((*id, s.local_addr()?)))
-            .collect::<anyhow::Result<_>>()?;
-        drop(sockets);
+        common::processes::cluster_init(&dir, "failover", NODES.len())?;
+        let addrs = common::processes::loopback_udp_addrs(NODES)?;
         let cluster = Self {
             dir,
             addrs,

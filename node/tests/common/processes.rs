@@ -54,29 +54,8 @@ impl ProcessCluster {
         let dir = std::env::temp_dir().join(format!("metro-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let status = Command::new(env!("CARGO_BIN_EXE_metro"))
-            .args(["cluster", "init", "--name", name])
-            .args([
-                "--nodes",
-                &specs.len().to_string(),
-                "--clients",
-                "1",
-                "--dir",
-            ])
-            .arg(dir.join("certs"))
-            .stdout(Stdio::null())
-            .status()
-            .context("running metro cluster init")?;
-        ensure!(status.success(), "metro cluster init failed: {status}");
-        let sockets: Vec<UdpSocket> = specs
-            .iter()
-            .map(|_| UdpSocket::bind("127.0.0.1:0"))
-            .collect::<Result<_, _>>()?;
-        let addrs = specs
-            .iter()
-            .zip(&sockets)
-            .map(|(spec, s)| Ok((spec.id, s.local_addr()?)))
-            .collect::<anyhow::Result<_>>()?;
+        cluster_init(&dir, name, specs.len())?;
+        let addrs = loopback_udp_addrs(specs.iter().map(|s| s.id))?;
         let mut admin = BTreeMap::new();
         for spec in specs.iter().filter(|s| s.admin) {
             let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -177,6 +156,36 @@ impl Drop for ProcessCluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `metro cluster init` (the binary): the CA and `nodes` node certificates
+/// plus one client certificate under `dir/certs`.
+pub fn cluster_init(dir: &std::path::Path, name: &str, nodes: usize) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO_BIN_EXE_metro"))
+        .args(["cluster", "init", "--name", name])
+        .args(["--nodes", &nodes.to_string(), "--clients", "1", "--dir"])
+        .arg(dir.join("certs"))
+        .stdout(Stdio::null())
+        .status()
+        .context("running metro cluster init")?;
+    ensure!(status.success(), "metro cluster init failed: {status}");
+    Ok(())
+}
+
+/// A free loopback UDP address per node (bound, noted, released: the
+/// nodes bind them next).
+pub fn loopback_udp_addrs(
+    ids: impl IntoIterator<Item = NodeId>,
+) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>> {
+    let ids: Vec<NodeId> = ids.into_iter().collect();
+    let sockets: Vec<UdpSocket> = ids
+        .iter()
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    ids.iter()
+        .zip(&sockets)
+        .map(|(id, s)| Ok((*id, s.local_addr()?)))
+        .collect()
 }
 
 /// `metro cluster status` (the binary) against `admin`, polled until
