@@ -142,15 +142,29 @@ impl std::fmt::Debug for SimNode {
 }
 
 /// The Raft configuration of every simulated group: production timings.
-pub fn raft_config(options: &SimOptions) -> Arc<Config> {
+pub fn raft_config(options: &SimOptions, node: NodeId) -> Arc<Config> {
     let snapshot_policy = match options.snapshot_logs {
         0 => SnapshotPolicy::Never,
         logs => SnapshotPolicy::LogsSinceLast(logs),
     };
+    let base = base_raft_config();
+    // openraft times only spans (heartbeats, election timeouts, the leader
+    // lease) on the one runtime clock; a node whose clock runs at another
+    // rate measures each span that much longer or shorter in true time.
+    let on_node_clock = |ms: u64| {
+        (options
+            .env
+            .true_span(node, Duration::from_millis(ms))
+            .as_millis() as u64)
+            .max(1)
+    };
     let config = Config {
         snapshot_policy,
         max_in_snapshot_log_to_keep: 16,
-        ..base_raft_config()
+        heartbeat_interval: on_node_clock(base.heartbeat_interval),
+        election_timeout_min: on_node_clock(base.election_timeout_min),
+        election_timeout_max: on_node_clock(base.election_timeout_max),
+        ..base
     };
     Arc::new(
         config
@@ -247,7 +261,7 @@ pub async fn start(
     let mut config = HostConfig {
         node,
         peers: peers.into_iter().filter(|p| *p != node).collect(),
-        raft: raft_config(options),
+        raft: raft_config(options, node),
         witness: false,
     };
     if spec.witness {

@@ -111,9 +111,11 @@ pub struct EnvFaults {
     /// Per node (index = id - 1): its clock's rate in ppm of true time
     /// (1_000_000: exact; below: a slow clock). It stretches what the
     /// simulator times for that node — its disk ticks, its supervisor, its
-    /// registration's keep-alive period; openraft's and fabric's own timers
-    /// read the runtime's one virtual clock, which cannot be skewed per
-    /// node (see `control.rs`).
+    /// registration's keep-alive period — and every span of its Raft
+    /// groups (heartbeat interval, election timeouts and so the leader
+    /// lease: `node::raft_config`), since openraft only times spans. The
+    /// registration's and coordinator's own reads of the runtime's one
+    /// virtual clock are not skewed (see `control.rs`).
     pub clock_rate_ppm: Vec<u64>,
 }
 
