@@ -58,14 +58,7 @@ async fn health(store: &AnyMembership) -> Option<Health> {
 }
 
 fn member_healthy(health: &Health, node: NodeId) -> Option<(bool, bool)> {
-    let members = match health {
-        Health::Pending => return None,
-        Health::Healthy { members }
-        | Health::Degraded { members }
-        | Health::Unavailable { members } => members,
-    };
-    let m = members.iter().find(|m| m.node == node)?;
-    Some((m.domain_active, m.healthy()))
+    health.member(node).map(|m| (m.domain_active, m.healthy()))
 }
 
 async fn scenario(nodes: &[Node], store: &AnyMembership) -> anyhow::Result<()> {

@@ -148,13 +148,7 @@ async fn wait_health(
 }
 
 fn live(health: &Health, node: NodeId) -> Option<bool> {
-    let members = match health {
-        Health::Pending => return None,
-        Health::Healthy { members }
-        | Health::Degraded { members }
-        | Health::Unavailable { members } => members,
-    };
-    members.iter().find(|m| m.node == node).map(|m| m.live)
+    health.member(node).map(|m| m.live)
 }
 
 async fn blocks_on(client: &MetroClient, node: NodeId) -> anyhow::Result<(Option<u64>, u64)> {

@@ -47,6 +47,23 @@ pub enum Health {
     },
 }
 
+impl Health {
+    /// The per-member health (none while pending).
+    pub fn members(&self) -> &[MemberHealth] {
+        match self {
+            Health::Pending => &[],
+            Health::Healthy { members }
+            | Health::Degraded { members }
+            | Health::Unavailable { members } => members,
+        }
+    }
+
+    /// `node`'s health, if it is a member.
+    pub fn member(&self, node: NodeId) -> Option<&MemberHealth> {
+        self.members().iter().find(|m| m.node == node)
+    }
+}
+
 /// Computes the health of `record` given which members the group reports
 /// in sync.
 pub fn volume_health(

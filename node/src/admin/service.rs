@@ -33,9 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use metro_fabric::control::{
-    ClusterKeys, DomainInfo, DomainRole, DomainState, Health, LoadedView, Member, MemberHealth,
-    StoreError, VolumeRecord, VolumeSpec, VolumeStatusRecord, decode, encode, load_view,
-    set_domain_state, status_key, status_prefix,
+    ClusterKeys, DomainInfo, DomainRole, DomainState, Health, LoadedView, Member, StoreError,
+    VolumeRecord, VolumeSpec, VolumeStatusRecord, decode, encode, load_view, set_domain_state,
+    status_key, status_prefix,
 };
 use metro_fabric::env::NodeId;
 use metro_fabric::host::HostError;
@@ -159,15 +159,6 @@ pub fn health_word(health: &Health) -> &'static str {
         Health::Healthy { .. } => "healthy",
         Health::Degraded { .. } => "degraded",
         Health::Unavailable { .. } => "unavailable",
-    }
-}
-
-fn members_of(health: &Health) -> Vec<MemberHealth> {
-    match health {
-        Health::Pending => Vec::new(),
-        Health::Healthy { members }
-        | Health::Degraded { members }
-        | Health::Unavailable { members } => members.clone(),
     }
 }
 
@@ -431,7 +422,7 @@ impl<M: Membership> AdminService<M> {
             summary,
             members: status
                 .as_ref()
-                .map(|s| members_of(&s.health))
+                .map(|s| s.health.members().to_vec())
                 .unwrap_or_default(),
             status,
             answered_by: self.answering(),
