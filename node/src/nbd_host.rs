@@ -73,6 +73,19 @@ struct Export {
     size_bytes: u64,
 }
 
+impl Export {
+    /// The export of `volume` as `name`, if the name and size are valid.
+    fn checked(name: &str, volume: VolumeId, size_bytes: u64) -> Result<Self, ExportError> {
+        if name.is_empty() || name.len() > crate::nbd::EXPORT_NAME_MAX {
+            return Err(ExportError::BadName(name.to_owned()));
+        }
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES_U64) {
+            return Err(ExportError::BadSize(size_bytes));
+        }
+        Ok(Self { volume, size_bytes })
+    }
+}
+
 /// What the backend and its open volumes share.
 #[derive(Debug)]
 struct Shared {
@@ -147,17 +160,12 @@ impl HostBackend {
         volume: VolumeId,
         size_bytes: u64,
     ) -> Result<(), ExportError> {
-        if name.is_empty() || name.len() > crate::nbd::EXPORT_NAME_MAX {
-            return Err(ExportError::BadName(name.to_owned()));
-        }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES_U64) {
-            return Err(ExportError::BadSize(size_bytes));
-        }
+        let export = Export::checked(name, volume, size_bytes)?;
         let mut exports = lock(&self.exports);
         if exports.len() >= EXPORTS_MAX && !exports.contains_key(name) {
             return Err(ExportError::TooMany);
         }
-        exports.insert(name.to_owned(), Export { volume, size_bytes });
+        exports.insert(name.to_owned(), export);
         Ok(())
     }
 
@@ -167,15 +175,16 @@ impl HostBackend {
     pub fn sync_exports(&self, exports: impl IntoIterator<Item = (String, VolumeId, u64)>) {
         let mut wanted = BTreeMap::new();
         for (name, volume, size_bytes) in exports {
-            let valid = !name.is_empty()
-                && name.len() <= crate::nbd::EXPORT_NAME_MAX
-                && size_bytes > 0
-                && size_bytes.is_multiple_of(BLOCK_BYTES_U64);
-            if !valid || wanted.len() >= EXPORTS_MAX {
-                tracing::warn!(%name, size_bytes, "not exporting this volume (bad name or size)");
-                continue;
+            let checked = match wanted.len() < EXPORTS_MAX {
+                true => Export::checked(&name, volume, size_bytes),
+                false => Err(ExportError::TooMany),
+            };
+            match checked {
+                Ok(export) => {
+                    wanted.insert(name, export);
+                }
+                Err(error) => tracing::warn!(%name, %error, "not exporting this volume"),
             }
-            wanted.insert(name, Export { volume, size_bytes });
         }
         *lock(&self.exports) = wanted;
     }
