@@ -165,23 +165,6 @@ impl HostConfig {
         })
     }
 
-    /// This configuration with openraft's leader restore off: a restarted
-    /// leader campaigns again instead of resuming its term. A resumed leader
-    /// takes its old no-op entry and the committed id it read back as the
-    /// floor of linearizable reads; the committed id is saved lazily (with
-    /// the log's next write, see [`crate::storage`]), so it may be behind
-    /// what the leader acknowledged, and a read could miss an acknowledged
-    /// write. A new term's no-op entry is above every acknowledged write.
-    /// [`VolumeHost::new`] applies this to every configuration.
-    pub fn without_leader_restore(mut self) -> Self {
-        if self.raft.enable_leader_restore != Some(false) {
-            let mut raft = (*self.raft).clone();
-            raft.enable_leader_restore = Some(false);
-            self.raft = Arc::new(raft);
-        }
-        self
-    }
-
     /// Whether `id` is a node of the cluster (this one or a peer).
     pub fn is_node(&self, id: NodeId) -> bool {
         id == self.node || self.peers.contains(&id)

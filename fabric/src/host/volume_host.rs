@@ -77,17 +77,23 @@ fn failed(volume: VolumeId, reason: impl std::fmt::Display) -> HostError {
 
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// A host with no replica open yet; call [`Self::open_existing`] next.
-    /// Whatever `config.raft` says, groups never resume leadership at a
-    /// restart (see [`HostConfig::without_leader_restore`]).
+    /// `config.raft` must keep openraft's leader restore off (as
+    /// [`super::base_raft_config`] does): a restarted leader resuming its
+    /// term would serve reads below writes it acknowledged.
     pub fn new(config: HostConfig, storage: Arc<NodeStorage>, transport: Arc<T>) -> Arc<Self> {
         assert_eq!(
             config.witness,
             storage.is_witness(),
             "a witness host needs witness storage and a data host data storage"
         );
+        assert_eq!(
+            config.raft.enable_leader_restore,
+            Some(false),
+            "groups must not resume leadership at a restart (see base_raft_config)"
+        );
         Arc::new(Self {
             catalogue: Catalogue::new(storage.store().clone()),
-            config: config.without_leader_restore(),
+            config,
             storage,
             router: Arc::new(GroupRouter::new()),
             transport,
