@@ -5,37 +5,15 @@
 
 #[path = "conformance/coordinator.rs"]
 mod conformance;
+#[path = "conformance/harness.rs"]
+mod harness;
 
-use metro_fabric::membership::MemMembership;
-
-type Mem = MemMembership<openraft_rt_tokio::TokioRuntime>;
-
-struct MemHarness {
-    membership: Mem,
-}
-
-impl conformance::Harness for MemHarness {
-    type M = Mem;
-
-    fn membership(&self) -> Mem {
-        self.membership.clone()
-    }
-
-    async fn interrupt(&mut self) {
-        self.membership.set_available(false);
-    }
-
-    async fn restore(&mut self) {
-        self.membership.set_available(true);
-    }
-}
+use harness::MemHarness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_suite() {
     let started = tokio::time::Instant::now();
-    let mut harness = MemHarness {
-        membership: Mem::new(),
-    };
+    let mut harness = MemHarness::default();
     conformance::run_all(&mut harness).await;
     println!("coordinator suite (model) took {:?}", started.elapsed());
 }

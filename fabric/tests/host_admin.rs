@@ -10,16 +10,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{HostSlot, MemNet, TestHost, start_host};
+use common::{HostSlot, MemNet, TestHost, eventually, start_host};
 use metro_fabric::control::{GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
 use metro_fabric::env::NodeId;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::FaultyDisk;
-use tokio::time::{Instant, sleep};
 
 type Host = TestHost;
 type Net = MemNet<HostSlot>;
@@ -28,7 +26,6 @@ const NODES: [NodeId; 4] = [1, 2, 3, 4];
 const SIZE_BLOCKS: u64 = 256;
 const BLOCKS_WRITTEN: u64 = 16;
 const WAIT: Duration = Duration::from_secs(30);
-const PAUSE: Duration = Duration::from_millis(50);
 
 fn start(net: &Arc<Net>, id: NodeId) -> Arc<Host> {
     start_host(net, id, &FaultyDisk::new(id), NODES)
@@ -51,21 +48,6 @@ fn block(index: u64) -> BlockData {
 }
 
 /// Polls `probe` until it answers.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        sleep(PAUSE).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_replaces_a_dead_member() {
     let net = MemNet::new();
@@ -84,14 +66,14 @@ async fn leader_replaces_a_dead_member() {
         .await
         .expect("idempotent");
     for i in 0..BLOCKS_WRITTEN {
-        eventually("a write", || async {
+        eventually("a write", WAIT, || async {
             hosts[0].write(volume, i, block(i)).await.ok()
         })
         .await;
     }
 
     net.set_cut_off(3, true);
-    let leader = eventually("a leader that is not node 3", || async {
+    let leader = eventually("a leader that is not node 3", WAIT, || async {
         let status = hosts[0].status(volume).await.ok()?;
         status.leader.filter(|leader| *leader != 3)
     })
@@ -100,19 +82,19 @@ async fn leader_replaces_a_dead_member() {
     let follower = &hosts[if leader == 1 { 1 } else { 0 }];
     // A follower forwards the change to the leader (once: the leader runs
     // it itself).
-    eventually("the replacement, asked of a follower", || async {
+    eventually("the replacement, asked of a follower", WAIT, || async {
         follower.replace_member(&spec, &before, 3, 4).await.ok()
     })
     .await;
 
     let after = placement(&[1, 2, 4]);
     let expected: BTreeSet<NodeId> = after.nodes().collect();
-    eventually("1, 2, 4 in sync", || async {
+    eventually("1, 2, 4 in sync", WAIT, || async {
         let in_sync = admin.in_sync(&spec, &after).await.ok()?;
         (in_sync == expected).then_some(())
     })
     .await;
-    let statuses = eventually("identical replicas on 1, 2, 4", || async {
+    let statuses = eventually("identical replicas on 1, 2, 4", WAIT, || async {
         let mut statuses = Vec::new();
         for node in [1, 2, 4] {
             statuses.push(hosts[node as usize - 1].status(volume).await.ok()?);

@@ -4,42 +4,20 @@
 
 #[path = "conformance/membership.rs"]
 mod conformance;
+#[path = "conformance/harness.rs"]
+mod harness;
 
 use std::time::Duration;
 
 use metro_fabric::membership::{
-    Compare, LEASE_TTL_MIN, MemMembership, Membership, MembershipError, TXN_OPS_MAX, TxnOp,
-    WatchStream,
+    Compare, LEASE_TTL_MIN, Membership, MembershipError, TXN_OPS_MAX, TxnOp, WatchStream,
 };
 
-type Rt = openraft_rt_tokio::TokioRuntime;
-type Mem = MemMembership<Rt>;
-
-struct MemHarness {
-    membership: Mem,
-}
-
-impl conformance::Harness for MemHarness {
-    type M = Mem;
-
-    fn membership(&self) -> Mem {
-        self.membership.clone()
-    }
-
-    async fn interrupt(&mut self) {
-        self.membership.set_available(false);
-    }
-
-    async fn restore(&mut self) {
-        self.membership.set_available(true);
-    }
-}
+use harness::{Mem, MemHarness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
-    let mut harness = MemHarness {
-        membership: Mem::new(),
-    };
+    let mut harness = MemHarness::default();
     conformance::run_all(&mut harness).await;
 }
 

@@ -17,17 +17,16 @@
 #[allow(dead_code)] // each test binary uses its own subset of the helpers
 mod common;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{HostSlot, MemNet, TestHost, start_host_with};
+use common::{HostSlot, MemNet, TestHost, eventually, start_host_with};
 use metro_fabric::host::HostConfig;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::FaultyDisk;
 use openraft::SnapshotPolicy;
 use openraft::rt::WatchReceiver as _;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
 const NODES: [u64; 3] = [1, 2, 3];
 const WITNESS: u64 = 3;
@@ -35,7 +34,6 @@ const VOLUME: VolumeId = VolumeId(5);
 const SIZE_BLOCKS: u64 = 1024;
 const PER_STEP: u64 = 120;
 const WAIT: Duration = Duration::from_secs(40);
-const PAUSE: Duration = Duration::from_millis(50);
 
 fn config(id: u64) -> HostConfig {
     let mut config = HostConfig::new(id, NODES).expect("host config");
@@ -52,21 +50,6 @@ fn config(id: u64) -> HostConfig {
 
 fn block(index: u64) -> BlockData {
     BlockData::new(vec![(index % 251) as u8 + 1; BLOCK_BYTES]).expect("one block")
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        sleep(PAUSE).await;
-    }
 }
 
 /// The witness's duties, run as the daemon does, until dropped.
@@ -94,7 +77,7 @@ fn last_index(host: &TestHost) -> u64 {
 
 async fn write_all(host: &TestHost, range: std::ops::Range<u64>) {
     for index in range {
-        eventually("a write", || async {
+        eventually("a write", WAIT, || async {
             host.write(VOLUME, index, block(index)).await.ok()
         })
         .await;
@@ -116,7 +99,7 @@ async fn witness_keeps_the_log_data_voters_need_and_no_blocks() {
 
     // 1. Everyone up: the witness purges behind the floor.
     write_all(one, 0..PER_STEP).await;
-    eventually("the witness purging its log", || async {
+    eventually("the witness purging its log", WAIT, || async {
         (purged_index(witness) > PER_STEP / 2).then_some(())
     })
     .await;
@@ -143,7 +126,7 @@ async fn witness_keeps_the_log_data_voters_need_and_no_blocks() {
     assert_eq!(leader, Some(1), "the witness handed leadership to host 1");
 
     // 4. Everything reads back through host 1; the witness has no blocks.
-    let data = eventually("a read", || async {
+    let data = eventually("a read", WAIT, || async {
         one.read(VOLUME, 0, (3 * PER_STEP) as u32).await.ok()
     })
     .await;

@@ -8,37 +8,17 @@ mod common;
 
 #[path = "../../fabric/tests/conformance/coordinator.rs"]
 mod conformance;
+mod etcd_harness;
+#[allow(dead_code)] // the model's harness is not used here
+#[path = "../../fabric/tests/conformance/harness.rs"]
+mod harness;
 
-use common::EtcdServer;
-use metro_node::etcd_membership::EtcdMembership;
-
-struct EtcdHarness {
-    server: EtcdServer,
-    membership: EtcdMembership,
-}
-
-impl conformance::Harness for EtcdHarness {
-    type M = EtcdMembership;
-
-    fn membership(&self) -> EtcdMembership {
-        self.membership.clone()
-    }
-
-    async fn interrupt(&mut self) {
-        self.server.kill();
-    }
-
-    async fn restore(&mut self) {
-        self.server.spawn();
-    }
-}
+use etcd_harness::EtcdHarness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_coordinator_suite() {
     let started = std::time::Instant::now();
-    let server = EtcdServer::start("coordinator");
-    let membership = server.connect().await;
-    let mut harness = EtcdHarness { server, membership };
+    let mut harness = EtcdHarness::start("coordinator").await;
     conformance::run_all(&mut harness).await;
     println!("coordinator suite (etcd) took {:?}", started.elapsed());
 }

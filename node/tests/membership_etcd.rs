@@ -9,40 +9,20 @@ mod common;
 
 #[path = "../../fabric/tests/conformance/membership.rs"]
 mod conformance;
+mod etcd_harness;
+#[allow(dead_code)] // the model's harness is not used here
+#[path = "../../fabric/tests/conformance/harness.rs"]
+mod harness;
 
 use std::time::Instant;
 
-use common::EtcdServer;
+use etcd_harness::EtcdHarness;
 use metro_fabric::membership::{Membership, MembershipError, WatchStream};
-use metro_node::etcd_membership::EtcdMembership;
-
-struct EtcdHarness {
-    server: EtcdServer,
-    membership: EtcdMembership,
-}
-
-impl conformance::Harness for EtcdHarness {
-    type M = EtcdMembership;
-
-    fn membership(&self) -> EtcdMembership {
-        self.membership.clone()
-    }
-
-    async fn interrupt(&mut self) {
-        self.server.kill();
-    }
-
-    async fn restore(&mut self) {
-        self.server.spawn();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_conformance_suite() {
     let started = Instant::now();
-    let server = EtcdServer::start("membership");
-    let membership = server.connect().await;
-    let mut harness = EtcdHarness { server, membership };
+    let mut harness = EtcdHarness::start("membership").await;
     conformance::run_all(&mut harness).await;
     compacted_watch(&harness).await;
     println!("etcd conformance suite took {:?}", started.elapsed());

@@ -203,3 +203,23 @@ pub fn start_host_with(
     let _ = slot.0.set(Arc::clone(&host));
     host
 }
+
+/// Polls `probe` every 50 ms until it answers; panics naming `what` after
+/// `wait`.
+pub async fn eventually<T, F, Fut>(what: &str, wait: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {wait:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

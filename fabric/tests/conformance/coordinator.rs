@@ -26,6 +26,8 @@ use metro_fabric::membership::{
     Result as MResult, Revision, TxnOp, TxnResult, WriteResult,
 };
 use tokio::task::JoinHandle;
+
+use crate::harness::Harness;
 use tokio::time::{Instant, sleep};
 
 type Rt = openraft_rt_tokio::TokioRuntime;
@@ -47,20 +49,6 @@ const RECOVERY_MAX: Duration = Duration::from_secs(30);
 const OUTAGE: Duration = Duration::from_secs(3);
 /// Polling period of the waits.
 const POLL: Duration = Duration::from_millis(50);
-
-/// What the suite needs besides the store: a way to take it down and back.
-pub trait Harness: Send {
-    type M: Membership + Clone;
-
-    /// A client of the store (clones share it).
-    fn membership(&self) -> Self::M;
-
-    /// Makes the store unreachable (etcd: kill the process).
-    fn interrupt(&mut self) -> impl Future<Output = ()> + Send;
-
-    /// Brings it back with its data (etcd: restart on the same data dir).
-    fn restore(&mut self) -> impl Future<Output = ()> + Send;
-}
 
 /// Every scenario: the independent ones concurrently, then the outage.
 pub async fn run_all<H: Harness>(harness: &mut H) {

@@ -13,6 +13,8 @@ use metro_fabric::membership::{
     WatchStream, election_key,
 };
 use tokio::task::JoinHandle;
+
+use crate::harness::Harness;
 use tokio::time::{Instant, sleep, timeout};
 
 /// The TTL every scenario grants.
@@ -27,20 +29,6 @@ const STILL_BLOCKED: Duration = Duration::from_millis(700);
 const RECOVERY_MAX: Duration = Duration::from_secs(30);
 /// How long a call may take to fail as unreachable during an outage.
 const FAILURE_MAX: Duration = Duration::from_secs(15);
-
-/// What the suite needs besides the store: a way to take it down and back.
-pub trait Harness: Send {
-    type M: Membership + Clone;
-
-    /// A client of the store (clones share it).
-    fn membership(&self) -> Self::M;
-
-    /// Makes the store unreachable (etcd: kill the process).
-    fn interrupt(&mut self) -> impl Future<Output = ()> + Send;
-
-    /// Brings it back with its data (etcd: restart on the same data dir).
-    fn restore(&mut self) -> impl Future<Output = ()> + Send;
-}
 
 /// Every scenario, in order.
 pub async fn run_all<H: Harness>(harness: &mut H) {
