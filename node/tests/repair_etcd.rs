@@ -185,13 +185,6 @@ async fn a_killed_node_is_repaired_in_its_domain_after_its_lease_expires() -> an
     ];
     let timing = ["--node-lease-ttl-s", "3", "--repair-delay-s", "2"];
     let mut procs = ProcessCluster::create(CLUSTER, etcd.client_url(), specs, &timing)?;
-    let outcome = match tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(anyhow!("the scenario took longer than {TEST_TIMEOUT:?}")),
-    };
-    if outcome.is_err() {
-        procs.print_logs();
-        procs.keep = true;
-    }
-    outcome
+    let outcome = tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs)).await;
+    procs.conclude(TEST_TIMEOUT, outcome)
 }

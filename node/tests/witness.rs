@@ -307,13 +307,6 @@ async fn two_data_domains_and_a_witness_survive_losing_each_in_turn() -> anyhow:
     ];
     let timing = ["--node-lease-ttl-s", "3", "--repair-delay-s", "3600"];
     let mut procs = ProcessCluster::create(CLUSTER, etcd.client_url(), specs, &timing)?;
-    let outcome = match tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs, &mut etcd)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(anyhow!("the scenario took longer than {TEST_TIMEOUT:?}")),
-    };
-    if outcome.is_err() {
-        procs.print_logs();
-        procs.keep = true;
-    }
-    outcome
+    let outcome = tokio::time::timeout(TEST_TIMEOUT, scenario(&mut procs, &mut etcd)).await;
+    procs.conclude(TEST_TIMEOUT, outcome)
 }

@@ -130,6 +130,22 @@ impl ProcessCluster {
         Ok(MetroClient::connect(config)?)
     }
 
+    /// The result of a scenario run under `tokio::time::timeout(limit, ..)`:
+    /// on failure or timeout, prints the node logs and keeps the directory.
+    pub fn conclude(
+        &mut self,
+        limit: Duration,
+        outcome: Result<anyhow::Result<()>, tokio::time::error::Elapsed>,
+    ) -> anyhow::Result<()> {
+        let outcome =
+            outcome.unwrap_or_else(|_| Err(anyhow!("the scenario took longer than {limit:?}")));
+        if outcome.is_err() {
+            self.print_logs();
+            self.keep = true;
+        }
+        outcome
+    }
+
     /// Prints the last lines of every node's log (for a failed test).
     pub fn print_logs(&self) {
         for spec in &self.specs {
