@@ -3,6 +3,7 @@
 //! volume's leader. See the module docs of [`super`] for the contracts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -45,8 +46,8 @@ pub struct VolumeHost<RT: AsyncRuntime, T: Transport> {
     lifecycle: <RT as AsyncRuntime>::Mutex<()>,
     /// The last node that answered as leader, per volume not hosted here.
     leader_hints: Mutex<BTreeMap<VolumeId, NodeId>>,
-    /// Whether this node may serve I/O (false while its domain is inactive).
-    io_allowed: std::sync::atomic::AtomicBool,
+    /// Whether this node's domain lets it serve I/O (false while inactive).
+    domain_active: AtomicBool,
 }
 
 impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
@@ -100,13 +101,19 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             replicas: Mutex::new(BTreeMap::new()),
             lifecycle: <RT as AsyncRuntime>::Mutex::new(()),
             leader_hints: Mutex::new(BTreeMap::new()),
-            io_allowed: std::sync::atomic::AtomicBool::new(true),
+            domain_active: AtomicBool::new(true),
         })
     }
 
-    /// The flag behind [`Self::set_io_allowed`].
-    pub(crate) fn io_allowed_flag(&self) -> &std::sync::atomic::AtomicBool {
-        &self.io_allowed
+    /// Lets this node serve I/O again, or stops it (its domain was
+    /// deactivated): see `witness`'s module docs.
+    pub fn set_io_allowed(&self, allowed: bool) {
+        self.domain_active.store(allowed, Ordering::Release);
+    }
+
+    /// Whether this node serves I/O (a witness never does).
+    pub fn io_allowed(&self) -> bool {
+        !self.config.witness && self.domain_active.load(Ordering::Acquire)
     }
 
     /// This node's id.
@@ -438,11 +445,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         if request.is_host_level() {
             return Err(HostError::Invalid("not a client operation".into()));
         }
-        if !self
-            .io_allowed_flag()
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            // This node's domain is inactive: no I/O through it at all.
+        if !self.domain_active.load(Ordering::Acquire) {
+            // This node's domain is inactive: no I/O through it at all (a
+            // witness still forwards; it only never serves as leader).
             return Err(HostError::NoLeader(volume));
         }
         let mut last_error = HostError::UnknownVolume(volume);

@@ -35,7 +35,6 @@
 //! its replicas in their groups but serves no I/O and, like a witness,
 //! hands leadership to a caught-up voter (the same pass does it).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
@@ -66,17 +65,6 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     pub(crate) fn leads(&self, volume: VolumeId) -> bool {
         self.raft(volume)
             .is_some_and(|raft| raft.metrics().borrow_watched().current_leader == Some(self.node()))
-    }
-
-    /// Lets this node serve I/O or stops it (its domain was deactivated):
-    /// see the module docs.
-    pub fn set_io_allowed(&self, allowed: bool) {
-        self.io_allowed_flag().store(allowed, Ordering::Release);
-    }
-
-    /// Whether this node serves I/O (witnesses never do).
-    pub fn io_allowed(&self) -> bool {
-        !self.config().witness && self.io_allowed_flag().load(Ordering::Acquire)
     }
 
     /// Whether a client operation on `volume` must be refused here because
