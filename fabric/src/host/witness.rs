@@ -122,7 +122,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                         pass.transfers += 1;
                     }
                 }
-                Some(leader) if self.config().witness => {
+                // Only entries inside the witness's own snapshot can be
+                // purged: ask the leader only when there are some.
+                Some(leader) if self.config().witness && purgeable(&metrics) => {
                     if let Some(floor) = self.ask_log_floor(leader, volume).await
                         && raft.trigger().purge_log(floor).await.is_ok()
                     {
@@ -145,6 +147,11 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             _ => None,
         }
     }
+}
+
+/// Whether the replica's snapshot covers log entries not purged yet.
+fn purgeable<C: openraft::RaftTypeConfig>(metrics: &openraft::RaftMetrics<C>) -> bool {
+    metrics.snapshot.as_ref().map(|l| l.index) > metrics.purged.as_ref().map(|l| l.index)
 }
 
 /// A voter other than `me` that has matched the leader's whole log.
