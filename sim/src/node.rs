@@ -445,3 +445,27 @@ impl DiskFile for SimFile {
         counted((&self.errors, &self.total), self.inner.set_len(len))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's clock rate stretches or shrinks its Raft spans; the other
+    /// nodes keep the base timings.
+    #[test]
+    fn raft_spans_follow_the_node_clock() {
+        let mut options = SimOptions::from_seed(1);
+        options.env.clock_rate_ppm = vec![1_000_000; options.env.clock_rate_ppm.len()];
+        options.env.clock_rate_ppm[1] = 1_250_000; // node 2: a fast clock
+        options.env.clock_rate_ppm[2] = 800_000; // node 3: a slow clock
+        let base = base_raft_config();
+        let exact = raft_config(&options, 1);
+        assert_eq!(exact.heartbeat_interval, base.heartbeat_interval);
+        assert_eq!(exact.election_timeout_min, base.election_timeout_min);
+        let fast = raft_config(&options, 2);
+        assert_eq!(fast.election_timeout_min, base.election_timeout_min * 4 / 5);
+        assert_eq!(fast.heartbeat_interval, base.heartbeat_interval * 4 / 5);
+        let slow = raft_config(&options, 3);
+        assert_eq!(slow.election_timeout_max, base.election_timeout_max * 5 / 4);
+    }
+}
