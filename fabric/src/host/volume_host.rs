@@ -46,6 +46,9 @@ pub struct VolumeHost<RT: AsyncRuntime, T: Transport> {
     lifecycle: <RT as AsyncRuntime>::Mutex<()>,
     /// The last node that answered as leader, per volume not hosted here.
     leader_hints: Mutex<BTreeMap<VolumeId, NodeId>>,
+    /// Peers that failed a forwarded request, least recently failed first
+    /// (at most one entry per peer): asked last until one answers again.
+    suspects: Mutex<Vec<NodeId>>,
     /// Whether this node's domain lets it serve I/O (false while inactive).
     domain_active: AtomicBool,
 }
@@ -58,6 +61,9 @@ impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
             .finish_non_exhaustive()
     }
 }
+
+/// How many failing peers [`VolumeHost`] remembers to ask last.
+const SUSPECTS_MAX: usize = 64;
 
 fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -101,6 +107,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             replicas: Mutex::new(BTreeMap::new()),
             lifecycle: <RT as AsyncRuntime>::Mutex::new(()),
             leader_hints: Mutex::new(BTreeMap::new()),
+            suspects: Mutex::new(Vec::new()),
             domain_active: AtomicBool::new(true),
         })
     }
@@ -374,15 +381,42 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// Where to send a client operation first: here if a replica is here,
-    /// else the last known leader, then every peer.
+    /// else the last known leader, then every peer — peers that failed us
+    /// lately last, so that a caller's retry after a dead or partitioned
+    /// peer asks the others first instead of that peer forever.
     fn targets(&self, volume: VolumeId) -> Vec<NodeId> {
         if self.router.get(volume).is_some() {
             return vec![self.config.node];
         }
         let hint = lock(&self.leader_hints).get(&volume).copied();
+        let suspects = lock(&self.suspects).clone();
         let mut targets: Vec<NodeId> = hint.into_iter().collect();
-        targets.extend(self.config.peers.iter().filter(|p| Some(**p) != hint));
+        targets.extend(
+            self.config
+                .peers
+                .iter()
+                .filter(|p| Some(**p) != hint && !suspects.contains(p)),
+        );
+        targets.extend(
+            suspects
+                .iter()
+                .filter(|s| Some(**s) != hint && self.config.peers.contains(s)),
+        );
         targets
+    }
+
+    /// Records that `peer` failed a forwarded request (it goes last) or
+    /// answered one (it is trusted again).
+    fn note_peer(&self, peer: NodeId, answered: bool) {
+        let mut suspects = lock(&self.suspects);
+        suspects.retain(|s| *s != peer);
+        if !answered {
+            suspects.push(peer);
+        }
+        // Bounded: one entry per peer, and never more than a cluster's worth.
+        if suspects.len() > SUSPECTS_MAX {
+            suspects.remove(0);
+        }
     }
 
     /// Serves `request` with this node's replica (answer or redirect).
@@ -420,7 +454,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         }
         let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
         let call = forward_client::<T, RT>(&*self.transport, target, volume, request.clone());
-        match RT::timeout(timeout, call).await {
+        let answer = RT::timeout(timeout, call).await;
+        self.note_peer(target, matches!(answer, Ok(Ok(_))));
+        match answer {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(CallError::Fault {
                 code: FaultCode::UnknownVolume,
