@@ -112,9 +112,9 @@ impl Catalogue {
     }
 
     /// Removes `volume`'s entry and every namespace of its group (log, Raft
-    /// metadata, state-machine metadata, all block-map slots and their
-    /// snapshots) in one batch; durable on return. The group must be
-    /// stopped first.
+    /// metadata, state-machine metadata, DR snapshot catalogue, all
+    /// block-map slots and their snapshots) in one batch; durable on
+    /// return. The group must be stopped first.
     pub async fn drop_replica<RT: AsyncRuntime>(&self, volume: VolumeId) -> Result<(), HostError> {
         let ns = GroupNamespaces::new(volume);
         let mut batch = WriteBatch::new();
@@ -122,6 +122,7 @@ impl Catalogue {
         batch.drop_namespace(ns.raft_log());
         batch.drop_namespace(ns.raft_meta());
         batch.drop_namespace(ns.sm_meta());
+        batch.drop_namespace(ns.dr_snapshots());
         for slot in 0..BLOCK_MAP_SLOTS {
             batch.drop_namespace(ns.block_map(slot));
         }

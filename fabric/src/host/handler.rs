@@ -214,6 +214,20 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 }
                 Err(err) => host_reply(err),
             },
+            ClientRequest::ReadSnapshot {
+                snapshot_id,
+                from_block,
+                max_blocks,
+            } => match self
+                .read_snapshot_here(volume, snapshot_id, from_block, max_blocks)
+                .await
+            {
+                Ok(page) => ClientReply::SnapshotPage(page),
+                Err(HostError::UnknownVolume(_)) => {
+                    return fault(FaultCode::UnknownVolume, HostError::UnknownVolume(volume));
+                }
+                Err(err) => host_reply(err),
+            },
             request @ (ClientRequest::Command(_) | ClientRequest::Read { .. }) => self
                 .execute(volume, request)
                 .await

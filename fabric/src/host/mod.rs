@@ -40,6 +40,9 @@
 //!   members) opens an empty replica without initializing its group; the
 //!   leader then adds it as a learner. The host implements the
 //!   coordinator's [`GroupAdmin`](crate::control::GroupAdmin) (`admin_impl`).
+//! - DR snapshots ([`VolumeHost::create_snapshot`],
+//!   [`VolumeHost::read_snapshot`]): taken through the leader, read from any
+//!   replica holding them (`dr_snapshots`).
 //! - Witness: a witness node's host keeps each group's log and metadata
 //!   but no blocks, serves no I/O, and leads only to hand entries on
 //!   (`witness`, [`HostConfig::witness`]).
@@ -48,6 +51,7 @@
 
 mod admin_impl;
 pub mod catalogue;
+mod dr_snapshots;
 mod handler;
 mod status;
 mod volume_host;

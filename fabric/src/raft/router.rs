@@ -378,7 +378,8 @@ where
         | ClientRequest::Status
         | ClientRequest::LogFloor
         | ClientRequest::ReplaceMember { .. }
-        | ClientRequest::InSync { .. } => failed("host-level request sent to a group router"),
+        | ClientRequest::InSync { .. }
+        | ClientRequest::ReadSnapshot { .. } => failed("host-level request sent to a group router"),
     }
 }
 

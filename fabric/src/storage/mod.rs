@@ -34,6 +34,7 @@
 //! fill it.
 
 pub mod codec;
+pub mod dr_catalogue;
 mod durable;
 pub mod log_store;
 pub mod namespaces;
@@ -46,10 +47,11 @@ use std::sync::Arc;
 
 use metro_kvstore::{Store, StoreError};
 
+pub use dr_catalogue::{DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
 pub use log_store::{LogReader, LogStore};
 pub use namespaces::GroupNamespaces;
 pub use snapshot::{PIECE_RECORDS_MAX, SnapshotData};
-pub use state_machine::{VolumeHandle, VolumeStateMachine};
+pub use state_machine::{DrSnapshotPage, VolumeHandle, VolumeStateMachine};
 
 use crate::volume::VolumeId;
 

@@ -6,6 +6,7 @@
 //! | [`KIND_RAFT_LOG`] | volume | log index | one encoded log entry (see `codec.rs`) |
 //! | [`KIND_RAFT_META`] | volume | [`RAFT_KEY_VOTE`], [`RAFT_KEY_COMMITTED`], [`RAFT_KEY_LAST_PURGED`] | fixed width |
 //! | [`KIND_SM_META`] | volume | `SM_KEY_*` | fixed width, membership as a wire frame |
+//! | [`KIND_DR_SNAPSHOTS`] | volume | snapshot id | one DR snapshot record (see `dr_catalogue.rs`) |
 //! | [`KIND_BLOCK_MAP_BASE`] + slot | volume | block index | one 4 KiB block |
 //!
 //! A volume's block map lives in one of [`BLOCK_MAP_SLOTS`] slot namespaces;
@@ -24,6 +25,8 @@ pub const KIND_RAFT_META: u8 = 2;
 /// A volume's state-machine metadata: applied log id, membership, size,
 /// active block-map slot, current snapshot.
 pub const KIND_SM_META: u8 = 3;
+/// A volume's DR snapshot catalogue: key = snapshot id.
+pub const KIND_DR_SNAPSHOTS: u8 = 4;
 /// The first of the block-map slot kinds; slot `s` is kind `BASE + s`.
 pub const KIND_BLOCK_MAP_BASE: u8 = 16;
 /// How many block-map slots a volume has: the live one, one being received,
@@ -72,6 +75,10 @@ impl GroupNamespaces {
 
     pub const fn sm_meta(&self) -> Namespace {
         Namespace::new(KIND_SM_META, self.volume.0)
+    }
+
+    pub const fn dr_snapshots(&self) -> Namespace {
+        Namespace::new(KIND_DR_SNAPSHOTS, self.volume.0)
     }
 
     /// The block map in `slot` (`slot < BLOCK_MAP_SLOTS`).

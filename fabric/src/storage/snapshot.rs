@@ -12,12 +12,21 @@
 //! Piece layout (little-endian, fixed width), one per `SnapshotChunk`:
 //!
 //! ```text
-//! 0   4  magic "MSNP"          4  1  version (PIECE_VERSION)   5  3  zero
+//! 0   4  magic "MSNP"          4  1  version (PIECE_VERSION)
+//! 5   1  kind: 0 blocks, 1 catalogue                           6  2  zero
 //! 8   8  piece number (0..)    16 8  volume size in blocks
 //! 24  4  record count          28 4  zero
-//! 32  records: block index u64, then the 4096-byte block; indexes strictly
-//!     increasing across the whole stream and below the volume size
+//! 32  records. Blocks: block index u64, then the 4096-byte block; indexes
+//!     strictly increasing across the whole stream and below the volume
+//!     size. Catalogue: snapshot id, log index, size in blocks (u64 each).
 //! ```
+//!
+//! Piece 0 is the catalogue piece: the volume's DR snapshot records (see
+//! `dr_catalogue.rs`) as the sender knows them when the transfer starts (a
+//! state at or after the snapshot's log index; the receiver replays the
+//! entries after that index, which converges on the same catalogue). The
+//! receiver keeps them in memory and records them, without content, when
+//! it installs the snapshot. Pieces 1.. carry blocks.
 //!
 //! The chunk's `offset`/`total_bytes` describe the piece alone (0 and its
 //! length) because the stream's length is not known before it is read; its
@@ -41,6 +50,7 @@ use std::sync::Arc;
 use metro_kvstore::{Namespace, WriteBatch};
 
 use super::codec::SnapshotRecord;
+use super::dr_catalogue::{DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
 use super::durable::submit;
 use super::namespaces::GroupNamespaces;
 use super::{NodeStorage, StorageError};
@@ -50,7 +60,13 @@ use crate::wire::SNAPSHOT_CHUNK_BYTES;
 /// The first four bytes of every piece.
 pub const PIECE_MAGIC: [u8; 4] = *b"MSNP";
 /// The piece layout this build writes and accepts.
-pub const PIECE_VERSION: u8 = 1;
+pub const PIECE_VERSION: u8 = 2;
+/// Piece kind byte: blocks.
+const KIND_BLOCKS: u8 = 0;
+/// Piece kind byte: the DR snapshot catalogue (piece 0 only).
+const KIND_CATALOGUE: u8 = 1;
+/// Bytes of one catalogue record: id, log index, size.
+const CATALOGUE_RECORD_BYTES: usize = 24;
 /// Bytes before a piece's records.
 pub const PIECE_HEADER_BYTES: usize = 32;
 /// Bytes of one record: block index and block.
@@ -85,6 +101,8 @@ pub struct SnapshotData {
     /// Write side: pieces taken so far and the last block written.
     written_pieces: u64,
     last_written: Option<u64>,
+    /// Write side: the DR snapshot records of the catalogue piece.
+    received_catalogue: DrCatalogue,
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -116,6 +134,7 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 /// A piece's header fields.
 struct PieceHeader {
+    kind: u8,
     piece: u64,
     size_blocks: u64,
     records: usize,
@@ -128,23 +147,47 @@ fn parse_header(bytes: &[u8]) -> Result<PieceHeader, StorageError> {
     if bytes[..4] != PIECE_MAGIC || bytes[4] != PIECE_VERSION {
         return Err(bad("not a snapshot piece of this version"));
     }
-    if bytes[5..8] != [0; 3] || bytes[28..32] != [0; 4] {
+    if bytes[6..8] != [0; 2] || bytes[28..32] != [0; 4] {
         return Err(bad("reserved piece header bytes are set"));
     }
+    let kind = bytes[5];
+    let piece = u64_at(bytes, 8);
+    let (records_max, record_bytes) = match kind {
+        KIND_BLOCKS if piece > 0 => (PIECE_RECORDS_MAX, PIECE_RECORD_BYTES),
+        KIND_CATALOGUE if piece == 0 => (DR_SNAPSHOTS_MAX, CATALOGUE_RECORD_BYTES),
+        _ => return Err(bad(format!("piece {piece} of kind {kind}"))),
+    };
     let records = u32_at(bytes, 24) as usize;
-    if records > PIECE_RECORDS_MAX
-        || bytes.len() != PIECE_HEADER_BYTES + records * PIECE_RECORD_BYTES
-    {
+    if records > records_max || bytes.len() != PIECE_HEADER_BYTES + records * record_bytes {
         return Err(bad(format!(
             "piece of {} bytes does not hold {records} records",
             bytes.len()
         )));
     }
     Ok(PieceHeader {
-        piece: u64_at(bytes, 8),
+        kind,
+        piece,
         size_blocks: u64_at(bytes, 16),
         records,
     })
+}
+
+/// A piece's header for `records` records of `record_bytes` each.
+fn piece_header(
+    kind: u8,
+    piece: u64,
+    size_blocks: u64,
+    records: usize,
+    record_bytes: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PIECE_HEADER_BYTES + records * record_bytes);
+    out.extend_from_slice(&PIECE_MAGIC);
+    out.extend_from_slice(&[PIECE_VERSION, kind, 0, 0]);
+    out.extend_from_slice(&piece.to_le_bytes());
+    out.extend_from_slice(&size_blocks.to_le_bytes());
+    out.extend_from_slice(&(records as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out
 }
 
 /// The piece number of a received piece (to tell a new transfer's first
@@ -182,7 +225,58 @@ impl SnapshotData {
             read_piece: 0,
             written_pieces: 0,
             last_written: None,
+            received_catalogue: DrCatalogue::default(),
         }
+    }
+
+    /// The DR snapshot records received with this data (none of them with
+    /// content on the receiver).
+    pub(crate) fn received_catalogue(&self) -> &DrCatalogue {
+        &self.received_catalogue
+    }
+
+    /// The catalogue piece: the records as this node knows them now.
+    fn catalogue_piece(&self) -> Result<Vec<u8>, StorageError> {
+        let records: Vec<(u64, u64, u64)> = match self.source {
+            Source::Pinned { .. } => {
+                let ns = self.ns.dr_snapshots();
+                let stored = self
+                    .node
+                    .store()
+                    .scan(ns, 0..u64::MAX, DR_SNAPSHOTS_MAX + 1)?;
+                if stored.len() > DR_SNAPSHOTS_MAX {
+                    return Err(StorageError::Corrupt {
+                        what: "DR snapshot catalogue",
+                        key: stored[DR_SNAPSHOTS_MAX].0,
+                        reason: format!("more than {DR_SNAPSHOTS_MAX} records"),
+                    });
+                }
+                let mut records = Vec::with_capacity(stored.len());
+                for (id, bytes) in stored {
+                    let s = DrSnapshot::decode(id, &bytes)?;
+                    records.push((s.id, s.log_index, s.size_blocks));
+                }
+                records
+            }
+            Source::Staged => self
+                .received_catalogue
+                .iter()
+                .map(|s| (s.id, s.log_index, s.size_blocks))
+                .collect(),
+        };
+        let mut piece = piece_header(
+            KIND_CATALOGUE,
+            0,
+            self.size_blocks,
+            records.len(),
+            CATALOGUE_RECORD_BYTES,
+        );
+        for (id, log_index, size_blocks) in records {
+            piece.extend_from_slice(&id.to_le_bytes());
+            piece.extend_from_slice(&log_index.to_le_bytes());
+            piece.extend_from_slice(&size_blocks.to_le_bytes());
+        }
+        Ok(piece)
     }
 
     /// The volume whose blocks these are.
@@ -216,6 +310,10 @@ impl SnapshotData {
         let Some(from) = self.read_from else {
             return Ok(None);
         };
+        if self.read_piece == 0 {
+            self.read_piece = 1;
+            return Ok(Some((self.catalogue_piece()?, false)));
+        }
         let store = self.node.store();
         let range = from..u64::MAX;
         let page = match self.source {
@@ -229,13 +327,13 @@ impl SnapshotData {
             Source::Staged => store.scan(self.namespace(), range, PIECE_RECORDS_MAX)?,
         };
         let last = page.len() < PIECE_RECORDS_MAX;
-        let mut piece = Vec::with_capacity(PIECE_HEADER_BYTES + page.len() * PIECE_RECORD_BYTES);
-        piece.extend_from_slice(&PIECE_MAGIC);
-        piece.extend_from_slice(&[PIECE_VERSION, 0, 0, 0]);
-        piece.extend_from_slice(&self.read_piece.to_le_bytes());
-        piece.extend_from_slice(&self.size_blocks.to_le_bytes());
-        piece.extend_from_slice(&(page.len() as u32).to_le_bytes());
-        piece.extend_from_slice(&[0; 4]);
+        let mut piece = piece_header(
+            KIND_BLOCKS,
+            self.read_piece,
+            self.size_blocks,
+            page.len(),
+            PIECE_RECORD_BYTES,
+        );
         for (block, value) in &page {
             if value.len() != BLOCK_BYTES {
                 return Err(StorageError::Corrupt {
@@ -271,6 +369,28 @@ impl SnapshotData {
         }
         if header.piece > 0 && header.size_blocks != self.size_blocks {
             return Err(bad("volume size changed within one snapshot"));
+        }
+        if header.kind == KIND_CATALOGUE {
+            let mut records = Vec::with_capacity(header.records);
+            for record in bytes[PIECE_HEADER_BYTES..].chunks_exact(CATALOGUE_RECORD_BYTES) {
+                let id = u64_at(record, 0);
+                if records
+                    .last()
+                    .is_some_and(|last: &DrSnapshot| id <= last.id)
+                {
+                    return Err(bad(format!("catalogue record {id} out of order")));
+                }
+                records.push(DrSnapshot {
+                    id,
+                    log_index: u64_at(record, 8),
+                    size_blocks: u64_at(record, 16),
+                    pinned: None,
+                });
+            }
+            self.received_catalogue = DrCatalogue::from_records(records);
+            self.size_blocks = header.size_blocks;
+            self.written_pieces += 1;
+            return Ok(());
         }
         let mut batch = WriteBatch::new();
         let mut last = self.last_written;

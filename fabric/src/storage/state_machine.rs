@@ -24,8 +24,15 @@
 //!
 //! Blocks never written read as zeroes. Commands past the volume's end are
 //! answered [`VolumeResponse::OutOfRange`] on every replica alike.
-//! `CreateSnapshot`/`DeleteSnapshot` commands (DR snapshots) are accepted
-//! and not acted upon yet: their catalogue belongs to the DR work.
+//!
+//! DR snapshots (`CreateSnapshot` / `DeleteSnapshot`, see `dr_catalogue.rs`):
+//! applying a create submits the pending changes, pins the active block map
+//! (its own kvstore batch, awaited: the only apply that waits for a write)
+//! and records the snapshot with the entry's applied log id in the pending
+//! batch; a crash in between leaves an unrecorded pin, dropped at the next
+//! open, and the entry is applied again. A delete records the removal, then
+//! queues the unpin behind it. Reads of a snapshot's blocks
+//! ([`VolumeHandle::read_dr_snapshot`]) see the pinned view.
 //!
 //! Snapshots: see `snapshot.rs`. Building pins the active block-map slot
 //! (awaited, durable); installing swaps a staged slot in (awaited, durable).
@@ -45,6 +52,7 @@ use super::codec::{
     SnapshotRecord, decode_log_id, decode_meta, decode_snapshot_record, decode_u64, encode_log_id,
     encode_meta, encode_snapshot_record, encode_u64,
 };
+use super::dr_catalogue::{CatalogueRefusal, DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
 use super::durable::{Durable, submit, submit_then};
 use super::namespaces::{
     BLOCK_MAP_SLOTS, GroupNamespaces, SM_KEY_ACTIVE_SLOT, SM_KEY_APPLIED, SM_KEY_MEMBERSHIP,
@@ -72,6 +80,8 @@ struct SmState {
     last_staging: u8,
     /// Why an earlier write failed.
     failure: Option<String>,
+    /// The volume's DR snapshots.
+    dr: DrCatalogue,
 }
 
 #[derive(Debug)]
@@ -252,6 +262,7 @@ fn load_state<RT: AsyncRuntime>(
         },
     };
     let current = load_current::<RT>(shared, active_slot)?;
+    let dr = load_catalogue(shared, active_slot)?;
     Ok(SmState {
         applied,
         membership,
@@ -260,7 +271,35 @@ fn load_state<RT: AsyncRuntime>(
         current,
         last_staging: active_slot,
         failure: None,
+        dr,
     })
+}
+
+/// The recorded DR snapshots; a record whose pin kvstore no longer has
+/// (its slot was swapped out) keeps no content.
+fn load_catalogue(shared: &SmShared, active_slot: u8) -> Result<DrCatalogue, StorageError> {
+    let ns = shared.ns.dr_snapshots();
+    let stored = shared.store().scan(ns, 0..u64::MAX, DR_SNAPSHOTS_MAX + 1)?;
+    if stored.len() > DR_SNAPSHOTS_MAX {
+        return Err(StorageError::Corrupt {
+            what: "DR snapshot catalogue",
+            key: stored[DR_SNAPSHOTS_MAX].0,
+            reason: format!("more than {DR_SNAPSHOTS_MAX} records"),
+        });
+    }
+    let records = stored
+        .iter()
+        .map(|(id, bytes)| DrSnapshot::decode(*id, bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut catalogue = DrCatalogue::from_records(records);
+    let present: Vec<u64> = shared
+        .store()
+        .snapshots(shared.ns.block_map(active_slot))
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    catalogue.keep_pins(&present);
+    Ok(catalogue)
 }
 
 /// The recorded current snapshot, if it is still pinned in the active slot.
@@ -349,6 +388,41 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         };
         self.in_flight.push_back(durable);
         Ok(())
+    }
+
+    /// For a `CreateSnapshot` entry this replica will record with content:
+    /// submits the changes applied before it, then pins the active block
+    /// map (durable on return); its kvstore sequence number.
+    async fn pin_for(&mut self, entry: &Entry) -> Result<Option<u64>, StorageError> {
+        let EntryPayload::Normal(VolumeCommand::CreateSnapshot { snapshot_id }) = &entry.payload
+        else {
+            return Ok(None);
+        };
+        if self.shared.node.is_witness() {
+            return Ok(None);
+        }
+        let (allowed, slot) = {
+            let state = self.shared.state();
+            let plan = state.dr.plan_create(*snapshot_id, entry.log_id.index);
+            (plan.is_ok(), state.active_slot)
+        };
+        if !allowed {
+            return Ok(None);
+        }
+        self.flush_pending().await?;
+        let ns = self.shared.ns.block_map(slot);
+        let seq = submit(self.shared.store(), WriteBatch::create_snapshot(ns)).await?;
+        Ok(Some(seq))
+    }
+
+    /// For a `DeleteSnapshot` entry: the pin to release if the snapshot
+    /// has content here.
+    fn unpin_for(&self, entry: &Entry) -> Option<u64> {
+        let EntryPayload::Normal(VolumeCommand::DeleteSnapshot { snapshot_id }) = &entry.payload
+        else {
+            return None;
+        };
+        self.shared.state().dr.get(*snapshot_id)?.pinned
     }
 
     /// Waits until every applied change is durable.
@@ -442,6 +516,7 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         slot: u8,
         size_blocks: u64,
         meta: &SnapshotMeta,
+        catalogue: &DrCatalogue,
     ) -> Result<(), StorageError> {
         let ns = self.shared.ns;
         let volume = ns.volume;
@@ -469,8 +544,15 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         if old != slot {
             batch.drop_namespace(ns.block_map(old));
         }
+        // The old slot's pins go with it: the records stay, without content.
+        batch.drop_namespace(ns.dr_snapshots());
+        for record in catalogue.iter() {
+            debug_assert!(record.pinned.is_none());
+            batch.put(ns.dr_snapshots(), record.id, record.encode());
+        }
         submit(self.shared.store(), batch).await?;
         let mut state = self.shared.state();
+        state.dr = catalogue.clone();
         state.active_slot = slot;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
@@ -487,18 +569,24 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
     ) -> Result<(), StorageError> {
         self.shared.check()?;
         self.drain().await?;
-        let (slot, size_blocks) = match data.staged_slot(&self.shared.node, self.shared.ns.volume) {
-            Some(slot) => (slot, data.size_blocks()),
-            None => {
-                let mut staging = self.begin_staging().await?;
-                data.copy_into(&mut staging).await?;
-                let slot = staging
-                    .staged_slot(&self.shared.node, self.shared.ns.volume)
-                    .ok_or_else(|| StorageError::Snapshot("empty snapshot stream".into()))?;
-                (slot, staging.size_blocks())
-            }
-        };
-        self.swap_in(slot, size_blocks, meta).await?;
+        let (slot, size_blocks, catalogue) =
+            match data.staged_slot(&self.shared.node, self.shared.ns.volume) {
+                Some(slot) => (slot, data.size_blocks(), data.received_catalogue().clone()),
+                None => {
+                    let mut staging = self.begin_staging().await?;
+                    data.copy_into(&mut staging).await?;
+                    let slot = staging
+                        .staged_slot(&self.shared.node, self.shared.ns.volume)
+                        .ok_or_else(|| StorageError::Snapshot("empty snapshot stream".into()))?;
+                    (
+                        slot,
+                        staging.size_blocks(),
+                        staging.received_catalogue().clone(),
+                    )
+                }
+            };
+        self.swap_in(slot, size_blocks, meta, &catalogue.without_content())
+            .await?;
         self.pin_snapshot().await?;
         Ok(())
     }
@@ -513,16 +601,22 @@ fn placeholder_state() -> SmState {
         current: None,
         last_staging: 0,
         failure: None,
+        dr: DrCatalogue::default(),
     }
 }
 
 /// Empties slots other than the active one and unpins snapshots of the
-/// active slot other than the current one (leftovers of a crash).
+/// active slot other than the current one and the DR snapshots (leftovers
+/// of a crash).
 fn clean_up(shared: &SmShared) {
     let store = shared.store();
-    let (active, current) = {
+    let (active, current, dr) = {
         let state = shared.state();
-        (state.active_slot, state.current.as_ref().map(|c| c.0.seq))
+        (
+            state.active_slot,
+            state.current.as_ref().map(|c| c.0.seq),
+            state.dr.clone(),
+        )
     };
     for slot in (0..BLOCK_MAP_SLOTS).filter(|s| *s != active) {
         let ns = shared.ns.block_map(slot);
@@ -538,7 +632,7 @@ fn clean_up(shared: &SmShared) {
     }
     let ns = shared.ns.block_map(active);
     for snapshot in store.snapshots(ns) {
-        if Some(snapshot.seq) != current {
+        if Some(snapshot.seq) != current && !dr.pins(snapshot.seq) {
             drop(submit(store, WriteBatch::drop_snapshot(ns, snapshot.seq)));
         }
     }
@@ -551,8 +645,10 @@ fn apply_command(
     overlay: &mut BlockOverlay,
     ticket: u64,
     command: &VolumeCommand,
+    at: (u64, Option<u64>),
     batch: &mut WriteBatch,
 ) -> VolumeResponse {
+    let (log_index, pin) = at;
     let size_blocks = state.size_blocks;
     if let Some((offset, len)) = command.block_range()
         && offset.checked_add(len).is_none_or(|end| end > size_blocks)
@@ -597,7 +693,38 @@ fn apply_command(
             state.size_blocks = *size;
             batch.put(shared.ns.sm_meta(), SM_KEY_SIZE, encode_u64(*size));
         }
-        VolumeCommand::CreateSnapshot { .. } | VolumeCommand::DeleteSnapshot { .. } => {}
+        VolumeCommand::CreateSnapshot { snapshot_id } => {
+            match state.dr.plan_create(*snapshot_id, log_index) {
+                Err(CatalogueRefusal::Conflict) => {
+                    return VolumeResponse::SnapshotConflict {
+                        snapshot_id: *snapshot_id,
+                    };
+                }
+                Err(CatalogueRefusal::Full) => {
+                    return VolumeResponse::SnapshotLimit {
+                        max: DR_SNAPSHOTS_MAX as u64,
+                    };
+                }
+                Ok(_) => {
+                    let record = DrSnapshot {
+                        id: *snapshot_id,
+                        log_index,
+                        size_blocks,
+                        pinned: pin,
+                    };
+                    batch.put(shared.ns.dr_snapshots(), record.id, record.encode());
+                    state.dr.insert(record);
+                }
+            }
+        }
+        VolumeCommand::DeleteSnapshot { snapshot_id } => {
+            if state.dr.remove(*snapshot_id).is_err() {
+                return VolumeResponse::SnapshotConflict {
+                    snapshot_id: *snapshot_id,
+                };
+            }
+            batch.delete(shared.ns.dr_snapshots(), *snapshot_id);
+        }
     }
     VolumeResponse::Applied
 }
@@ -606,9 +733,11 @@ impl SmShared {
     /// Adds the changes applying `entry` to the pending batch, updating
     /// state and overlay; returns the response and whether the pending
     /// batch should now go on its own.
+    /// `pin`: the kvstore snapshot taken for a `CreateSnapshot` entry.
     fn prepare<RT: AsyncRuntime>(
         &self,
         entry: &Entry,
+        pin: Option<u64>,
     ) -> Result<(VolumeResponse, bool), StorageError> {
         let mut pending = lock(&self.pending);
         let pending = &mut *pending;
@@ -635,9 +764,15 @@ impl SmShared {
                 );
                 VolumeResponse::Applied
             }
-            EntryPayload::Normal(command) => {
-                apply_command(self, &mut state, &mut overlay, ticket, command, batch)
-            }
+            EntryPayload::Normal(command) => apply_command(
+                self,
+                &mut state,
+                &mut overlay,
+                ticket,
+                command,
+                (entry.log_id.index, pin),
+                batch,
+            ),
         };
         let full = batch.encoded_len() >= PENDING_APPLY_BYTES_MAX
             || pending.tickets.len() >= PENDING_APPLY_ENTRIES_MAX;
@@ -719,6 +854,79 @@ impl VolumeHandle {
     pub fn size_blocks(&self) -> u64 {
         self.shared.state().size_blocks
     }
+
+    /// The volume's DR snapshots as this replica applied them.
+    pub fn dr_snapshots(&self) -> DrCatalogue {
+        self.shared.state().dr.clone()
+    }
+
+    /// Up to `max_blocks` blocks of DR snapshot `id` that do not read as
+    /// zeroes, from block `from_block` on, in index order; `None` when this
+    /// replica does not hold the snapshot's content (unknown id, a witness,
+    /// or it learned of the snapshot from an installed Raft snapshot).
+    pub fn read_dr_snapshot(
+        &self,
+        id: u64,
+        from_block: u64,
+        max_blocks: usize,
+    ) -> Result<Option<DrSnapshotPage>, StorageError> {
+        self.shared.check()?;
+        let (slot, snapshot) = {
+            let state = self.shared.state();
+            (state.active_slot, state.dr.get(id).copied())
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(None);
+        };
+        let Some(seq) = snapshot.pinned else {
+            return Ok(None);
+        };
+        let view = metro_kvstore::Snapshot {
+            ns: self.shared.ns.block_map(slot),
+            seq,
+        };
+        let max_blocks = max_blocks.max(1);
+        let end = snapshot.size_blocks;
+        let stored = self
+            .shared
+            .store()
+            .scan_at(view, from_block.min(end)..end, max_blocks)?;
+        let full = stored.len() == max_blocks;
+        let last_scanned = stored.last().map(|(index, _)| *index);
+        let mut blocks = Vec::with_capacity(stored.len());
+        for (index, value) in stored {
+            if value.len() != BLOCK_BYTES {
+                return Err(StorageError::Corrupt {
+                    what: "block",
+                    key: index,
+                    reason: format!("{} bytes", value.len()),
+                });
+            }
+            if value.iter().any(|b| *b != 0) {
+                blocks.push((index, value));
+            }
+        }
+        let next = last_scanned
+            .filter(|_| full)
+            .and_then(|last| last.checked_add(1))
+            .filter(|next| *next < end);
+        Ok(Some(DrSnapshotPage {
+            snapshot,
+            blocks,
+            next,
+        }))
+    }
+}
+
+/// One page of a DR snapshot's blocks ([`VolumeHandle::read_dr_snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrSnapshotPage {
+    pub snapshot: DrSnapshot,
+    /// Block index and its 4 KiB, ascending; blocks reading as zeroes are
+    /// left out.
+    pub blocks: Vec<(u64, Vec<u8>)>,
+    /// Where the next page starts, `None` after the last.
+    pub next: Option<u64>,
 }
 
 /// Hands out the snapshot pinned when the builder was made.
@@ -756,8 +964,21 @@ impl<RT: AsyncRuntime> RaftStateMachine<TypeConfig<RT>> for VolumeStateMachine<R
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             self.shared.check()?;
-            let (response, full) = self.shared.prepare::<RT>(&entry)?;
-            if full {
+            let pin = self.pin_for(&entry).await?;
+            let unpin = self.unpin_for(&entry);
+            let (response, full) = self.shared.prepare::<RT>(&entry, pin)?;
+            debug_assert!(pin.is_none() || response == VolumeResponse::Applied);
+            if let Some(seq) = unpin.filter(|_| response == VolumeResponse::Applied) {
+                // The removal first, then the unpin (a snapshot operation
+                // travels alone): a crash between leaves an unrecorded pin,
+                // dropped at the next open.
+                self.flush_pending().await?;
+                let ns = self.shared.ns.block_map(self.shared.state().active_slot);
+                drop(submit(
+                    self.shared.store(),
+                    WriteBatch::drop_snapshot(ns, seq),
+                ));
+            } else if full {
                 self.flush_pending().await?;
             }
             if let Some(responder) = responder {

@@ -153,4 +153,6 @@ pub enum VolumeResponse {
     OutOfRange { size_blocks: u64 },
     /// The named snapshot does not exist (delete) or already exists (create).
     SnapshotConflict { snapshot_id: u64 },
+    /// The volume already has `max` snapshots (create).
+    SnapshotLimit { max: u64 },
 }

@@ -269,6 +269,7 @@ pub(crate) fn response_to_wire(response: &VolumeResponse) -> WireResponse {
         VolumeResponse::OutOfRange { size_blocks } => WireResponse::OutOfRange {
             size_blocks: *size_blocks,
         },
+        VolumeResponse::SnapshotLimit { max } => WireResponse::SnapshotLimit { max: *max },
         VolumeResponse::SnapshotConflict { snapshot_id } => WireResponse::SnapshotConflict {
             snapshot_id: *snapshot_id,
         },
@@ -279,6 +280,7 @@ pub(crate) fn response_from_wire(wire: WireResponse) -> VolumeResponse {
     match wire {
         WireResponse::Applied => VolumeResponse::Applied,
         WireResponse::OutOfRange { size_blocks } => VolumeResponse::OutOfRange { size_blocks },
+        WireResponse::SnapshotLimit { max } => VolumeResponse::SnapshotLimit { max },
         WireResponse::SnapshotConflict { snapshot_id } => {
             VolumeResponse::SnapshotConflict { snapshot_id }
         }

@@ -212,6 +212,11 @@ pub enum ClientOpHeader {
     InSync {
         members: Vec<u64>,
     },
+    ReadSnapshot {
+        snapshot_id: u64,
+        from_block: u64,
+        max_blocks: u32,
+    },
 }
 
 /// One replica's report on its volume (see `crate::host`).
@@ -233,6 +238,7 @@ pub enum WireResponse {
     Applied,
     OutOfRange { size_blocks: u64 },
     SnapshotConflict { snapshot_id: u64 },
+    SnapshotLimit { max: u64 },
 }
 
 /// The leader's answer to a client operation; read data follows as blocks.
@@ -260,6 +266,16 @@ pub enum ClientReplyHeader {
     InSync {
         nodes: Vec<u64>,
     },
+    SnapshotPage(Option<SnapshotPageHeader>),
+}
+
+/// A DR snapshot page; its blocks follow, one per index.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPageHeader {
+    pub log_index: u64,
+    pub size_blocks: u64,
+    pub indexes: Vec<u64>,
+    pub next: Option<u64>,
 }
 
 /// An error answer from the receiving host instead of the expected reply.

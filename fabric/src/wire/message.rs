@@ -21,8 +21,8 @@ use super::convert::{
 use super::frame::{decode_frame, encode_frame};
 use super::header::{
     AppendEntriesHeader, AppendReplyHeader, ArchivedEnvelope, Body, ClientOpHeader,
-    ClientReplyHeader, Envelope, FaultHeader, SnapshotChunkHeader, TransferLeaderHeader,
-    TransferReplyHeader, VolumeStatusHeader, VoteHeader, VoteReplyHeader,
+    ClientReplyHeader, Envelope, FaultHeader, SnapshotChunkHeader, SnapshotPageHeader,
+    TransferLeaderHeader, TransferReplyHeader, VolumeStatusHeader, VoteHeader, VoteReplyHeader,
 };
 use super::{APPEND_ENTRIES_MAX, MEMBERS_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, WireError};
 use crate::env::NodeId;
@@ -116,6 +116,33 @@ pub enum ClientRequest {
     /// Host level, between nodes: which of `members` the leader reports in
     /// sync ([`ClientReply::InSync`]).
     InSync { members: Vec<NodeId> },
+    /// Host level, to a replica: up to `max_blocks` (at most
+    /// [`SNAPSHOT_READ_BLOCKS_MAX`]) non-zero blocks of DR snapshot
+    /// `snapshot_id` from `from_block` on, from this replica's own copy
+    /// ([`ClientReply::SnapshotPage`]).
+    ReadSnapshot {
+        snapshot_id: u64,
+        from_block: u64,
+        max_blocks: u32,
+    },
+}
+
+/// The most blocks one [`ClientRequest::ReadSnapshot`] answer carries.
+pub const SNAPSHOT_READ_BLOCKS_MAX: u32 = 256;
+
+/// One page of a DR snapshot's non-zero blocks, as read by one replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPage {
+    /// The log index the snapshot was taken at.
+    pub log_index: u64,
+    /// The volume's size in blocks then.
+    pub size_blocks: u64,
+    /// The index of each block in `data`, ascending.
+    pub indexes: Vec<u64>,
+    /// The blocks, `None` when the page holds none.
+    pub data: Option<BlockData>,
+    /// Where the next page starts, `None` after the last.
+    pub next: Option<u64>,
 }
 
 impl ClientRequest {
@@ -168,6 +195,9 @@ pub enum ClientReply {
     LogFloor { index: Option<u64> },
     /// The leader's answer to [`ClientRequest::InSync`].
     InSync { nodes: Vec<NodeId> },
+    /// The answer to [`ClientRequest::ReadSnapshot`]; `None` when this
+    /// replica does not hold that snapshot's content.
+    SnapshotPage(Option<SnapshotPage>),
 }
 
 /// Why a receiving host could not serve a request.
@@ -520,6 +550,18 @@ fn client_reply_to_wire<'a>(
         ClientReply::InSync { nodes } => ClientReplyHeader::InSync {
             nodes: nodes.clone(),
         },
+        ClientReply::SnapshotPage(None) => ClientReplyHeader::SnapshotPage(None),
+        ClientReply::SnapshotPage(Some(page)) => {
+            if let Some(data) = &page.data {
+                blocks.extend(data.blocks());
+            }
+            ClientReplyHeader::SnapshotPage(Some(SnapshotPageHeader {
+                log_index: page.log_index,
+                size_blocks: page.size_blocks,
+                indexes: page.indexes.clone(),
+                next: page.next,
+            }))
+        }
     }
 }
 
@@ -559,6 +601,33 @@ fn client_reply_from_wire(
         ClientReplyHeader::InSync { nodes } => ClientReply::InSync {
             nodes: members_from_wire(nodes)?,
         },
+        ClientReplyHeader::SnapshotPage(None) => ClientReply::SnapshotPage(None),
+        ClientReplyHeader::SnapshotPage(Some(header)) => {
+            let count = header.indexes.len();
+            let ascending = header.indexes.windows(2).all(|w| w[0] < w[1]);
+            let in_range = header
+                .indexes
+                .last()
+                .is_none_or(|l| *l < header.size_blocks);
+            if count > SNAPSHOT_READ_BLOCKS_MAX as usize || !ascending || !in_range {
+                return Err(malformed("snapshot page indexes out of order or range"));
+            }
+            let data = if count == 0 {
+                None
+            } else {
+                Some(
+                    BlockData::new(blocks.take(count as u32)?)
+                        .map_err(|err| malformed(format!("snapshot page: {err}")))?,
+                )
+            };
+            ClientReply::SnapshotPage(Some(SnapshotPage {
+                log_index: header.log_index,
+                size_blocks: header.size_blocks,
+                indexes: header.indexes,
+                data,
+                next: header.next,
+            }))
+        }
     })
 }
 
@@ -628,6 +697,15 @@ fn client_op_to_wire<'a>(
         ClientRequest::InSync { members } => ClientOpHeader::InSync {
             members: members_to_wire(members)?,
         },
+        ClientRequest::ReadSnapshot {
+            snapshot_id,
+            from_block,
+            max_blocks,
+        } => ClientOpHeader::ReadSnapshot {
+            snapshot_id: *snapshot_id,
+            from_block: *from_block,
+            max_blocks: *max_blocks,
+        },
     })
 }
 
@@ -678,5 +756,21 @@ fn client_op_from_wire(
         ClientOpHeader::InSync { members } => ClientRequest::InSync {
             members: members_from_wire(members)?,
         },
+        ClientOpHeader::ReadSnapshot {
+            snapshot_id,
+            from_block,
+            max_blocks,
+        } => {
+            if max_blocks == 0 || max_blocks > SNAPSHOT_READ_BLOCKS_MAX {
+                return Err(malformed(format!(
+                    "snapshot read of {max_blocks} blocks (1..={SNAPSHOT_READ_BLOCKS_MAX})"
+                )));
+            }
+            ClientRequest::ReadSnapshot {
+                snapshot_id,
+                from_block,
+                max_blocks,
+            }
+        }
     })
 }

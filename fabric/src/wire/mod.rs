@@ -21,8 +21,8 @@ pub mod message;
 
 pub use frame::{FRAME_BLOCKS_MAX, HEADER_BYTES_MAX, WIRE_VERSION};
 pub use message::{
-    ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SnapshotChunk, VolumeStatus,
-    decode, encode,
+    ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SNAPSHOT_READ_BLOCKS_MAX,
+    SnapshotChunk, SnapshotPage, VolumeStatus, decode, encode,
 };
 
 /// The most snapshot bytes one [`SnapshotChunk`] carries (1 MiB).

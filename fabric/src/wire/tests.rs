@@ -166,6 +166,30 @@ fn every_message() -> Vec<Message<Rt>> {
             members: vec![1, 2],
         }),
         Message::ClientReply(ClientReply::InSync { nodes: vec![2] }),
+        Message::Client(ClientRequest::ReadSnapshot {
+            snapshot_id: 7,
+            from_block: 12,
+            max_blocks: 256,
+        }),
+        Message::ClientReply(ClientReply::SnapshotPage(None)),
+        Message::ClientReply(ClientReply::SnapshotPage(Some(SnapshotPage {
+            log_index: 42,
+            size_blocks: 100,
+            indexes: vec![3, 9, 10],
+            data: Some(blocks(3, 5)),
+            next: Some(11),
+        }))),
+        Message::ClientReply(ClientReply::SnapshotPage(Some(SnapshotPage {
+            log_index: 42,
+            size_blocks: 100,
+            indexes: vec![],
+            data: None,
+            next: None,
+        }))),
+        Message::ClientReply(ClientReply::Applied {
+            log_index: 5,
+            response: VolumeResponse::SnapshotLimit { max: 64 },
+        }),
         Message::ClientReply(ClientReply::Done),
         Message::ClientReply(ClientReply::Status(crate::wire::VolumeStatus {
             node: 2,
