@@ -27,7 +27,6 @@ use common::{HostSlot, MemNet, TestHost, eventually, start_host_with};
 use metro_fabric::host::{HostConfig, HostError};
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId, VolumeResponse};
 use metro_kvstore::{CrashMode, FaultyDisk};
-use openraft::SnapshotPolicy;
 use openraft::rt::WatchReceiver as _;
 
 const NODES: [u64; 3] = [1, 2, 3];
@@ -36,13 +35,7 @@ const SIZE_BLOCKS: u64 = 512;
 const WAIT: Duration = Duration::from_secs(40);
 
 fn config(id: u64) -> HostConfig {
-    let mut config = HostConfig::new(id, NODES).expect("host config");
-    let mut raft = (*config.raft).clone();
-    raft.snapshot_policy = SnapshotPolicy::LogsSinceLast(20);
-    raft.max_in_snapshot_log_to_keep = 5;
-    raft.purge_batch_size = 1;
-    config.raft = Arc::new(raft.validate().expect("raft config"));
-    config
+    common::snapshotting_config(id, NODES, 20)
 }
 
 /// Block `index` of generation `generation`: never all zeroes.
@@ -52,24 +45,12 @@ fn block(index: u64, generation: u8) -> Vec<u8> {
     bytes
 }
 
-async fn retry<V, F, Fut>(what: &str, mut op: F) -> V
+async fn retry<V, F, Fut>(what: &str, op: F) -> V
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<V, HostError>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(
-                err @ (HostError::NoLeader(_) | HostError::Peer { .. } | HostError::Failed { .. }),
-            ) if tokio::time::Instant::now() < deadline => {
-                let _ = &err;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => panic!("{what}: {err}"),
-        }
-    }
+    common::retry_host(what, WAIT, op).await
 }
 
 async fn write(host: &TestHost, index: u64, generation: u8) -> u64 {

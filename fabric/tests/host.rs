@@ -56,24 +56,12 @@ fn pattern(index: u64) -> BlockData {
 }
 
 /// Retries `op` while no leader is known (elections after start-up).
-async fn retry<F, Fut, V>(mut op: F) -> V
+async fn retry<F, Fut, V>(op: F) -> V
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<V, HostError>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match op().await {
-            Ok(value) => return value,
-            Err(
-                err @ (HostError::NoLeader(_) | HostError::Peer { .. } | HostError::Failed { .. }),
-            ) if tokio::time::Instant::now() < deadline => {
-                eprintln!("retrying: {err}");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-            Err(err) => panic!("operation failed: {err}"),
-        }
-    }
+    common::retry_host("operation", WAIT, op).await
 }
 
 /// Waits until every host has applied at least `index`, then returns their

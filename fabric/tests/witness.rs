@@ -24,7 +24,6 @@ use common::{HostSlot, MemNet, TestHost, eventually, start_host_with};
 use metro_fabric::host::HostConfig;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::FaultyDisk;
-use openraft::SnapshotPolicy;
 use openraft::rt::WatchReceiver as _;
 use tokio::time::sleep;
 
@@ -36,14 +35,9 @@ const PER_STEP: u64 = 120;
 const WAIT: Duration = Duration::from_secs(40);
 
 fn config(id: u64) -> HostConfig {
-    let mut config = HostConfig::new(id, NODES).expect("host config");
-    let mut raft = (*config.raft).clone();
-    raft.snapshot_policy = SnapshotPolicy::LogsSinceLast(20);
-    raft.max_in_snapshot_log_to_keep = 5;
-    raft.purge_batch_size = 1;
-    config.raft = Arc::new(raft.validate().expect("raft config"));
+    let config = common::snapshotting_config(id, NODES, 20);
     if id == WITNESS {
-        config = config.into_witness().expect("witness config");
+        return config.into_witness().expect("witness config");
     }
     config
 }

@@ -6,8 +6,9 @@
 //! Checks: volume create (unique ids from the CAS counter, also under
 //! concurrent creates; duplicate names, bad sizes, zero or too many
 //! replicas and malformed JSON refused with 4xx JSON errors), list,
-//! inspect (with the local replica's Raft progress), delete; snapshot and
-//! clone answer 501; domains list/deactivate/activate; cluster status and
+//! inspect (with the local replica's Raft progress), delete; snapshots
+//! (take, duplicate, list, delete) and a clone that reads as the source
+//! did at the snapshot; domains list/deactivate/activate; cluster status and
 //! node list; unknown paths and methods; and `/metrics`: a valid
 //! exposition whose I/O counters and latency histogram move after writes
 //! through the node's NBD endpoint.
@@ -22,7 +23,8 @@ use admin_harness::{CLUSTER, Cluster, MIB, NODES, seed_domains, wait_for};
 use metro_fabric::control::DomainState;
 use metro_fabric::volume::VolumeId;
 use metro_node::admin::api::{
-    ClusterStatus, CreateVolume, Deleted, DomainView, NodeView, VolumeDetail, VolumeSummary,
+    CloneProgress, ClusterStatus, CreateVolume, Deleted, DomainView, NodeView, SnapshotView,
+    VolumeDetail, VolumeSummary,
 };
 use metro_node::admin::client::{AdminClient, ClientError};
 use metro_node::admin::exposition::check_exposition;
@@ -200,22 +202,84 @@ async fn admin_api_over_http() {
         .unwrap();
     assert_eq!(next.id, 3, "ids are never reused");
 
-    // Snapshots and clones are not implemented yet: 501, clearly.
-    let snap = client
+    // Snapshots: take, refuse a duplicate or a bad name, list, clone (the
+    // clone reads what db held at the snapshot, not what it holds now),
+    // delete.
+    let snap: SnapshotView = client
+        .post("/v1/volumes/db/snapshots", &json!({"snapshot": "s1"}))
+        .await
+        .unwrap();
+    assert_eq!((snap.name.as_str(), snap.volume.as_str()), ("s1", "db"));
+    assert!(snap.log_index > WRITES, "{snap:?}");
+    let twice = client
         .post::<serde_json::Value>("/v1/volumes/db/snapshots", &json!({"snapshot": "s1"}))
         .await;
-    assert_eq!(api_status(snap), (501, "not_implemented".into()));
-    let clone = client
+    assert_eq!(api_status(twice), (409, "conflict".into()));
+    let bad = client
+        .post::<serde_json::Value>("/v1/volumes/db/snapshots", &json!({"snapshot": "S/1"}))
+        .await;
+    assert_eq!(api_status(bad).0, 400);
+    let missing = client
+        .post::<serde_json::Value>("/v1/volumes/nope/snapshots", &json!({"snapshot": "s1"}))
+        .await;
+    assert_eq!(api_status(missing).0, 404);
+    let listed: Vec<SnapshotView> = client.get("/v1/volumes/db/snapshots").await.unwrap();
+    assert_eq!(listed, vec![snap.clone()]);
+    let mut nbd_client = NbdClient::connect(cluster.nbd.addr, "db").await.unwrap();
+    nbd_client.write(0, &[0xee; 4096]).await.unwrap();
+    nbd_client.disconnect().await;
+    let clone: VolumeSummary = client
+        .post(
+            "/v1/volumes/db/clone",
+            &json!({"snapshot": "s1", "target": "db2"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((clone.name.as_str(), clone.size_bytes), ("db2", 16 * MIB));
+    let jobs: Vec<CloneProgress> = client.get("/v1/clones").await.unwrap();
+    let job = jobs.iter().find(|j| j.target == "db2").expect("the job");
+    assert_eq!(
+        (job.state.as_str(), job.copied_blocks, job.scanned_blocks),
+        ("done", WRITES, 16 * MIB / 4096)
+    );
+    backend
+        .add_export("db2", VolumeId(clone.id), 16 * MIB)
+        .unwrap();
+    let mut nbd_client = NbdClient::connect(cluster.nbd.addr, "db2").await.unwrap();
+    for i in [0, WRITES - 1] {
+        let block = nbd_client.read(i * 4096, 4096).await.unwrap();
+        assert_eq!(
+            block,
+            vec![i as u8 + 1; 4096],
+            "db2 block {i} is db's at s1"
+        );
+    }
+    assert_eq!(
+        nbd_client.read(WRITES * 4096, 4096).await.unwrap(),
+        vec![0; 4096]
+    );
+    nbd_client.disconnect().await;
+    let taken = client
         .post::<serde_json::Value>(
             "/v1/volumes/db/clone",
             &json!({"snapshot": "s1", "target": "db2"}),
         )
         .await;
-    assert_eq!(api_status(clone).0, 501);
-    let missing = client
-        .post::<serde_json::Value>("/v1/volumes/nope/snapshots", &json!({"snapshot": "s1"}))
+    assert_eq!(api_status(taken).0, 409, "db2 exists");
+    let deleted: SnapshotView = client.delete("/v1/volumes/db/snapshots/s1").await.unwrap();
+    assert_eq!(deleted, snap);
+    let again = client
+        .delete::<serde_json::Value>("/v1/volumes/db/snapshots/s1")
         .await;
-    assert_eq!(api_status(missing).0, 404);
+    assert_eq!(api_status(again).0, 404);
+    let gone = client
+        .post::<serde_json::Value>(
+            "/v1/volumes/db/clone",
+            &json!({"snapshot": "s1", "target": "db3"}),
+        )
+        .await;
+    assert_eq!(api_status(gone).0, 404);
+    let _: Deleted = client.delete("/v1/volumes/db2").await.unwrap();
 
     // Domains.
     let domain: DomainView = client

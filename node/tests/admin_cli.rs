@@ -1,9 +1,10 @@
 //! The `metro` CLI's admin commands, run as the real binary against an
 //! in-process cluster's admin API (see `admin_harness`): `cluster status`,
-//! `node list`, `volume create|list|inspect|delete|snapshot|clone`,
+//! `node list`, `volume create|list|inspect|delete|snapshot|snapshots|
+//! delete-snapshot|clone`,
 //! `domain list|activate|deactivate`, human and `--output json`, the
 //! `METRO_ADMIN` variable, `--help` everywhere, and clear failures (bad
-//! sizes, duplicate names, snapshots not implemented, no server).
+//! sizes, duplicate names and snapshots, a deleted snapshot, no server).
 
 mod admin_harness;
 mod common;
@@ -100,7 +101,12 @@ async fn cli_over_the_admin_api() {
     assert!(inspect.starts_with("volume db (id 1)\n"), "{inspect}");
     assert!(inspect.contains("replica on node 1"), "{inspect}");
 
-    let snap = metro(
+    let snap = ok(&["volume", "snapshot", "db", "--snapshot", "s1"], admin).await;
+    assert!(
+        snap.starts_with("snapshot s1 of db taken at log index "),
+        "{snap}"
+    );
+    let twice = metro(
         &[
             "volume",
             "snapshot",
@@ -113,11 +119,39 @@ async fn cli_over_the_admin_api() {
         None,
     )
     .await;
-    assert_eq!(snap.code, 1);
+    assert_eq!(twice.code, 1);
+    assert!(twice.stderr.contains("409 conflict"), "{}", twice.stderr);
+    let listed = ok(&["volume", "snapshots", "db"], admin).await;
+    let mut lines = listed.lines();
+    assert!(lines.next().unwrap().starts_with("NAME"), "{listed}");
+    assert!(lines.next().unwrap().starts_with("s1 "), "{listed}");
+    let cloned = ok(
+        &[
+            "volume",
+            "clone",
+            "db",
+            "--snapshot",
+            "s1",
+            "--target",
+            "db2",
+        ],
+        admin,
+    )
+    .await;
     assert!(
-        snap.stderr.contains("not implemented yet"),
-        "{}",
-        snap.stderr
+        cloned.starts_with("volume db2 (id ")
+            && cloned.ends_with("created from snapshot s1 of db\n"),
+        "{cloned}"
+    );
+    let deleted = ok(
+        &["volume", "delete-snapshot", "db", "--snapshot", "s1"],
+        admin,
+    )
+    .await;
+    assert_eq!(deleted, "snapshot s1 of db deleted\n");
+    assert_eq!(
+        ok(&["volume", "snapshots", "db"], admin).await,
+        "no snapshots\n"
     );
     let clone = metro(
         &[
@@ -127,18 +161,16 @@ async fn cli_over_the_admin_api() {
             "--snapshot",
             "s1",
             "--target",
-            "db2",
+            "db3",
             "--admin",
             admin,
         ],
         None,
     )
     .await;
-    assert!(
-        clone.stderr.contains("not implemented yet"),
-        "{}",
-        clone.stderr
-    );
+    assert_eq!(clone.code, 1);
+    assert!(clone.stderr.contains("404 not_found"), "{}", clone.stderr);
+    ok(&["volume", "delete", "db2"], admin).await;
 
     let domains = ok(&["domain", "list"], admin).await;
     assert!(
@@ -198,6 +230,8 @@ async fn cli_over_the_admin_api() {
         &["volume", "inspect", "--help"],
         &["volume", "delete", "--help"],
         &["volume", "snapshot", "--help"],
+        &["volume", "snapshots", "--help"],
+        &["volume", "delete-snapshot", "--help"],
         &["volume", "clone", "--help"],
         &["domain", "list", "--help"],
         &["domain", "activate", "--help"],

@@ -4,6 +4,7 @@
 //! /metro/<cluster>/nodes/<id>          NodeInfo, attached to the node's lease
 //! /metro/<cluster>/domains/<name>      DomainInfo
 //! /metro/<cluster>/volumes/<name>      VolumeRecord (spec + placement)
+//! /metro/<cluster>/snapshots/<volume>/<name>  a volume snapshot's name → id
 //! /metro/<cluster>/coordinator         election prefix
 //! ```
 //!
@@ -48,6 +49,15 @@ impl ClusterKeys {
 
     pub fn volume(&self, name: &str) -> String {
         format!("{}{name}", self.volumes_prefix())
+    }
+
+    /// The snapshot names of volume `volume` (a volume name has no `/`).
+    pub fn snapshots_prefix(&self, volume: &str) -> String {
+        format!("{}snapshots/{volume}/", self.root)
+    }
+
+    pub fn snapshot(&self, volume: &str, name: &str) -> String {
+        format!("{}{name}", self.snapshots_prefix(volume))
     }
 
     /// The election prefix of the coordinator.

@@ -223,3 +223,44 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A host configuration for `id` among `nodes` whose groups snapshot every
+/// `every` entries and keep only 5 entries behind a snapshot, so that a
+/// host that falls behind catches up from an installed snapshot.
+pub fn snapshotting_config(
+    id: NodeId,
+    nodes: impl IntoIterator<Item = NodeId>,
+    every: u64,
+) -> metro_fabric::host::HostConfig {
+    let mut config = metro_fabric::host::HostConfig::new(id, nodes).expect("host config");
+    let mut raft = (*config.raft).clone();
+    raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(every);
+    raft.max_in_snapshot_log_to_keep = 5;
+    raft.purge_batch_size = 1;
+    config.raft = Arc::new(raft.validate().expect("raft config"));
+    config
+}
+
+/// Retries `op` for up to `wait` while it fails with what passes (no
+/// leader yet, a peer unreachable, a failed try); panics naming `what`
+/// on any other error or when the time is up.
+pub async fn retry_host<V, F, Fut>(what: &str, wait: std::time::Duration, mut op: F) -> V
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<V, metro_fabric::host::HostError>>,
+{
+    use metro_fabric::host::HostError;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(
+                err @ (HostError::NoLeader(_) | HostError::Peer { .. } | HostError::Failed { .. }),
+            ) if tokio::time::Instant::now() < deadline => {
+                eprintln!("{what}: retrying: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("{what}: {err}"),
+        }
+    }
+}

@@ -15,8 +15,11 @@
 //! | POST | `/v1/volumes` | [`CreateVolume`] → 201 [`VolumeSummary`] |
 //! | GET | `/v1/volumes/{name}` | → [`VolumeDetail`] |
 //! | DELETE | `/v1/volumes/{name}` | → [`Deleted`] |
-//! | POST | `/v1/volumes/{name}/snapshots` | [`CreateSnapshot`] → 501 for now |
-//! | POST | `/v1/volumes/{name}/clone` | [`CloneVolume`] → 501 for now |
+//! | GET | `/v1/volumes/{name}/snapshots` | → `[`[`SnapshotView`]`]` |
+//! | POST | `/v1/volumes/{name}/snapshots` | [`CreateSnapshot`] → 201 [`SnapshotView`] |
+//! | DELETE | `/v1/volumes/{name}/snapshots/{snapshot}` | → [`SnapshotView`] (as it was) |
+//! | POST | `/v1/volumes/{name}/clone` | [`CloneVolume`] → 201 [`VolumeSummary`] once copied |
+//! | GET | `/v1/clones` | → `[`[`CloneProgress`]`]` (this node's clone jobs) |
 //! | GET | `/metrics` | → Prometheus text |
 //! | GET | `/healthz` | → `ok` |
 
@@ -57,6 +60,38 @@ pub struct CloneVolume {
     pub snapshot: String,
     /// The new volume's name.
     pub target: String,
+}
+
+/// A volume's crash-consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    pub name: String,
+    /// Its id in the volume's replicated snapshot catalogue.
+    pub id: u64,
+    pub volume: String,
+    /// The volume's log index it was taken at: it holds every write
+    /// acknowledged before it was asked for.
+    pub log_index: u64,
+    /// The volume's size then.
+    pub size_bytes: u64,
+    pub created_unix_ms: u64,
+}
+
+/// One clone job of the answering node (`GET /v1/clones`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneProgress {
+    pub target: String,
+    pub source: String,
+    pub snapshot: String,
+    /// `creating` (waiting for the new volume's group), `copying`, `done`,
+    /// `failed`.
+    pub state: String,
+    pub total_blocks: u64,
+    /// Blocks of the snapshot looked at so far.
+    pub scanned_blocks: u64,
+    /// Non-zero blocks written into the target so far.
+    pub copied_blocks: u64,
+    pub error: Option<String>,
 }
 
 /// `DELETE /v1/volumes/{name}`.
@@ -124,6 +159,9 @@ pub struct VolumeDetail {
     /// The node that answered.
     pub answered_by: NodeId,
     pub local: Option<LocalReplica>,
+    /// The volume's snapshots, by name.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotView>,
 }
 
 /// A node as listed.

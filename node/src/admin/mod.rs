@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod routes;
 pub mod service;
 pub mod size;
+pub mod snapshots;
 
 use std::io;
 use std::net::SocketAddr;

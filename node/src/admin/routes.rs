@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metro_fabric::control::DomainState;
 use metro_fabric::membership::Membership;
 use serde::Serialize;
@@ -93,8 +93,16 @@ pub fn router<M: Membership>(state: Arc<AdminState<M>>) -> Router {
             "/v1/volumes/{name}",
             get(inspect_volume::<M>).delete(delete_volume::<M>),
         )
-        .route("/v1/volumes/{name}/snapshots", post(snapshot::<M>))
+        .route(
+            "/v1/volumes/{name}/snapshots",
+            get(list_snapshots::<M>).post(snapshot::<M>),
+        )
+        .route(
+            "/v1/volumes/{name}/snapshots/{snapshot}",
+            delete(delete_snapshot::<M>),
+        )
         .route("/v1/volumes/{name}/clone", post(clone::<M>))
+        .route("/v1/clones", get(clones::<M>))
         .fallback(|| async { error_response(&ServiceError::NotFound("no such endpoint".into())) })
         .method_not_allowed_fallback(|| async {
             let body = ApiError {
@@ -163,6 +171,28 @@ async fn delete_volume<M: Membership>(
     Path(name): Path<String>,
 ) -> Response {
     reply(StatusCode::OK, state.service.delete_volume(&name).await)
+}
+
+async fn list_snapshots<M: Membership>(
+    State(state): Shared<M>,
+    Path(name): Path<String>,
+) -> Response {
+    reply(StatusCode::OK, state.service.list_snapshots(&name).await)
+}
+
+async fn delete_snapshot<M: Membership>(
+    State(state): Shared<M>,
+    Path((name, snapshot)): Path<(String, String)>,
+) -> Response {
+    let result = state.service.delete_snapshot(&name, &snapshot).await;
+    reply(StatusCode::OK, result)
+}
+
+async fn clones<M: Membership>(State(state): Shared<M>) -> Response {
+    reply(
+        StatusCode::OK,
+        Ok::<_, ServiceError>(state.service.clone_jobs()),
+    )
 }
 
 async fn snapshot<M: Membership>(

@@ -21,7 +21,8 @@
 //!   its status in one transaction guarded by the record's mod revision. A
 //!   peer that cannot be reached midway fails the call with `unavailable`
 //!   and keeps the record (some replicas may be gone): retrying finishes it.
-//! - **Snapshot and clone** answer `not_implemented` (see the README).
+//! - **Snapshots and clones**: see [`super::snapshots`]. Deleting a volume
+//!   removes its snapshots' names too (their content goes with the group).
 //! - **This node** is held weakly ([`NodeSlot`]): the admin endpoint never
 //!   keeps a stopped node's host (and its kvstore) alive. While the slot is
 //!   empty, answers that need the host are `unavailable`; the demo re-points
@@ -48,6 +49,7 @@ use super::api::{
     VolumeDetail, VolumeSummary,
 };
 use super::metrics::replication_lags;
+use super::snapshots::CloneJobs;
 use crate::control_plane::ControlPlane;
 use crate::daemon::{Node, NodeHost};
 use crate::quic_transport::QuicTransport;
@@ -197,6 +199,7 @@ pub struct AdminService<M: Membership> {
     keys: ClusterKeys,
     cluster: String,
     node: RwLock<NodeSlot>,
+    clones: CloneJobs,
 }
 
 impl<M: Membership> AdminService<M> {
@@ -206,7 +209,20 @@ impl<M: Membership> AdminService<M> {
             keys: ClusterKeys::new(cluster),
             cluster: cluster.to_owned(),
             node: RwLock::new(node),
+            clones: CloneJobs::default(),
         }
+    }
+
+    pub(super) fn keys(&self) -> &ClusterKeys {
+        &self.keys
+    }
+
+    pub(super) fn membership(&self) -> &M {
+        &self.membership
+    }
+
+    pub(super) fn clones(&self) -> &CloneJobs {
+        &self.clones
     }
 
     /// Answers for `node` from now on.
@@ -227,7 +243,7 @@ impl<M: Membership> AdminService<M> {
         self.node_slot().host.upgrade()
     }
 
-    fn running_host(&self) -> Result<Arc<NodeHost>> {
+    pub(super) fn running_host(&self) -> Result<Arc<NodeHost>> {
         self.host().ok_or_else(|| {
             ServiceError::Unavailable("the node behind this admin endpoint is stopped".into())
         })
@@ -254,7 +270,11 @@ impl<M: Membership> AdminService<M> {
         raft.metrics().borrow_watched().current_leader
     }
 
-    fn summary(&self, record: &VolumeRecord, status: Option<&VolumeStatusRecord>) -> VolumeSummary {
+    pub(super) fn summary(
+        &self,
+        record: &VolumeRecord,
+        status: Option<&VolumeStatusRecord>,
+    ) -> VolumeSummary {
         let placement = record
             .placement
             .as_ref()
@@ -393,7 +413,7 @@ impl<M: Membership> AdminService<M> {
         Ok(None)
     }
 
-    async fn record(&self, name: &str) -> Result<(VolumeRecord, i64)> {
+    pub(super) async fn record(&self, name: &str) -> Result<(VolumeRecord, i64)> {
         check_name("volume", name)?;
         let kv = self
             .membership
@@ -405,7 +425,7 @@ impl<M: Membership> AdminService<M> {
         Ok((record, kv.mod_revision))
     }
 
-    async fn status(&self, name: &str) -> Result<Option<VolumeStatusRecord>> {
+    pub(super) async fn status(&self, name: &str) -> Result<Option<VolumeStatusRecord>> {
         let kv = self
             .membership
             .get(status_key(&self.keys, name).as_bytes())
@@ -427,6 +447,7 @@ impl<M: Membership> AdminService<M> {
             status,
             answered_by: self.answering(),
             local: self.local_replica(record.spec.id),
+            snapshots: self.snapshot_views(name).await?,
         })
     }
 
@@ -489,7 +510,7 @@ impl<M: Membership> AdminService<M> {
         }
         let key = self.keys.volume(name);
         let compares = vec![Compare::mod_revision(key.as_bytes().to_vec(), revision)];
-        let ops = vec![
+        let mut ops = vec![
             TxnOp::Delete {
                 key: key.into_bytes(),
             },
@@ -497,6 +518,13 @@ impl<M: Membership> AdminService<M> {
                 key: status_key(&self.keys, name).into_bytes(),
             },
         ];
+        // The snapshots' names go with the volume (their content went with
+        // the replicas).
+        for view in self.snapshot_views(name).await? {
+            ops.push(TxnOp::Delete {
+                key: self.keys.snapshot(name, &view.name).into_bytes(),
+            });
+        }
         let result = self.membership.txn(compares, ops).await?;
         if !result.succeeded {
             return Err(ServiceError::Conflict(format!(
@@ -508,25 +536,6 @@ impl<M: Membership> AdminService<M> {
             name: name.to_owned(),
             id,
         })
-    }
-
-    /// `POST /v1/volumes/{name}/snapshots`.
-    pub async fn snapshot_volume(&self, name: &str, snapshot: &str) -> Result<()> {
-        self.record(name).await?;
-        check_name("snapshot", snapshot)?;
-        Err(ServiceError::NotImplemented(
-            "volume snapshots are not implemented yet: the replicated CreateSnapshot command is still a no-op in the fabric".into(),
-        ))
-    }
-
-    /// `POST /v1/volumes/{name}/clone`.
-    pub async fn clone_volume(&self, name: &str, snapshot: &str, target: &str) -> Result<()> {
-        self.record(name).await?;
-        check_name("snapshot", snapshot)?;
-        check_name("volume", target)?;
-        Err(ServiceError::NotImplemented(
-            "clones are not implemented yet: they need volume snapshots, which are not implemented yet".into(),
-        ))
     }
 
     /// `GET /v1/domains`.

@@ -1,16 +1,28 @@
-//! `metro volume create|list|inspect|delete|snapshot|clone` over the admin
-//! API. Volumes are named; the cluster allocates their ids and places
-//! their replicas (one per data domain).
+//! `metro volume create|list|inspect|delete|snapshot|snapshots|
+//! delete-snapshot|clone` over the admin API. Volumes are named; the
+//! cluster allocates their ids and places their replicas (one per data
+//! domain). A clone shows its progress on stderr while it copies.
 
 use clap::{Args, Subcommand};
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use metro_node::admin::api::{
-    CloneVolume, CreateSnapshot, CreateVolume, Deleted, VolumeDetail, VolumeSummary,
+    CloneProgress, CloneVolume, CreateSnapshot, CreateVolume, Deleted, SnapshotView, VolumeDetail,
+    VolumeSummary,
 };
 use metro_node::admin::client::method;
 use metro_node::admin::size::{format_size, parse_size};
 
 use super::table::{Table, or_dash};
-use super::{AdminArgs, show};
+use super::{AdminArgs, Output, block_on, show};
+
+/// How long `volume clone` waits for the copy (a clone of a large volume
+/// takes a while; progress shows meanwhile).
+pub const CLONE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How often `volume clone` polls the progress.
+const CLONE_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
@@ -47,17 +59,33 @@ enum VolumeCommand {
         /// The volume's name.
         name: String,
     },
-    /// Take a named snapshot of a volume (not implemented yet: the API
-    /// answers 501).
+    /// Take a named, crash-consistent snapshot of a volume: it holds every
+    /// write acknowledged before it (one replicated log entry pins every
+    /// replica's blocks there).
     Snapshot {
         /// The volume's name.
         name: String,
-        /// Snapshot name.
+        /// Snapshot name (a-z, 0-9, '-', '_', '.').
         #[arg(long)]
         snapshot: String,
     },
-    /// Create a volume from a snapshot (not implemented yet: the API
-    /// answers 501).
+    /// List a volume's snapshots.
+    Snapshots {
+        /// The volume's name.
+        name: String,
+    },
+    /// Delete a volume's snapshot (its blocks are released on every
+    /// replica).
+    DeleteSnapshot {
+        /// The volume's name.
+        name: String,
+        /// The snapshot's name.
+        #[arg(long)]
+        snapshot: String,
+    },
+    /// Create a new volume from a snapshot: same replica count, the
+    /// snapshot's size, its blocks copied in (progress on stderr). Answers
+    /// once every block is copied.
     Clone {
         /// Source volume.
         name: String,
@@ -153,6 +181,10 @@ fn inspect_text(d: &VolumeDetail) -> String {
     } else if !s.placement.is_empty() {
         out.push_str(&format!("\nplacement: {}\n", placement(s)));
     }
+    if !d.snapshots.is_empty() {
+        out.push_str("\nsnapshots:\n");
+        out.push_str(&snapshots_table(&d.snapshots));
+    }
     match &d.local {
         None => out.push_str(&format!(
             "\nnode {} hosts no replica of it (ask a member's admin API for Raft progress)\n",
@@ -183,6 +215,88 @@ fn inspect_text(d: &VolumeDetail) -> String {
         }
     }
     out
+}
+
+/// The `volume snapshots` table.
+pub fn snapshots_table(snapshots: &[SnapshotView]) -> String {
+    if snapshots.is_empty() {
+        return "no snapshots\n".into();
+    }
+    let mut t = Table::new(&["name", "log index", "size", "created (unix ms)"]);
+    for s in snapshots {
+        t.row(vec![
+            s.name.clone(),
+            s.log_index.to_string(),
+            format_size(s.size_bytes),
+            s.created_unix_ms.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// One progress line of a clone.
+pub fn clone_progress_line(p: &CloneProgress) -> String {
+    let percent = (p.scanned_blocks * 100)
+        .checked_div(p.total_blocks)
+        .unwrap_or(100);
+    format!(
+        "clone {} <- {}@{}: {} {percent:>3}% ({} of {} blocks scanned, {} copied)",
+        p.target, p.source, p.snapshot, p.state, p.scanned_blocks, p.total_blocks, p.copied_blocks
+    )
+}
+
+/// `volume clone`: the POST on one connection, the progress polled on
+/// others and shown on stderr (human output only) until it answers.
+fn run_clone(a: &AdminArgs, name: &str, body: CloneVolume) -> anyhow::Result<()> {
+    let client = a.client()?.with_timeout(CLONE_TIMEOUT);
+    let poller = a.client()?;
+    let path = format!("/v1/volumes/{name}/clone");
+    let target = body.target.clone();
+    let human = a.output == Output::Human;
+    let value: serde_json::Value = block_on(async {
+        let call = client.call::<serde_json::Value>(
+            metro_node::admin::client::method::POST,
+            &path,
+            Some(&body),
+        );
+        tokio::pin!(call);
+        let mut shown = false;
+        loop {
+            tokio::select! {
+                answer = &mut call => {
+                    if shown {
+                        eprintln!();
+                    }
+                    return Ok(answer?);
+                }
+                () = tokio::time::sleep(CLONE_POLL), if human => {
+                    if let Ok(jobs) = poller.get::<Vec<CloneProgress>>("/v1/clones").await
+                        && let Some(job) = jobs.iter().find(|j| j.target == target)
+                    {
+                        eprint!("\r{}", clone_progress_line(job));
+                        let _ = std::io::stderr().flush();
+                        shown = true;
+                    }
+                }
+            }
+        }
+    })?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Output::Human => {
+            let v: VolumeSummary =
+                serde_json::from_value(value).context("decoding the clone's answer")?;
+            println!(
+                "volume {} (id {}, {}) created from snapshot {} of {}",
+                v.name,
+                v.id,
+                format_size(v.size_bytes),
+                body.snapshot,
+                name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn yes(b: bool) -> String {
@@ -236,28 +350,30 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<()> {
         VolumeCommand::Snapshot { name, snapshot } => {
             let path = format!("/v1/volumes/{name}/snapshots");
             let body = CreateSnapshot { snapshot };
-            show(
-                a,
-                method::POST,
-                &path,
-                Some(&body),
-                |_: &serde_json::Value| "snapshot created\n".into(),
-            )
+            show(a, method::POST, &path, Some(&body), |s: &SnapshotView| {
+                format!(
+                    "snapshot {} of {} taken at log index {}\n",
+                    s.name, s.volume, s.log_index
+                )
+            })
+        }
+        VolumeCommand::Snapshots { name } => {
+            let path = format!("/v1/volumes/{name}/snapshots");
+            show(a, method::GET, &path, none, |v: &Vec<SnapshotView>| {
+                snapshots_table(v)
+            })
+        }
+        VolumeCommand::DeleteSnapshot { name, snapshot } => {
+            let path = format!("/v1/volumes/{name}/snapshots/{snapshot}");
+            show(a, method::DELETE, &path, none, |s: &SnapshotView| {
+                format!("snapshot {} of {} deleted\n", s.name, s.volume)
+            })
         }
         VolumeCommand::Clone {
             name,
             snapshot,
             target,
-        } => {
-            let path = format!("/v1/volumes/{name}/clone");
-            let body = CloneVolume { snapshot, target };
-            show(a, method::POST, &path, Some(&body), |v: &VolumeSummary| {
-                format!(
-                    "volume {} created from the snapshot (id {})\n",
-                    v.name, v.id
-                )
-            })
-        }
+        } => run_clone(a, &name, CloneVolume { snapshot, target }),
     }
 }
 

@@ -1,8 +1,9 @@
 //! A cluster of real `metro node run` processes on loopback, registered in
 //! a real etcd: certificates from `metro cluster init`, one data directory
 //! and log file per node, QUIC addresses chosen up front, an admin API on
-//! the nodes asked for. Nodes are started, SIGKILLed and restarted one by
-//! one; all are killed on drop (the directory is kept when the test fails).
+//! the nodes asked for (and an NBD listener on those). Nodes are started,
+//! SIGKILLed and restarted one by one; all are killed on drop (the
+//! directory is kept when the test fails).
 //! Also the `metro cluster status` probe the scenarios check steps with.
 
 use std::collections::BTreeMap;
@@ -36,6 +37,9 @@ pub struct ProcessCluster {
     pub addrs: BTreeMap<NodeId, SocketAddr>,
     /// Admin API URLs of the nodes that serve one.
     pub admin: BTreeMap<NodeId, String>,
+    /// NBD listen addresses (the nodes that serve the admin API serve NBD
+    /// too).
+    pub nbd: BTreeMap<NodeId, SocketAddr>,
     /// Flags every node gets (timings).
     pub extra_args: Vec<String>,
     children: BTreeMap<NodeId, Child>,
@@ -57,9 +61,11 @@ impl ProcessCluster {
         cluster_init(&dir, name, specs.len())?;
         let addrs = loopback_udp_addrs(specs.iter().map(|s| s.id))?;
         let mut admin = BTreeMap::new();
+        let mut nbd = BTreeMap::new();
         for spec in specs.iter().filter(|s| s.admin) {
             let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             admin.insert(spec.id, format!("http://{addr}"));
+            nbd.insert(spec.id, TcpListener::bind("127.0.0.1:0")?.local_addr()?);
         }
         Ok(Self {
             dir,
@@ -68,6 +74,7 @@ impl ProcessCluster {
             specs,
             addrs,
             admin,
+            nbd,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             children: BTreeMap::new(),
             keep: false,
@@ -103,6 +110,9 @@ impl ProcessCluster {
         }
         if let Some(url) = self.admin.get(&id) {
             command.args(["--admin-listen", url.trim_start_matches("http://")]);
+        }
+        if let Some(addr) = self.nbd.get(&id) {
+            command.args(["--nbd-listen", &addr.to_string()]);
         }
         let child = command
             .stdout(Stdio::null())
