@@ -74,6 +74,8 @@ pub struct SimVolume {
     pub observer: RaftObserver,
     /// When a write to it was last acknowledged (0: never).
     pub last_ack_ns: AtomicU64,
+    /// Its acknowledged DR snapshots (checked at the end).
+    pub dr_snapshots: crate::dr_snapshots::TakenSnapshots,
 }
 
 /// One run's cluster.
@@ -95,6 +97,9 @@ pub struct Cluster {
     pub disk_errors: Arc<AtomicU64>,
     /// Writes acknowledged so far, over all volumes.
     pub acked_writes: AtomicU64,
+    /// DR snapshots acknowledged, and those no replica held at the end.
+    pub dr_snapshots_taken: AtomicU64,
+    pub dr_snapshots_unheld: AtomicU64,
     /// Restarts of nodes whose disk returned an I/O error (the supervisor).
     pub supervisor_restarts: AtomicU64,
     /// Recoveries that failed with an I/O error and were retried.
@@ -176,6 +181,7 @@ fn place_volumes(
                     history: History::new(),
                     observer: RaftObserver::new(),
                     last_ack_ns: AtomicU64::new(0),
+                    dr_snapshots: Default::default(),
                 });
                 let record = VolumeRecord {
                     spec,
@@ -254,6 +260,8 @@ impl Cluster {
             last_disruption_ns: AtomicU64::new(0),
             disk_errors: Arc::new(AtomicU64::new(0)),
             acked_writes: AtomicU64::new(0),
+            dr_snapshots_taken: AtomicU64::new(0),
+            dr_snapshots_unheld: AtomicU64::new(0),
             supervisor_restarts: AtomicU64::new(0),
             recovery_retries: AtomicU64::new(0),
             write_ids: AtomicU64::new(0),

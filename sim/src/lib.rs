@@ -39,6 +39,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod control;
+pub mod dr_snapshots;
 pub mod faults;
 pub mod history;
 pub mod kill;

@@ -43,6 +43,9 @@ pub struct Latency {
     pub jitter_us: u64,
 }
 
+/// The default [`SimOptions::dr_snapshot_ppm`]: one operation in 50.
+pub const DR_SNAPSHOT_PPM: u64 = 20_000;
+
 /// Everything a run varies.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -69,6 +72,9 @@ pub struct SimOptions {
     pub tear_ppm: u64,
     pub clients: u64,
     pub write_ppm: u64,
+    /// Chance that a client operation is a DR snapshot instead (not drawn
+    /// from the seed, so the seeds' other draws stay as they were).
+    pub dr_snapshot_ppm: u64,
     pub think_ms_max: u64,
     /// Raft snapshot (and log purge) every this many entries; 0: never.
     pub snapshot_logs: u64,
@@ -269,6 +275,7 @@ impl SimOptions {
             tear_ppm: rng.below(500_001),
             clients: 3 + rng.below(6),
             write_ppm: 300_000 + rng.below(500_001),
+            dr_snapshot_ppm: DR_SNAPSHOT_PPM,
             think_ms_max: rng.below(31),
             snapshot_logs: [0, 64, 256, 1_000][rng.below(4) as usize],
             volumes: 0,
@@ -441,11 +448,12 @@ impl fmt::Display for SimOptions {
         }
         write!(
             f,
-            "  workload volumes={}x{}replicas clients={} writes={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} bug={:?}",
+            "  workload volumes={}x{}replicas clients={} writes={}ppm dr_snapshots={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} bug={:?}",
             self.volumes,
             self.replicas,
             self.clients,
             self.write_ppm,
+            self.dr_snapshot_ppm,
             self.think_ms_max,
             VOLUME_BLOCKS,
             self.snapshot_logs,

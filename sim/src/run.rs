@@ -148,6 +148,9 @@ pub struct OpCounts {
     /// Mean latency of acknowledged writes and answered reads, virtual µs.
     pub write_us_mean: u64,
     pub read_us_mean: u64,
+    /// DR snapshots acknowledged, and those no replica held at the end.
+    pub dr_snapshots: u64,
+    pub dr_snapshots_unheld: u64,
 }
 
 impl OpCounts {
@@ -297,7 +300,11 @@ async fn scenario(options: SimOptions) -> Scenario {
     Scenario {
         violations: cluster.violations.count(),
         messages: cluster.violations.messages(),
-        ops: OpCounts::of(&ops),
+        ops: OpCounts {
+            dr_snapshots: cluster.dr_snapshots_taken.load(Ordering::SeqCst),
+            dr_snapshots_unheld: cluster.dr_snapshots_unheld.load(Ordering::SeqCst),
+            ..OpCounts::of(&ops)
+        },
         net: cluster.net.stats(),
         faults,
         env: EnvStats {
@@ -371,6 +378,7 @@ async fn liveness(cluster: &Arc<Cluster>, volume: &SimVolume) {
         return fail("replicas did not converge");
     }
     compare_replicas(cluster, volume).await;
+    crate::dr_snapshots::check(cluster, volume).await;
     if !sweep(cluster, volume, "final-sweep", FINAL_SWEEP_ATTEMPTS).await {
         fail("no final read answered");
     }

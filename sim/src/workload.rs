@@ -208,6 +208,9 @@ pub async fn sweep(cluster: &Cluster, volume: &SimVolume, who: &str, attempts: u
 pub async fn client(cluster: Arc<Cluster>, number: u64, stop: Arc<AtomicBool>) {
     let name = format!("client{number}");
     let rng = cluster.rng.clone();
+    // DR snapshot decisions come from a stream of their own, so that the
+    // main stream (and every seed's other draws) stays as it was.
+    let snapshots = crate::rng::SimRng::new(cluster.options.seed ^ 0x6472_736e_6170 ^ number);
     while !stop.load(Ordering::SeqCst) {
         if cluster.volumes.is_empty() {
             return;
@@ -223,7 +226,9 @@ pub async fn client(cluster: Arc<Cluster>, number: u64, stop: Arc<AtomicBool>) {
             Rt::sleep(Duration::from_millis(NO_LEADER_PAUSE_MS)).await;
             continue;
         };
-        if rng.chance(cluster.options.write_ppm) {
+        if snapshots.chance(cluster.options.dr_snapshot_ppm) {
+            crate::dr_snapshots::take(&cluster, volume, &name, via).await;
+        } else if rng.chance(cluster.options.write_ppm) {
             let blocks = rng.range(1, WRITE_BLOCKS_MAX);
             let first = rng.below(VOLUME_BLOCKS - blocks + 1);
             write(&cluster, volume, &name, via, first, blocks).await;

@@ -5,6 +5,7 @@ use metro_sim::options::SimOptions;
 use metro_sim::run::run_seed;
 
 fn swarm(seeds: std::ops::Range<u64>) {
+    let mut dr_snapshots = 0;
     for seed in seeds {
         let report = run_seed(SimOptions::from_seed(seed));
         assert_eq!(
@@ -16,7 +17,10 @@ fn swarm(seeds: std::ops::Range<u64>) {
             report.ops.writes_acked > 0,
             "seed {seed} acknowledged writes"
         );
+        dr_snapshots += report.ops.dr_snapshots;
     }
+    // The DR snapshot checks had something to check.
+    assert!(dr_snapshots >= 10, "only {dr_snapshots} DR snapshots taken");
 }
 
 #[test]
