@@ -212,10 +212,23 @@ impl DemoCluster {
             .configs
             .get(&id)
             .ok_or_else(|| anyhow!("no node {id}"))?;
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        // The NBD address is chosen first, so that the node registers it
+        // (`metro node list` shows it): the previous one on a restart.
+        let wanted = match self.nbd_addrs.get(&id) {
+            Some(addr) => *addr,
+            None => std::net::TcpListener::bind(loopback)
+                .and_then(|l| l.local_addr())
+                .unwrap_or(loopback),
+        };
+        let frontends = Frontends {
+            nbd: Some(wanted).filter(|a| a.port() != 0),
+            admin: None,
+        };
         let deadline = Instant::now() + REBIND_TIMEOUT;
         let node = loop {
             let membership = Some(self.membership.clone());
-            match daemon::start_with(config, membership, &Frontends::default()).await {
+            match daemon::start_with(config, membership, &frontends).await {
                 Ok(node) => break node,
                 Err(DaemonError::Quic(err)) if Instant::now() < deadline => {
                     tracing::debug!(node = id, "QUIC bind: {err}; retrying");
@@ -228,8 +241,6 @@ impl DemoCluster {
             .with_metrics(Arc::clone(&self.metrics))
             .with_export(EXPORT, VOLUME, self.size_bytes);
         let backend = Arc::new(backend);
-        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let wanted = self.nbd_addrs.get(&id).copied().unwrap_or(loopback);
         let nbd = match NbdListener::start(wanted, Arc::clone(&backend)).await {
             Ok(nbd) => nbd,
             Err(_) => NbdListener::start(loopback, backend)
