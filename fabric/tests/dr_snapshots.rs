@@ -4,14 +4,14 @@
 //! snapshot.
 //!
 //! 1. A DR snapshot taken after 40 writes keeps exactly those blocks while
-//!    the volume is overwritten and trimmed: every host records it, the
-//!    hosts that applied it from their log pin it, reads through any host
-//!    get it.
+//!    the volume is overwritten and trimmed: every host records and holds
+//!    it (from its own log, or shipped with a Raft snapshot), reads
+//!    through any host get it.
 //! 2. Taking a taken id or deleting an unknown one is refused, alike.
 //! 3. A host cut off while many entries (and a second DR snapshot) are
-//!    written catches up from a Raft snapshot: it knows both DR snapshots
-//!    without holding the first one's blocks, and reading through it gets
-//!    them from a host that holds them.
+//!    written catches up from a Raft snapshot: the transfer ships both DR
+//!    snapshots' blocks (each as its diff from the one before), so it holds
+//!    both and serves them on its own, everyone else cut off.
 //! 4. A host holding a snapshot, restarted from its disk (unsynced writes
 //!    dropped), still serves it on its own (everyone else cut off).
 //! 5. A deleted snapshot is gone from every host's catalogue.
@@ -115,9 +115,8 @@ async fn dr_snapshots_are_replicated_pinned_and_served_by_holders() {
     }
     retry("trim", || hosts[0].trim(VOLUME, 30, 10)).await;
     let last = write(&hosts[0], 100, 2).await;
-    // Every host records it; the hosts that applied the entry from their
-    // log pinned it — the leader at least (a follower that fell behind the
-    // leader's purged log installs a Raft snapshot instead and holds none).
+    // Every host records and holds it: from its own log, or shipped with a
+    // Raft snapshot when it fell behind the leader's purged log.
     let mut holders = 0;
     for host in &hosts {
         eventually("applied everywhere", WAIT, || async {
@@ -132,7 +131,7 @@ async fn dr_snapshots_are_replicated_pinned_and_served_by_holders() {
         );
         holders += usize::from(record.pinned.is_some());
     }
-    assert!(holders >= 1, "no host pinned snapshot 7");
+    assert_eq!(holders, 3, "every host holds snapshot 7");
     let expected_7 = generation_map(0..40, 1);
     for host in &hosts {
         assert_eq!(
@@ -193,8 +192,8 @@ async fn dr_snapshots_are_replicated_pinned_and_served_by_holders() {
     let ids: Vec<u64> = catalogue.iter().map(|s| s.id).collect();
     assert_eq!(ids, vec![7, 8], "purged at {purged:?}");
     assert!(
-        catalogue.get(7).unwrap().pinned.is_none(),
-        "the lagging host installed a Raft snapshot: it cannot hold 7's blocks"
+        catalogue.iter().all(|s| s.pinned.is_some()),
+        "the lagging host holds both: {catalogue:?}"
     );
     let expected_8: BTreeMap<u64, Vec<u8>> = generation_map(0..20, 2)
         .into_iter()
@@ -215,6 +214,20 @@ async fn dr_snapshots_are_replicated_pinned_and_served_by_holders() {
             "host {}",
             host.node()
         );
+    }
+    // The caught-up host serves both on its own.
+    let others: Vec<u64> = NODES
+        .iter()
+        .copied()
+        .filter(|n| *n != NODES[lagging])
+        .collect();
+    for other in &others {
+        net.set_cut_off(*other, true);
+    }
+    assert_eq!(read_snapshot(&hosts[lagging], 7).await, expected_7);
+    assert_eq!(read_snapshot(&hosts[lagging], 8).await, expected_8);
+    for other in &others {
+        net.set_cut_off(*other, false);
     }
     // A snapshot taken now is pinned on the caught-up host too.
     retry("snapshot", || hosts[0].create_snapshot(VOLUME, 9)).await;

@@ -14,11 +14,9 @@
 //!   acknowledged, is a stale or future read;
 //! - every replica's catalogue lists every acknowledged snapshot (the
 //!   catalogue is replicated state, carried through Raft snapshot
-//!   transfers).
-//!
-//! A snapshot no replica holds any more is counted, not a violation: a
-//! replica that caught up by installing a Raft snapshot holds the record
-//! without the blocks (the documented limit of `dr_catalogue`).
+//!   transfers), and every data replica holds its blocks — from its own
+//!   log, or shipped with the Raft snapshot it caught up from (a witness
+//!   holds none; a replica whose disk was corrupted is left out).
 
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -128,7 +126,11 @@ pub async fn check(cluster: &Cluster, volume: &SimVolume) {
             }
             match read_copy(&replica, snapshot.id) {
                 Ok(Some(seen)) => copies.push((node, seen)),
-                Ok(None) => {}
+                Ok(None) if cluster.is_witness(node) => {}
+                Ok(None) => cluster.violations.report(format!(
+                    "{}: data replica on node {node} lacks the blocks of snapshot {} (taken at {})",
+                    volume.id, snapshot.id, snapshot.log_index
+                )),
                 Err(why) => cluster.violations.report(format!(
                     "{}: node {node}'s copy of snapshot {}: {why}",
                     volume.id, snapshot.id

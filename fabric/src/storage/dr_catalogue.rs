@@ -9,10 +9,12 @@
 //!   volume size then. At most [`DR_SNAPSHOTS_MAX`] per volume.
 //! - The *content* is local: a data replica that applied the create entry
 //!   pins its block map at exactly that entry (a kvstore snapshot, `pinned`
-//!   holds its sequence number). A replica that learned of the snapshot from
-//!   an installed Raft snapshot instead (it was behind) or a witness has the
-//!   record without content (`pinned: None`); reads of the snapshot go to a
-//!   replica that holds it.
+//!   holds its sequence number). A replica that caught up from an installed
+//!   Raft snapshot instead gets the content shipped with it (each DR
+//!   snapshot as its diff from the one before, pinned in the staged slot;
+//!   see `snapshot.rs`). A witness has records without content (`pinned:
+//!   None`), as has a replica whose sender no longer held a snapshot's
+//!   content; reads of a snapshot go to a replica that holds it.
 //! - Persisted in the volume's [`KIND_DR_SNAPSHOTS`] namespace (key =
 //!   snapshot id, value = [`DR_RECORD_BYTES`] fixed-width bytes), written in
 //!   the same batch as the applied log id of the entry that changed it.

@@ -13,20 +13,31 @@
 //!
 //! ```text
 //! 0   4  magic "MSNP"          4  1  version (PIECE_VERSION)
-//! 5   1  kind: 0 blocks, 1 catalogue                           6  2  zero
+//! 5   1  kind: 0 blocks, 1 catalogue, 2 deletes, 3 pin         6  2  zero
 //! 8   8  piece number (0..)    16 8  volume size in blocks
 //! 24  4  record count          28 4  zero
-//! 32  records. Blocks: block index u64, then the 4096-byte block; indexes
-//!     strictly increasing across the whole stream and below the volume
-//!     size. Catalogue: snapshot id, log index, size in blocks (u64 each).
+//! 32  records. Blocks: block index u64, then the 4096-byte block.
+//!     Deletes: block index u64. Pin: one DR snapshot id u64. Catalogue:
+//!     snapshot id, log index, size in blocks (u64 each).
 //! ```
 //!
 //! Piece 0 is the catalogue piece: the volume's DR snapshot records (see
 //! `dr_catalogue.rs`) as the sender knows them when the transfer starts (a
 //! state at or after the snapshot's log index; the receiver replays the
-//! entries after that index, which converges on the same catalogue). The
-//! receiver keeps them in memory and records them, without content, when
-//! it installs the snapshot. Pieces 1.. carry blocks.
+//! entries after that index, which converges on the same catalogue).
+//!
+//! Then the stream carries a sequence of *views*, each as its changes from
+//! the view before (the first one from empty): every DR snapshot the
+//! sender holds that is older than the Raft snapshot, oldest first, each
+//! ended by a pin piece naming it; then the Raft snapshot itself. A view's
+//! changes are its deletes (kind 2) then its blocks (kind 0), each in
+//! strictly increasing block order (computed with kvstore's index-only
+//! `diff` between the two pinned views; the first view is a full scan).
+//! The receiver applies them in order to its staging slot and, at each pin
+//! piece, pins the staging slot (a kvstore snapshot) as that DR snapshot's
+//! content — so a replica that catches up from a Raft snapshot holds the
+//! same DR snapshots as the sender, byte for byte. At install the records
+//! are written with those pins (the others without content).
 //!
 //! The chunk's `offset`/`total_bytes` describe the piece alone (0 and its
 //! length) because the stream's length is not known before it is read; its
@@ -65,6 +76,12 @@ pub const PIECE_VERSION: u8 = 2;
 const KIND_BLOCKS: u8 = 0;
 /// Piece kind byte: the DR snapshot catalogue (piece 0 only).
 const KIND_CATALOGUE: u8 = 1;
+/// Piece kind byte: blocks that read as zeroes from this view on.
+const KIND_DELETES: u8 = 2;
+/// Piece kind byte: the view streamed so far is DR snapshot (id).
+const KIND_PIN: u8 = 3;
+/// Block indexes one deletes piece carries, at most.
+const DELETES_MAX: usize = (SNAPSHOT_CHUNK_BYTES as usize - PIECE_HEADER_BYTES) / 8;
 /// Bytes of one catalogue record: id, log index, size.
 const CATALOGUE_RECORD_BYTES: usize = 24;
 /// Bytes before a piece's records.
@@ -74,6 +91,37 @@ pub const PIECE_RECORD_BYTES: usize = 8 + BLOCK_BYTES;
 /// The most blocks one piece carries, so that it fits one snapshot chunk.
 pub const PIECE_RECORDS_MAX: usize =
     (SNAPSHOT_CHUNK_BYTES as usize - PIECE_HEADER_BYTES) / PIECE_RECORD_BYTES;
+
+/// One view the sender streams: a DR snapshot (its id) or the snapshot
+/// itself, at a kvstore sequence number (`None`: the namespace as it is,
+/// for staged data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct View {
+    seq: Option<u64>,
+    dr_id: Option<u64>,
+}
+
+/// Where the sender is within the current view.
+#[derive(Clone, Debug)]
+enum Cursor {
+    /// The first view: a full scan from this block index.
+    Full { from: u64 },
+    /// A later view: its deletes, then the blocks it put (ascending).
+    Diff {
+        deletes: std::collections::VecDeque<u64>,
+        puts: std::collections::VecDeque<u64>,
+    },
+    /// The view's blocks are out; its pin piece (if a DR view) is next.
+    Pin,
+}
+
+/// The sender's plan after the catalogue piece.
+#[derive(Clone, Debug)]
+struct SendPlan {
+    /// Views still to stream, the current one first.
+    views: std::collections::VecDeque<View>,
+    cursor: Cursor,
+}
 
 /// Where a snapshot's blocks are read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,15 +142,21 @@ pub struct SnapshotData {
     slot: u8,
     source: Source,
     size_blocks: u64,
-    /// Read side: the next block index to scan from, `None` once the last
-    /// piece was produced; and the next piece number.
-    read_from: Option<u64>,
+    /// Read side: the plan (set by the catalogue piece, `None` once the
+    /// last piece was produced), whether the last piece was produced, and
+    /// the next piece number.
+    plan: Option<SendPlan>,
+    read_done: bool,
     read_piece: u64,
-    /// Write side: pieces taken so far and the last block written.
+    /// Write side: pieces taken so far, the last block written and deleted
+    /// in the current view.
     written_pieces: u64,
     last_written: Option<u64>,
-    /// Write side: the DR snapshot records of the catalogue piece.
+    last_deleted: Option<u64>,
+    /// Write side: the DR snapshot records of the catalogue piece, and the
+    /// DR snapshots pinned in the staging slot (id, kvstore seq).
     received_catalogue: DrCatalogue,
+    received_pins: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -155,6 +209,8 @@ fn parse_header(bytes: &[u8]) -> Result<PieceHeader, StorageError> {
     let (records_max, record_bytes) = match kind {
         KIND_BLOCKS if piece > 0 => (PIECE_RECORDS_MAX, PIECE_RECORD_BYTES),
         KIND_CATALOGUE if piece == 0 => (DR_SNAPSHOTS_MAX, CATALOGUE_RECORD_BYTES),
+        KIND_DELETES if piece > 0 => (DELETES_MAX, 8),
+        KIND_PIN if piece > 0 => (1, 8),
         _ => return Err(bad(format!("piece {piece} of kind {kind}"))),
     };
     let records = u32_at(bytes, 24) as usize;
@@ -221,24 +277,38 @@ impl SnapshotData {
             slot,
             source,
             size_blocks: size,
-            read_from: Some(0),
+            plan: None,
+            read_done: false,
             read_piece: 0,
             written_pieces: 0,
             last_written: None,
+            last_deleted: None,
             received_catalogue: DrCatalogue::default(),
+            received_pins: Vec::new(),
         }
     }
 
-    /// The DR snapshot records received with this data (none of them with
-    /// content on the receiver).
-    pub(crate) fn received_catalogue(&self) -> &DrCatalogue {
-        &self.received_catalogue
+    /// The DR snapshot records received with this data, with the content
+    /// the transfer pinned in the staging slot (the others have none).
+    pub(crate) fn received_catalogue(&self) -> DrCatalogue {
+        let mut catalogue = self.received_catalogue.without_content();
+        for (id, seq) in &self.received_pins {
+            if let Some(record) = catalogue.get(*id).copied() {
+                catalogue.remove(*id).ok();
+                catalogue.insert(DrSnapshot {
+                    pinned: Some(*seq),
+                    ..record
+                });
+            }
+        }
+        catalogue
     }
 
-    /// The catalogue piece: the records as this node knows them now.
-    fn catalogue_piece(&self) -> Result<Vec<u8>, StorageError> {
-        let records: Vec<(u64, u64, u64)> = match self.source {
-            Source::Pinned { .. } => {
+    /// The catalogue piece: the records as this node knows them now; and
+    /// the views to stream after it.
+    fn catalogue_piece(&self) -> Result<(Vec<u8>, SendPlan), StorageError> {
+        let (records, mut views): (Vec<(u64, u64, u64)>, Vec<View>) = match self.source {
+            Source::Pinned { seq: snapshot_seq } => {
                 let ns = self.ns.dr_snapshots();
                 let stored = self
                     .node
@@ -251,18 +321,60 @@ impl SnapshotData {
                         reason: format!("more than {DR_SNAPSHOTS_MAX} records"),
                     });
                 }
+                let present: Vec<u64> = self
+                    .node
+                    .store()
+                    .snapshots(self.namespace())
+                    .iter()
+                    .map(|s| s.seq)
+                    .collect();
                 let mut records = Vec::with_capacity(stored.len());
+                let mut views = Vec::new();
                 for (id, bytes) in stored {
                     let s = DrSnapshot::decode(id, &bytes)?;
                     records.push((s.id, s.log_index, s.size_blocks));
+                    // Held here, on this slot, and older than the snapshot.
+                    if let Some(seq) = s.pinned
+                        && seq < snapshot_seq
+                        && present.contains(&seq)
+                    {
+                        views.push(View {
+                            seq: Some(seq),
+                            dr_id: Some(s.id),
+                        });
+                    }
                 }
-                records
+                views.sort_by_key(|v| v.seq);
+                views.push(View {
+                    seq: Some(snapshot_seq),
+                    dr_id: None,
+                });
+                (records, views)
             }
-            Source::Staged => self
-                .received_catalogue
-                .iter()
-                .map(|s| (s.id, s.log_index, s.size_blocks))
-                .collect(),
+            Source::Staged => {
+                let records = self
+                    .received_catalogue
+                    .iter()
+                    .map(|s| (s.id, s.log_index, s.size_blocks))
+                    .collect();
+                let mut views: Vec<View> = self
+                    .received_pins
+                    .iter()
+                    .map(|(id, seq)| View {
+                        seq: Some(*seq),
+                        dr_id: Some(*id),
+                    })
+                    .collect();
+                views.push(View {
+                    seq: None,
+                    dr_id: None,
+                });
+                (records, views)
+            }
+        };
+        let plan = SendPlan {
+            views: views.drain(..).collect(),
+            cursor: Cursor::Full { from: 0 },
         };
         let mut piece = piece_header(
             KIND_CATALOGUE,
@@ -276,7 +388,54 @@ impl SnapshotData {
             piece.extend_from_slice(&log_index.to_le_bytes());
             piece.extend_from_slice(&size_blocks.to_le_bytes());
         }
-        Ok(piece)
+        Ok((piece, plan))
+    }
+
+    fn view_of(&self, view: View) -> Option<metro_kvstore::Snapshot> {
+        view.seq.map(|seq| metro_kvstore::Snapshot {
+            ns: self.namespace(),
+            seq,
+        })
+    }
+
+    /// Up to `max` key/value pairs of `view` in `range`.
+    fn scan_view(
+        &self,
+        view: View,
+        range: std::ops::Range<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let store = self.node.store();
+        Ok(match self.view_of(view) {
+            Some(snapshot) => store.scan_at(snapshot, range, max)?,
+            None => store.scan(self.namespace(), range, max)?,
+        })
+    }
+
+    /// The value of `key` in `view`.
+    fn get_view(&self, view: View, key: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let store = self.node.store();
+        Ok(match self.view_of(view) {
+            Some(snapshot) => store.get_at(snapshot, key)?,
+            None => store.get(self.namespace(), key)?,
+        })
+    }
+
+    /// The changes from `older` to `newer`: deleted and put block indexes.
+    fn diff_views(&self, older: View, newer: View) -> Result<Cursor, StorageError> {
+        let older = self
+            .view_of(older)
+            .ok_or_else(|| bad("a view before the last one is not pinned"))?;
+        let changes = self.node.store().diff(older, self.view_of(newer))?;
+        let mut deletes = std::collections::VecDeque::new();
+        let mut puts = std::collections::VecDeque::new();
+        for change in changes {
+            match change.kind {
+                metro_kvstore::ChangeKind::Deleted => deletes.push_back(change.key),
+                metro_kvstore::ChangeKind::Put => puts.push_back(change.key),
+            }
+        }
+        Ok(Cursor::Diff { deletes, puts })
     }
 
     /// The volume whose blocks these are.
@@ -307,34 +466,109 @@ impl SnapshotData {
                 "a witness keeps no volume data: it never sends a snapshot".into(),
             ));
         }
-        let Some(from) = self.read_from else {
+        if self.read_done {
             return Ok(None);
-        };
-        if self.read_piece == 0 {
-            self.read_piece = 1;
-            return Ok(Some((self.catalogue_piece()?, false)));
         }
-        let store = self.node.store();
-        let range = from..u64::MAX;
-        let page = match self.source {
-            Source::Pinned { seq } => {
-                let snapshot = metro_kvstore::Snapshot {
-                    ns: self.namespace(),
-                    seq,
-                };
-                store.scan_at(snapshot, range, PIECE_RECORDS_MAX)?
-            }
-            Source::Staged => store.scan(self.namespace(), range, PIECE_RECORDS_MAX)?,
+        let Some(mut plan) = self.plan.take() else {
+            let (piece, plan) = self.catalogue_piece()?;
+            self.plan = Some(plan);
+            self.read_piece = 1;
+            return Ok(Some((piece, false)));
         };
-        let last = page.len() < PIECE_RECORDS_MAX;
+        let piece = self.plan_piece(&mut plan)?;
+        let last = plan.views.is_empty();
+        if last {
+            self.read_done = true;
+        } else {
+            self.plan = Some(plan);
+        }
+        self.read_piece += 1;
+        Ok(Some((piece, last)))
+    }
+
+    /// The next piece of `plan`'s current view; moves the plan on (its
+    /// views are empty after the last piece).
+    fn plan_piece(&self, plan: &mut SendPlan) -> Result<Vec<u8>, StorageError> {
+        let view = *plan
+            .views
+            .front()
+            .ok_or_else(|| bad("snapshot stream read past its end"))?;
+        let number = self.read_piece;
+        let (piece, view_done) = match &mut plan.cursor {
+            Cursor::Full { from } => {
+                let page = self.scan_view(view, *from..u64::MAX, PIECE_RECORDS_MAX)?;
+                let piece = self.blocks_piece(number, &page)?;
+                let next = page
+                    .last()
+                    .filter(|_| page.len() == PIECE_RECORDS_MAX)
+                    .and_then(|(block, _)| block.checked_add(1));
+                if let Some(next) = next {
+                    *from = next;
+                }
+                (piece, next.is_none())
+            }
+            Cursor::Diff { deletes, puts } if !deletes.is_empty() => {
+                let take = deletes.len().min(DELETES_MAX);
+                let chunk: Vec<u64> = deletes.drain(..take).collect();
+                let mut piece =
+                    piece_header(KIND_DELETES, number, self.size_blocks, chunk.len(), 8);
+                for block in &chunk {
+                    piece.extend_from_slice(&block.to_le_bytes());
+                }
+                (piece, deletes.is_empty() && puts.is_empty())
+            }
+            Cursor::Diff { puts, .. } => {
+                let take = puts.len().min(PIECE_RECORDS_MAX);
+                let keys: Vec<u64> = puts.drain(..take).collect();
+                let mut page = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let value = self.get_view(view, key)?.ok_or_else(|| {
+                        bad(format!("block {key} changed in the diff but has no value"))
+                    })?;
+                    page.push((key, value));
+                }
+                (self.blocks_piece(number, &page)?, puts.is_empty())
+            }
+            Cursor::Pin => {
+                let id = view
+                    .dr_id
+                    .ok_or_else(|| bad("a pin piece for the snapshot itself"))?;
+                let mut piece = piece_header(KIND_PIN, number, self.size_blocks, 1, 8);
+                piece.extend_from_slice(&id.to_le_bytes());
+                plan.views.pop_front();
+                let next = *plan
+                    .views
+                    .front()
+                    .ok_or_else(|| bad("a DR view is never the last"))?;
+                // An empty diff still streams one (empty) blocks piece.
+                plan.cursor = self.diff_views(view, next)?;
+                return Ok(piece);
+            }
+        };
+        if view_done {
+            if view.dr_id.is_some() {
+                plan.cursor = Cursor::Pin;
+            } else {
+                plan.views.pop_front();
+                debug_assert!(
+                    plan.views.is_empty(),
+                    "the snapshot itself is the last view"
+                );
+            }
+        }
+        Ok(piece)
+    }
+
+    /// A blocks piece numbered `number` holding `page`.
+    fn blocks_piece(&self, number: u64, page: &[(u64, Vec<u8>)]) -> Result<Vec<u8>, StorageError> {
         let mut piece = piece_header(
             KIND_BLOCKS,
-            self.read_piece,
+            number,
             self.size_blocks,
             page.len(),
             PIECE_RECORD_BYTES,
         );
-        for (block, value) in &page {
+        for (block, value) in page {
             if value.len() != BLOCK_BYTES {
                 return Err(StorageError::Corrupt {
                     what: "block",
@@ -345,13 +579,7 @@ impl SnapshotData {
             piece.extend_from_slice(&block.to_le_bytes());
             piece.extend_from_slice(value);
         }
-        self.read_piece += 1;
-        self.read_from = match page.last() {
-            _ if last => None,
-            Some((block, _)) => block.checked_add(1),
-            None => None,
-        };
-        Ok(Some((piece, last)))
+        Ok(piece)
     }
 
     /// Validates a received piece and writes its blocks to the staging
@@ -392,15 +620,65 @@ impl SnapshotData {
             self.written_pieces += 1;
             return Ok(());
         }
+        if header.piece == 0 {
+            return Err(bad("the first piece must be the catalogue"));
+        }
+        // Blocks of a DR snapshot may lie past a since-shrunk volume end.
+        let end = self
+            .received_catalogue
+            .iter()
+            .map(|s| s.size_blocks)
+            .fold(header.size_blocks, u64::max);
+        if header.kind == KIND_PIN {
+            if header.records != 1 {
+                return Err(bad("a pin piece names exactly one DR snapshot"));
+            }
+            let id = u64_at(bytes, PIECE_HEADER_BYTES);
+            if self.received_catalogue.get(id).is_none()
+                || self.received_pins.iter().any(|(pinned, _)| *pinned == id)
+            {
+                return Err(bad(format!("pin of unknown or repeated DR snapshot {id}")));
+            }
+            if !self.node.is_witness() {
+                let seq = submit(
+                    self.node.store(),
+                    WriteBatch::create_snapshot(self.namespace()),
+                )
+                .await?;
+                self.received_pins.push((id, seq));
+            }
+            self.last_written = None;
+            self.last_deleted = None;
+            self.size_blocks = header.size_blocks;
+            self.written_pieces += 1;
+            return Ok(());
+        }
         let mut batch = WriteBatch::new();
         let mut last = self.last_written;
-        for record in bytes[PIECE_HEADER_BYTES..].chunks_exact(PIECE_RECORD_BYTES) {
-            let block = u64_at(record, 0);
-            if last.is_some_and(|l| block <= l) || block >= header.size_blocks {
-                return Err(bad(format!("block {block} out of order or past the end")));
+        let mut last_deleted = self.last_deleted;
+        if header.kind == KIND_DELETES {
+            if self.last_written.is_some() {
+                return Err(bad("deletes after blocks within one view"));
             }
-            last = Some(block);
-            batch.put(self.namespace(), block, record[8..].to_vec());
+            for record in bytes[PIECE_HEADER_BYTES..].chunks_exact(8) {
+                let block = u64_at(record, 0);
+                if last_deleted.is_some_and(|l| block <= l) || block >= end {
+                    return Err(bad(format!(
+                        "delete of block {block} out of order or past the end"
+                    )));
+                }
+                last_deleted = Some(block);
+                batch.delete(self.namespace(), block);
+            }
+        } else {
+            for record in bytes[PIECE_HEADER_BYTES..].chunks_exact(PIECE_RECORD_BYTES) {
+                let block = u64_at(record, 0);
+                if last.is_some_and(|l| block <= l) || block >= end {
+                    return Err(bad(format!("block {block} out of order or past the end")));
+                }
+                last = Some(block);
+                batch.put(self.namespace(), block, record[8..].to_vec());
+            }
         }
         debug_assert_eq!(batch.ops().len(), header.records);
         // A witness installs the snapshot's metadata only: it keeps no
@@ -410,6 +688,7 @@ impl SnapshotData {
         }
         self.size_blocks = header.size_blocks;
         self.last_written = last;
+        self.last_deleted = last_deleted;
         self.written_pieces += 1;
         Ok(())
     }

@@ -544,10 +544,10 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         if old != slot {
             batch.drop_namespace(ns.block_map(old));
         }
-        // The old slot's pins go with it: the records stay, without content.
+        // The old slot's pins go with it; the records are the transfer's,
+        // with the pins it made in the staged slot.
         batch.drop_namespace(ns.dr_snapshots());
         for record in catalogue.iter() {
-            debug_assert!(record.pinned.is_none());
             batch.put(ns.dr_snapshots(), record.id, record.encode());
         }
         submit(self.shared.store(), batch).await?;
@@ -571,22 +571,17 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
         self.drain().await?;
         let (slot, size_blocks, catalogue) =
             match data.staged_slot(&self.shared.node, self.shared.ns.volume) {
-                Some(slot) => (slot, data.size_blocks(), data.received_catalogue().clone()),
+                Some(slot) => (slot, data.size_blocks(), data.received_catalogue()),
                 None => {
                     let mut staging = self.begin_staging().await?;
                     data.copy_into(&mut staging).await?;
                     let slot = staging
                         .staged_slot(&self.shared.node, self.shared.ns.volume)
                         .ok_or_else(|| StorageError::Snapshot("empty snapshot stream".into()))?;
-                    (
-                        slot,
-                        staging.size_blocks(),
-                        staging.received_catalogue().clone(),
-                    )
+                    (slot, staging.size_blocks(), staging.received_catalogue())
                 }
             };
-        self.swap_in(slot, size_blocks, meta, &catalogue.without_content())
-            .await?;
+        self.swap_in(slot, size_blocks, meta, &catalogue).await?;
         self.pin_snapshot().await?;
         Ok(())
     }
