@@ -238,6 +238,12 @@ async fn replicated(
             .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
         row.extra
             .push(("batches_per_write".into(), per_write(after.1 - before.1)));
+        // Transport requests served by all nodes per acknowledged write
+        // (AppendEntries with entries or only a commit index, heartbeats).
+        row.extra.push((
+            "rpcs_per_write".into(),
+            (after.2 - before.2) as f64 / ops.max(1) as f64,
+        ));
         // CPU time of the whole process (every node, QUIC, kvstore writers)
         // per acknowledged write.
         if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
@@ -265,12 +271,19 @@ fn process_cpu_ms() -> Option<u64> {
     Some((utime + stime) * 10)
 }
 
-/// The nodes' total log fdatasyncs and durable batches so far.
-fn store_counts(nodes: &[Node]) -> (u64, u64) {
-    nodes.iter().fold((0, 0), |(syncs, batches), node| {
-        let stats = node.host.storage().store().stats();
-        (syncs + stats.log_syncs, batches + stats.batches)
-    })
+/// The nodes' total log fdatasyncs, durable batches and transport
+/// requests served so far.
+fn store_counts(nodes: &[Node]) -> (u64, u64, u64) {
+    nodes
+        .iter()
+        .fold((0, 0, 0), |(syncs, batches, rpcs), node| {
+            let stats = node.host.storage().store().stats();
+            (
+                syncs + stats.log_syncs,
+                batches + stats.batches,
+                rpcs + node.transport.stats().requests_served,
+            )
+        })
 }
 
 async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<usize> {

@@ -32,6 +32,8 @@
 //! - Limits: [`MAX_CONCURRENT_STREAMS`] per connection, [`MAX_CONNECTIONS`]
 //!   accepted per node, [`CONNECT_TIMEOUT`], [`HANDSHAKE_TIMEOUT`],
 //!   [`REQUEST_TIMEOUT`], [`FRAME_READ_TIMEOUT`], [`IDLE_TIMEOUT`].
+//! - The UDP socket buffers are enlarged to [`SOCKET_BUFFER_BYTES`] so
+//!   bursts of pipelined appends are not dropped by the kernel.
 //! - `bind` must run inside a tokio runtime; dropping the transport closes
 //!   its endpoint and every connection.
 
@@ -69,6 +71,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the server waits for a complete request frame on a stream.
 pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// UDP socket receive and send buffer asked for (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`). The default (~208 KiB) holds only a
+/// hundred datagrams: bursts of pipelined appends overflowed it on loopback
+/// (a few dozen drops per bench run), and every datagram dropped there is a
+/// QUIC loss (a resend after a timeout and a congestion-window cut).
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 /// Connection close code: the endpoint is shutting down.
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
@@ -290,6 +299,28 @@ impl DelayState {
     }
 }
 
+/// An endpoint on `addr` serving with `server`, its UDP socket buffers
+/// enlarged to [`SOCKET_BUFFER_BYTES`] (as `Endpoint::server`, otherwise).
+fn bind_endpoint(server: quinn::ServerConfig, addr: SocketAddr) -> std::io::Result<Endpoint> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    // Best effort: the kernel caps the sizes at net.core.{r,w}mem_max.
+    let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+    if let Err(e) = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(e) = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
+    }
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+}
+
 /// A peer's address and its pool of connection slots.
 #[derive(Debug)]
 struct PeerPool {
@@ -334,7 +365,7 @@ impl QuicTransport {
             addr: config.bind,
             source,
         };
-        let mut endpoint = Endpoint::server(server, config.bind).map_err(bind_err)?;
+        let mut endpoint = bind_endpoint(server, config.bind).map_err(bind_err)?;
         endpoint.set_default_client_config(client);
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let shared = Arc::new(Shared {

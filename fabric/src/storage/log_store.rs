@@ -10,7 +10,12 @@
 //!   returns once they are queued and kept in an in-memory tail, so a
 //!   [`LogReader`] sees them at once; openraft's `IOFlushed` callback runs
 //!   from the kvstore completion, after the fdatasync that made them
-//!   durable. The tail entry is dropped when its batch is durable.
+//!   durable. When its batch is durable a tail entry moves to the *recent*
+//!   cache: the last durable entries (at most [`RECENT_ENTRIES_MAX`] and
+//!   about [`RECENT_BYTES_MAX`] bytes), which the state machine's apply and
+//!   the replication streams read without going back to kvstore (no scan,
+//!   `pread`, CRC check and decode per entry). The tail and the cache
+//!   together always hold a contiguous run of the log's last entries.
 //! - `truncate_after`: one `delete_range` batch; durable on return. Until
 //!   it is, readers hide the truncated entries still visible in kvstore.
 //! - `purge`: one batch deleting the prefix and recording the last purged
@@ -51,13 +56,30 @@ const LOG_SCAN_PAGE: usize = 16;
 /// Bytes `limited_get_log_entries` returns, about, at most (at least one
 /// entry is always returned).
 pub const LOG_READ_BYTES_MAX: u64 = 32 << 20;
+/// Durable entries kept in memory per group, at most.
+pub const RECENT_ENTRIES_MAX: usize = 1024;
+/// Encoded bytes of the durable entries kept in memory per group, about
+/// (the newest entry is kept even if larger).
+pub const RECENT_BYTES_MAX: u64 = 4 << 20;
+
+/// An entry held in memory, with its encoded size.
+#[derive(Debug, Clone)]
+struct Held {
+    entry: Entry,
+    bytes: u64,
+}
 
 /// What the group's log looks like now, beyond kvstore's durable view.
 #[derive(Debug, Default)]
 struct LogMemory {
     /// Appended entries whose batch is not durable yet, by index, with the
     /// ticket of that batch.
-    tail: BTreeMap<u64, (u64, Entry)>,
+    tail: BTreeMap<u64, (u64, Held)>,
+    /// The last durable entries, by index; contiguous, and followed by the
+    /// tail's first entry when both are non-empty.
+    recent: BTreeMap<u64, Held>,
+    /// Encoded bytes held in `recent`.
+    recent_bytes: u64,
     next_ticket: u64,
     /// The last entry in the log (not counting purged ones).
     last: Option<LogId>,
@@ -71,6 +93,80 @@ struct LogMemory {
     unsaved_committed: Option<Option<LogId>>,
     /// Why an earlier write failed.
     failure: Option<String>,
+}
+
+impl LogMemory {
+    /// Moves the entries of batch `ticket` from the tail to the recent
+    /// cache (the batch is durable), then trims the cache to its bounds.
+    fn made_durable(&mut self, ticket: u64) {
+        let durable: Vec<u64> = self
+            .tail
+            .iter()
+            .filter(|(_, (t, _))| *t == ticket)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in durable {
+            if let Some((_, held)) = self.tail.remove(&index) {
+                // Batches complete in submission order and entries are
+                // appended in index order: the cache only grows at its end.
+                debug_assert!(
+                    self.recent
+                        .keys()
+                        .next_back()
+                        .is_none_or(|last| *last < index)
+                );
+                self.recent_bytes += held.bytes;
+                if let Some(old) = self.recent.insert(index, held) {
+                    self.recent_bytes -= old.bytes;
+                }
+            }
+        }
+        while self.recent.len() > RECENT_ENTRIES_MAX
+            || (self.recent_bytes > RECENT_BYTES_MAX && self.recent.len() > 1)
+        {
+            if let Some((_, held)) = self.recent.pop_first() {
+                self.recent_bytes -= held.bytes;
+            }
+        }
+    }
+
+    /// Drops every held entry (tail and cache) whose index fails `keep`.
+    fn retain_held(&mut self, keep: impl Fn(u64) -> bool) {
+        self.tail.retain(|index, _| keep(*index));
+        let mut freed = 0;
+        self.recent.retain(|index, held| {
+            let kept = keep(*index);
+            if !kept {
+                freed += held.bytes;
+            }
+            kept
+        });
+        self.recent_bytes -= freed;
+    }
+
+    /// The first index from which every entry up to the log's end is held
+    /// in memory (`u64::MAX` if none is), and the held entries in
+    /// `start..end`.
+    fn held_range(&self, start: u64, end: u64) -> (u64, Vec<(u64, Entry)>) {
+        let first = self
+            .recent
+            .keys()
+            .next()
+            .or_else(|| self.tail.keys().next())
+            .copied()
+            .unwrap_or(u64::MAX);
+        let mut entries: Vec<(u64, Entry)> = self
+            .recent
+            .range(start..end)
+            .map(|(index, held)| (*index, held.entry.clone()))
+            .collect();
+        entries.extend(
+            self.tail
+                .range(start..end)
+                .map(|(index, (_, held))| (*index, held.entry.clone())),
+        );
+        (first, entries)
+    }
 }
 
 #[derive(Debug)]
@@ -259,25 +355,23 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 
 impl LogShared {
     /// Entries in `start..end`, stopping early after about `bytes_max`
-    /// bytes: the durable ones from kvstore, overlaid with the tail.
+    /// bytes: those held in memory (tail and recent cache), and the older
+    /// ones from kvstore.
     fn read<RT: AsyncRuntime>(
         &self,
         start: u64,
         end: u64,
         bytes_max: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let (tail, hide_above, purged) = {
+        let (held_from, held, hide_above, purged) = {
             let memory = self.memory();
             if let Some(why) = &memory.failure {
                 return Err(StorageError::Failed(why.clone()));
             }
-            let tail: BTreeMap<u64, Entry> = memory
-                .tail
-                .range(start..end)
-                .map(|(index, (_, entry))| (*index, entry.clone()))
-                .collect();
+            let (held_from, held) = memory.held_range(start, end);
             (
-                tail,
+                held_from,
+                held,
                 memory.hide_above.map(|(_, above)| above),
                 memory.last_purged,
             )
@@ -286,10 +380,13 @@ impl LogShared {
         let mut entries = BTreeMap::new();
         let mut bytes = 0u64;
         let mut from = start;
-        while from < end && bytes <= bytes_max {
+        // Everything from `held_from` on is in memory: kvstore is read only
+        // below it.
+        let end_scan = end.min(held_from);
+        while from < end_scan && bytes <= bytes_max {
             let page = self
                 .store
-                .scan(self.ns.raft_log(), from..end, LOG_SCAN_PAGE)?;
+                .scan(self.ns.raft_log(), from..end_scan, LOG_SCAN_PAGE)?;
             let full = page.len() == LOG_SCAN_PAGE;
             for (index, value) in page {
                 from = index + 1;
@@ -303,7 +400,7 @@ impl LogShared {
                 break;
             }
         }
-        entries.extend(tail.into_iter().filter(|(index, _)| *index >= start));
+        entries.extend(held.into_iter().filter(|(index, _)| *index >= start));
         let mut out = Vec::with_capacity(entries.len());
         // No holes: from the first entry found, stop at the first gap.
         let first = entries.keys().next().copied().unwrap_or(start);
@@ -429,10 +526,12 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             return Ok(());
         };
         let mut encoded = Vec::with_capacity(entries.len());
+        let mut sizes = Vec::with_capacity(entries.len());
         let mut bytes = 0;
         for entry in &entries {
             let value = encode_entry::<RT>(ns.volume, entry)?;
             bytes += value.len() + 64;
+            sizes.push(value.len() as u64);
             encoded.push((entry.log_id.index, value));
         }
         let fill = move |batch: &mut WriteBatch| {
@@ -444,8 +543,9 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             let mut memory = self.shared.memory();
             let ticket = memory.next_ticket;
             memory.next_ticket += 1;
-            for entry in entries {
-                memory.tail.insert(entry.log_id.index, (ticket, entry));
+            for (entry, bytes) in entries.into_iter().zip(sizes) {
+                let held = Held { entry, bytes };
+                memory.tail.insert(held.entry.log_id.index, (ticket, held));
             }
             memory.last = Some(last);
             ticket
@@ -453,7 +553,14 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
         let shared = Arc::clone(&self.shared);
         let durable = self.shared.submit(bytes, fill, move |result| {
             note_failure(&shared, result);
-            shared.memory().tail.retain(|_, (t, _)| *t != ticket);
+            {
+                let mut memory = shared.memory();
+                if result.is_ok() {
+                    memory.made_durable(ticket);
+                } else {
+                    memory.tail.retain(|_, (t, _)| *t != ticket);
+                }
+            }
             let flushed = match result {
                 Ok(_) => Ok(()),
                 Err(err) => Err(io::Error::other(err.to_string())),
@@ -471,7 +578,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             let mut memory = self.shared.memory();
             let ticket = memory.next_ticket;
             memory.next_ticket += 1;
-            memory.tail.retain(|index, _| *index < from);
+            memory.retain_held(|index| index < from);
             memory.hide_above = Some((ticket, from.saturating_sub(1)));
             let purged = memory.last_purged;
             // Only a log reaching past `last` changes its end.
@@ -508,7 +615,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
         };
         {
             let mut memory = self.shared.memory();
-            memory.tail.retain(|index, _| *index > log_id.index);
+            memory.retain_held(|index| index > log_id.index);
             memory.last_purged = Some(log_id);
             if memory.last.is_some_and(|last| last.index <= log_id.index) {
                 memory.last = None;
