@@ -20,7 +20,8 @@ use crate::checkpoint::{CheckpointMeta, write_checkpoint};
 use crate::error::StoreError;
 use crate::index::Loc;
 use crate::record::{
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record, record_at, segment_name,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record_with, record_at,
+    segment_name,
 };
 use crate::writer::Writer;
 
@@ -30,6 +31,17 @@ pub const VICTIM_LIVE_RATIO_MAX: f64 = 0.9;
 pub const SLACK_SEGMENTS: u64 = 2;
 /// Victims compacted before a checkpoint retires them.
 pub const VICTIMS_PER_CHECKPOINT: usize = 4;
+/// Relocated records are gathered and written this many bytes at a time,
+/// about (one `pwrite` per buffer instead of one per value).
+pub const RELOCATE_WRITE_BYTES: usize = 1 << 20;
+
+/// Relocated records encoded but not written yet: they go to segment `id`
+/// at offset `at`.
+struct PendingOut {
+    id: u32,
+    at: u64,
+    buf: Vec<u8>,
+}
 
 /// A live value found in a victim segment.
 struct LiveValue {
@@ -79,11 +91,14 @@ impl Writer {
         info.file.read_at(&mut image, 0)?;
         let live = self.live_values(victim, &image);
         let mut moves = Vec::with_capacity(live.len());
+        let mut pending = None;
         for value in &live {
             let bytes = &image[value.value_start..value.value_start + value.from.len as usize];
-            let to = self.append_relocated(value, bytes)?;
+            let to = self.append_relocated(value, bytes, &mut pending)?;
             moves.push((value, to));
         }
+        // Every relocated value is in its file before the index points at it.
+        self.flush_relocated(&mut pending)?;
         {
             let mut read = self.shared.read.write();
             for (v, to) in moves {
@@ -167,28 +182,57 @@ impl Writer {
         found
     }
 
+    /// Writes the relocated records gathered so far.
+    fn flush_relocated(&mut self, pending: &mut Option<PendingOut>) -> Result<(), StoreError> {
+        if let Some(out) = pending.take()
+            && !out.buf.is_empty()
+        {
+            self.write_segment(out.id, out.at, &out.buf)?;
+        }
+        Ok(())
+    }
+
     /// Appends one relocated value (a one-put record carrying its original
-    /// seq) to the compaction segment; returns its new location.
-    fn append_relocated(&mut self, value: &LiveValue, bytes: &[u8]) -> Result<Loc, StoreError> {
+    /// seq) to the compaction segment; returns its new location. The record
+    /// is gathered in `pending` (written by [`Self::flush_relocated`], or
+    /// here once the buffer is full or the segment changes): the value is
+    /// readable there only after that.
+    fn append_relocated(
+        &mut self,
+        value: &LiveValue,
+        bytes: &[u8],
+        pending: &mut Option<PendingOut>,
+    ) -> Result<Loc, StoreError> {
         let mut batch = WriteBatch::new();
         batch.put(value.ns, value.key, bytes.to_vec());
-        let mut payload = Vec::with_capacity(batch.encoded_len());
-        batch.encode_into(&mut payload);
-        let record_len = (RECORD_HEADER_BYTES + payload.len()) as u64;
+        let record_len = (RECORD_HEADER_BYTES + batch.encoded_len()) as u64;
         let head = match self.compact_out {
             Some(h) if h.offset + record_len <= u64::from(self.options.segment_bytes) => h,
             Some(h) if h.offset == SEGMENT_HEADER_BYTES => h,
             previous => {
                 // The sealed output must be durable before a checkpoint names it.
                 if let Some(h) = previous {
+                    self.flush_relocated(pending)?;
                     self.segments[&h.id].file.sync_data()?;
                 }
                 self.open_segment(SegmentKind::Compacted)?
             }
         };
-        let mut record = Vec::with_capacity(record_len as usize);
-        encode_record(&mut record, head.id, value.seq, &payload);
-        self.write_segment(head.id, head.offset, &record)?;
+        let out = pending.get_or_insert_with(|| PendingOut {
+            id: head.id,
+            at: head.offset,
+            buf: Vec::with_capacity(RELOCATE_WRITE_BYTES + record_len as usize),
+        });
+        assert!(
+            out.id == head.id && out.at + out.buf.len() as u64 == head.offset,
+            "relocated records are gathered contiguously"
+        );
+        encode_record_with(&mut out.buf, head.id, value.seq, |buf| {
+            batch.encode_into(buf)
+        });
+        if out.buf.len() >= RELOCATE_WRITE_BYTES {
+            self.flush_relocated(pending)?;
+        }
         self.compact_out = Some(crate::writer::Head {
             id: head.id,
             offset: head.offset + record_len,

@@ -73,6 +73,7 @@ pub fn header_matches(h: &[u8], kind: SegmentKind, id: u32) -> bool {
 }
 
 /// Appends one framed record to `out`.
+#[cfg(test)]
 pub fn encode_record(out: &mut Vec<u8>, segment_id: u32, seq: u64, payload: &[u8]) {
     encode_record_with(out, segment_id, seq, |out| out.extend_from_slice(payload));
 }
