@@ -10,6 +10,13 @@
 //! between two nodes, each once before and once after the replicated runs
 //! (the latency target takes the lower p50 of each pair: the host's fsync
 //! and scheduling latency drift while other work runs on it).
+//!
+//! One more baseline, for information only (the targets do not use it):
+//! `kvstore_only_qd1_x3`, three kvstore stores on the same file system each
+//! written at queue depth 1 by its own thread at once — the durable write
+//! latency each replica of `r3` sees, since all three share the one disk.
+//! The `r3_d0_qd1` row then carries `p50_vs_shared_disk_bound`: its p50
+//! over (that p50 + the QUIC round trip p50).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -66,6 +73,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let secs = Duration::from_secs_f64(args.seconds);
     let blocks = args.volume_mib * (1 << 20) / BLOCK_BYTES as u64;
     let mut rows = vec![kvstore_baseline(&args.dir.join("kv-only"), blocks, secs)?];
+    if args.replicas.contains(&3) {
+        rows.push(kvstore_shared_disk(
+            &args.dir.join("kv-x3"),
+            3,
+            blocks,
+            secs,
+        )?);
+    }
     let max_replicas = args.replicas.iter().copied().max().unwrap_or(1).max(2);
     let certs = args.dir.join("certs");
     make_certs(&certs, max_replicas)?;
@@ -97,6 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut after = runtime.block_on(quic_rtt(&args.dir.join("after"), &certs, 0))?;
     after.name = "quic_rtt_after".into();
     rows.push(after);
+    shared_disk_column(&mut rows);
     let targets = targets(&rows);
     let config = json!({"seconds": args.seconds, "volume_mib": args.volume_mib,
         "delays_ms": args.delays_ms, "replicas": args.replicas, "depths": args.depths});
@@ -137,6 +153,23 @@ fn targets(rows: &[Row]) -> Vec<Target> {
         });
     }
     targets
+}
+
+/// Adds `p50_vs_shared_disk_bound` to the 3-replica depth-1 row: its p50
+/// over (three concurrent kvstore writers' p50 + the lower QUIC RTT p50).
+fn shared_disk_column(rows: &mut [Row]) {
+    let p50 = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.p50_us);
+    let rtt = match (p50("quic_rtt"), p50("quic_rtt_after")) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let (Some(shared), Some(rtt)) = (p50("kvstore_only_qd1_x3"), rtt) else {
+        return;
+    };
+    if let Some(r3) = rows.iter_mut().find(|r| r.name == "r3_d0_qd1") {
+        let ratio = r3.p50_us as f64 / (shared + rtt) as f64;
+        r3.extra.push(("p50_vs_shared_disk_bound".into(), ratio));
+    }
 }
 
 fn make_certs(dir: &Path, nodes: usize) -> anyhow::Result<()> {
@@ -388,4 +421,58 @@ fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<R
     drop(store);
     w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
     Ok(Row::new("kvstore_only_qd1", ops, elapsed, &hist))
+}
+
+/// `stores` kvstore stores in `dir` (one disk), each written at queue depth 1
+/// by its own thread at the same time, as the replicas of one volume on one
+/// machine do: each one's durable 4 KiB write latency, merged.
+fn kvstore_shared_disk(
+    dir: &Path,
+    stores: usize,
+    blocks: u64,
+    secs: Duration,
+) -> anyhow::Result<Row> {
+    eprintln!("kvstore-only, {stores} stores on one disk at once...");
+    let start = Instant::now();
+    let threads: Vec<_> = (0..stores)
+        .map(|i| {
+            let dir = dir.join(format!("store-{i}"));
+            std::thread::spawn(move || -> anyhow::Result<(u64, Histogram<u64>)> {
+                let disk = Arc::new(FileDisk::open_dir(&dir)?);
+                let (store, writer) = Store::open(disk, Options::default())?;
+                let w = std::thread::spawn(move || writer.run());
+                let ns = Namespace::new(9, 1);
+                let mut rng = SplitMix64::new(5 + i as u64);
+                let mut hist = histogram();
+                let mut ops = 0u64;
+                while start.elapsed() < secs {
+                    let mut batch = WriteBatch::new();
+                    batch.put(ns, rng.below(blocks), vec![ops as u8; BLOCK_BYTES]);
+                    let t0 = Instant::now();
+                    store.write(batch)?;
+                    hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+                    ops += 1;
+                }
+                drop(store);
+                w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
+                Ok((ops, hist))
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut merged = histogram();
+    for thread in threads {
+        let (ops, hist) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a writer thread panicked"))??;
+        total += ops;
+        merged.add(&hist)?;
+    }
+    let name = format!("kvstore_only_qd1_x{stores}");
+    Ok(Row::new(
+        &name,
+        total,
+        start.elapsed().as_secs_f64(),
+        &merged,
+    ))
 }
