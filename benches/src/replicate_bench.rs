@@ -398,16 +398,21 @@ async fn quic_rtt(dir: &Path, certs: &Path, delay_ms: u64) -> anyhow::Result<Row
     Ok(Row::new(&name, ops, start.elapsed().as_secs_f64(), &hist))
 }
 
-/// kvstore alone: durable 4 KiB writes at queue depth 1.
-fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<Row> {
-    eprintln!("kvstore-only baseline...");
+/// Durable 4 KiB writes at queue depth 1 into a fresh store in `dir` until
+/// `secs` after `start`: how many, and their latencies.
+fn depth1_writes(
+    dir: &Path,
+    seed: u64,
+    blocks: u64,
+    start: Instant,
+    secs: Duration,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
     let disk = Arc::new(FileDisk::open_dir(dir)?);
     let (store, writer) = Store::open(disk, Options::default())?;
     let w = std::thread::spawn(move || writer.run());
     let ns = Namespace::new(9, 1);
-    let mut rng = SplitMix64::new(5);
+    let mut rng = SplitMix64::new(seed);
     let mut hist = histogram();
-    let start = Instant::now();
     let mut ops = 0u64;
     while start.elapsed() < secs {
         let mut batch = WriteBatch::new();
@@ -417,9 +422,17 @@ fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<R
         hist.record(t0.elapsed().as_micros().max(1) as u64)?;
         ops += 1;
     }
-    let elapsed = start.elapsed().as_secs_f64();
     drop(store);
     w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
+    Ok((ops, hist))
+}
+
+/// kvstore alone: durable 4 KiB writes at queue depth 1.
+fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<Row> {
+    eprintln!("kvstore-only baseline...");
+    let start = Instant::now();
+    let (ops, hist) = depth1_writes(dir, 5, blocks, start, secs)?;
+    let elapsed = start.elapsed().as_secs_f64();
     Ok(Row::new("kvstore_only_qd1", ops, elapsed, &hist))
 }
 
@@ -437,26 +450,7 @@ fn kvstore_shared_disk(
     let threads: Vec<_> = (0..stores)
         .map(|i| {
             let dir = dir.join(format!("store-{i}"));
-            std::thread::spawn(move || -> anyhow::Result<(u64, Histogram<u64>)> {
-                let disk = Arc::new(FileDisk::open_dir(&dir)?);
-                let (store, writer) = Store::open(disk, Options::default())?;
-                let w = std::thread::spawn(move || writer.run());
-                let ns = Namespace::new(9, 1);
-                let mut rng = SplitMix64::new(5 + i as u64);
-                let mut hist = histogram();
-                let mut ops = 0u64;
-                while start.elapsed() < secs {
-                    let mut batch = WriteBatch::new();
-                    batch.put(ns, rng.below(blocks), vec![ops as u8; BLOCK_BYTES]);
-                    let t0 = Instant::now();
-                    store.write(batch)?;
-                    hist.record(t0.elapsed().as_micros().max(1) as u64)?;
-                    ops += 1;
-                }
-                drop(store);
-                w.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
-                Ok((ops, hist))
-            })
+            std::thread::spawn(move || depth1_writes(&dir, 5 + i as u64, blocks, start, secs))
         })
         .collect();
     let mut total = 0;
