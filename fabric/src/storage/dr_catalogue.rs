@@ -23,6 +23,8 @@
 
 use std::collections::BTreeMap;
 
+use metro_kvstore::{Namespace, Store};
+
 use super::StorageError;
 
 /// The most snapshots one volume keeps.
@@ -122,6 +124,25 @@ impl DrCatalogue {
         Self { snapshots }
     }
 
+    /// The catalogue stored in `ns` of `store` (pins as recorded); more
+    /// than [`DR_SNAPSHOTS_MAX`] records or one that does not decode is
+    /// damage.
+    pub(crate) fn load(store: &Store, ns: Namespace) -> Result<Self, StorageError> {
+        let stored = store.scan(ns, 0..u64::MAX, DR_SNAPSHOTS_MAX + 1)?;
+        if stored.len() > DR_SNAPSHOTS_MAX {
+            return Err(StorageError::Corrupt {
+                what: "DR snapshot catalogue",
+                key: stored[DR_SNAPSHOTS_MAX].0,
+                reason: format!("more than {DR_SNAPSHOTS_MAX} records"),
+            });
+        }
+        let records = stored
+            .iter()
+            .map(|(id, bytes)| DrSnapshot::decode(*id, bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_records(records))
+    }
+
     pub fn get(&self, id: u64) -> Option<&DrSnapshot> {
         self.snapshots.get(&id)
     }
@@ -187,14 +208,17 @@ impl DrCatalogue {
         lost
     }
 
-    /// The same records with no content: what a replica installing a Raft
-    /// snapshot starts from.
-    pub fn without_content(&self) -> Self {
-        Self::from_records(
-            self.snapshots
-                .values()
-                .map(|s| DrSnapshot { pinned: None, ..*s }),
-        )
+    /// Records that snapshot `id`'s content is pinned at kvstore sequence
+    /// `seq`; false (nothing changed) when `id` is unknown or already
+    /// pinned.
+    pub fn set_pin(&mut self, id: u64, seq: u64) -> bool {
+        match self.snapshots.get_mut(&id) {
+            Some(snapshot) if snapshot.pinned.is_none() => {
+                snapshot.pinned = Some(seq);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -232,7 +256,7 @@ mod tests {
             Err(CatalogueRefusal::Conflict)
         );
         // A record without content at the same index is a replay.
-        let mut installed = catalogue.without_content();
+        let mut installed = DrCatalogue::from_records([snap(1, 10, None)]);
         assert_eq!(installed.plan_create(1, 10), Ok(CreatePlan::Replay));
         installed.insert(snap(1, 10, Some(6)));
         assert_eq!(installed.get(1).unwrap().pinned, Some(6));

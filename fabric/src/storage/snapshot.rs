@@ -153,10 +153,9 @@ pub struct SnapshotData {
     written_pieces: u64,
     last_written: Option<u64>,
     last_deleted: Option<u64>,
-    /// Write side: the DR snapshot records of the catalogue piece, and the
-    /// DR snapshots pinned in the staging slot (id, kvstore seq).
+    /// Write side: the DR snapshot records of the catalogue piece, with
+    /// the pins the transfer made in the staging slot.
     received_catalogue: DrCatalogue,
-    received_pins: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -284,24 +283,13 @@ impl SnapshotData {
             last_written: None,
             last_deleted: None,
             received_catalogue: DrCatalogue::default(),
-            received_pins: Vec::new(),
         }
     }
 
     /// The DR snapshot records received with this data, with the content
     /// the transfer pinned in the staging slot (the others have none).
     pub(crate) fn received_catalogue(&self) -> DrCatalogue {
-        let mut catalogue = self.received_catalogue.without_content();
-        for (id, seq) in &self.received_pins {
-            if let Some(record) = catalogue.get(*id).copied() {
-                catalogue.remove(*id).ok();
-                catalogue.insert(DrSnapshot {
-                    pinned: Some(*seq),
-                    ..record
-                });
-            }
-        }
-        catalogue
+        self.received_catalogue.clone()
     }
 
     /// The catalogue piece: the records as this node knows them now; and
@@ -309,18 +297,7 @@ impl SnapshotData {
     fn catalogue_piece(&self) -> Result<(Vec<u8>, SendPlan), StorageError> {
         let (records, mut views): (Vec<(u64, u64, u64)>, Vec<View>) = match self.source {
             Source::Pinned { seq: snapshot_seq } => {
-                let ns = self.ns.dr_snapshots();
-                let stored = self
-                    .node
-                    .store()
-                    .scan(ns, 0..u64::MAX, DR_SNAPSHOTS_MAX + 1)?;
-                if stored.len() > DR_SNAPSHOTS_MAX {
-                    return Err(StorageError::Corrupt {
-                        what: "DR snapshot catalogue",
-                        key: stored[DR_SNAPSHOTS_MAX].0,
-                        reason: format!("more than {DR_SNAPSHOTS_MAX} records"),
-                    });
-                }
+                let stored = DrCatalogue::load(self.node.store(), self.ns.dr_snapshots())?;
                 let present: Vec<u64> = self
                     .node
                     .store()
@@ -330,8 +307,7 @@ impl SnapshotData {
                     .collect();
                 let mut records = Vec::with_capacity(stored.len());
                 let mut views = Vec::new();
-                for (id, bytes) in stored {
-                    let s = DrSnapshot::decode(id, &bytes)?;
+                for s in stored.iter() {
                     records.push((s.id, s.log_index, s.size_blocks));
                     // Held here, on this slot, and older than the snapshot.
                     if let Some(seq) = s.pinned
@@ -358,13 +334,16 @@ impl SnapshotData {
                     .map(|s| (s.id, s.log_index, s.size_blocks))
                     .collect();
                 let mut views: Vec<View> = self
-                    .received_pins
+                    .received_catalogue
                     .iter()
-                    .map(|(id, seq)| View {
-                        seq: Some(*seq),
-                        dr_id: Some(*id),
+                    .filter_map(|s| {
+                        s.pinned.map(|seq| View {
+                            seq: Some(seq),
+                            dr_id: Some(s.id),
+                        })
                     })
                     .collect();
+                views.sort_by_key(|v| v.seq);
                 views.push(View {
                     seq: None,
                     dr_id: None,
@@ -634,8 +613,10 @@ impl SnapshotData {
                 return Err(bad("a pin piece names exactly one DR snapshot"));
             }
             let id = u64_at(bytes, PIECE_HEADER_BYTES);
-            if self.received_catalogue.get(id).is_none()
-                || self.received_pins.iter().any(|(pinned, _)| *pinned == id)
+            if self
+                .received_catalogue
+                .get(id)
+                .is_none_or(|s| s.pinned.is_some())
             {
                 return Err(bad(format!("pin of unknown or repeated DR snapshot {id}")));
             }
@@ -645,7 +626,8 @@ impl SnapshotData {
                     WriteBatch::create_snapshot(self.namespace()),
                 )
                 .await?;
-                self.received_pins.push((id, seq));
+                let pinned = self.received_catalogue.set_pin(id, seq);
+                debug_assert!(pinned, "checked above");
             }
             self.last_written = None;
             self.last_deleted = None;

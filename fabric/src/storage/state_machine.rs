@@ -278,20 +278,7 @@ fn load_state<RT: AsyncRuntime>(
 /// The recorded DR snapshots; a record whose pin kvstore no longer has
 /// (its slot was swapped out) keeps no content.
 fn load_catalogue(shared: &SmShared, active_slot: u8) -> Result<DrCatalogue, StorageError> {
-    let ns = shared.ns.dr_snapshots();
-    let stored = shared.store().scan(ns, 0..u64::MAX, DR_SNAPSHOTS_MAX + 1)?;
-    if stored.len() > DR_SNAPSHOTS_MAX {
-        return Err(StorageError::Corrupt {
-            what: "DR snapshot catalogue",
-            key: stored[DR_SNAPSHOTS_MAX].0,
-            reason: format!("more than {DR_SNAPSHOTS_MAX} records"),
-        });
-    }
-    let records = stored
-        .iter()
-        .map(|(id, bytes)| DrSnapshot::decode(*id, bytes))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut catalogue = DrCatalogue::from_records(records);
+    let mut catalogue = DrCatalogue::load(shared.store(), shared.ns.dr_snapshots())?;
     let present: Vec<u64> = shared
         .store()
         .snapshots(shared.ns.block_map(active_slot))
@@ -858,7 +845,7 @@ impl VolumeHandle {
     /// Up to `max_blocks` blocks of DR snapshot `id` that do not read as
     /// zeroes, from block `from_block` on, in index order; `None` when this
     /// replica does not hold the snapshot's content (unknown id, a witness,
-    /// or it learned of the snapshot from an installed Raft snapshot).
+    /// or a transfer whose sender no longer held it).
     pub fn read_dr_snapshot(
         &self,
         id: u64,
