@@ -49,6 +49,11 @@ fn check_len(what: &'static str, key: u64, bytes: &[u8], len: usize) -> Result<(
     }
 }
 
+/// Checks that the stored value of block `index` is one whole block.
+pub(crate) fn check_block(index: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    check_len("block", index, bytes, crate::volume::BLOCK_BYTES)
+}
+
 pub(crate) fn encode_log_id(log_id: &LogId) -> Vec<u8> {
     let mut out = Vec::with_capacity(LOG_ID_BYTES);
     out.extend_from_slice(&log_id.leader_id.term.to_le_bytes());

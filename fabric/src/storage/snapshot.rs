@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use metro_kvstore::{Namespace, WriteBatch};
 
-use super::codec::SnapshotRecord;
+use super::codec::{SnapshotRecord, check_block};
 use super::dr_catalogue::{DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
 use super::durable::submit;
 use super::namespaces::GroupNamespaces;
@@ -548,13 +548,7 @@ impl SnapshotData {
             PIECE_RECORD_BYTES,
         );
         for (block, value) in page {
-            if value.len() != BLOCK_BYTES {
-                return Err(StorageError::Corrupt {
-                    what: "block",
-                    key: *block,
-                    reason: format!("{} bytes", value.len()),
-                });
-            }
+            check_block(*block, value)?;
             piece.extend_from_slice(&block.to_le_bytes());
             piece.extend_from_slice(value);
         }

@@ -49,8 +49,8 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{AsyncRuntime, OptionalSend, RaftSnapshotBuilder};
 
 use super::codec::{
-    SnapshotRecord, decode_log_id, decode_meta, decode_snapshot_record, decode_u64, encode_log_id,
-    encode_meta, encode_snapshot_record, encode_u64,
+    SnapshotRecord, check_block, decode_log_id, decode_meta, decode_snapshot_record, decode_u64,
+    encode_log_id, encode_meta, encode_snapshot_record, encode_u64,
 };
 use super::dr_catalogue::{CatalogueRefusal, DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
 use super::durable::{Durable, submit, submit_then};
@@ -800,13 +800,7 @@ impl VolumeHandle {
             .scan(ns, offset_blocks..end, len_blocks as usize)?;
         let mut out = vec![0u8; len_blocks as usize * BLOCK_BYTES];
         for (block, value) in stored {
-            if value.len() != BLOCK_BYTES {
-                return Err(StorageError::Corrupt {
-                    what: "block",
-                    key: block,
-                    reason: format!("{} bytes", value.len()),
-                });
-            }
+            check_block(block, &value)?;
             let at = (block - offset_blocks) as usize * BLOCK_BYTES;
             out[at..at + BLOCK_BYTES].copy_from_slice(&value);
         }
@@ -877,13 +871,7 @@ impl VolumeHandle {
         let last_scanned = stored.last().map(|(index, _)| *index);
         let mut blocks = Vec::with_capacity(stored.len());
         for (index, value) in stored {
-            if value.len() != BLOCK_BYTES {
-                return Err(StorageError::Corrupt {
-                    what: "block",
-                    key: index,
-                    reason: format!("{} bytes", value.len()),
-                });
-            }
+            check_block(index, &value)?;
             if value.iter().any(|b| *b != 0) {
                 blocks.push((index, value));
             }
