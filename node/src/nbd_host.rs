@@ -47,10 +47,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use metro_fabric::host::{HostError, READ_BLOCKS_MAX};
-use metro_fabric::storage::VolumeStateMachine;
 use metro_fabric::volume::command::WRITE_BLOCKS_MAX;
 use metro_fabric::volume::{BLOCK_BYTES_U64, BlockData, VolumeId};
-use openraft_rt_tokio::TokioRuntime;
 use tokio::task::JoinHandle;
 
 use crate::admin::metrics::{NodeMetrics, VolumeIo};
@@ -196,15 +194,8 @@ impl HostBackend {
 
     /// The size of this node's replica of `volume`, if it has one.
     async fn hosted_size_bytes(&self, volume: VolumeId) -> Option<u64> {
-        let raft = self.shared.host.raft(volume)?;
-        let blocks = raft
-            .with_state_machine(|sm: &mut VolumeStateMachine<TokioRuntime>| {
-                let blocks = sm.handle().size_blocks();
-                Box::pin(async move { blocks }) as BoxFuture<'_, u64>
-            })
-            .await
-            .ok()?;
-        Some(blocks * BLOCK_BYTES_U64)
+        let handle = self.shared.host.replica_handle(volume).await.ok()?;
+        Some(handle.size_blocks() * BLOCK_BYTES_U64)
     }
 
     /// The registry plus the hosted volumes it does not name.

@@ -33,7 +33,6 @@ use metro_fabric::storage::VolumeHandle;
 use metro_fabric::volume::{BLOCK_BYTES, VolumeId};
 use metro_kvstore::{CrashMode, FaultyDisk};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::base::BoxFuture;
 use openraft::{AsyncRuntime, ServerState};
 
 use crate::Rt;
@@ -42,7 +41,7 @@ use crate::control::{ControlPlane, LEASE_TTL, NodeControl};
 use crate::history::History;
 use crate::kill::KillSwitch;
 use crate::network::SimNetwork;
-use crate::node::{self, Host, NodeError, NodeSpec, Raft, Running, SimNode, Sm};
+use crate::node::{self, Host, NodeError, NodeSpec, Raft, Running, SimNode};
 use crate::options::{SimOptions, VOLUME_BLOCKS};
 use crate::rng::SimRng;
 
@@ -451,13 +450,8 @@ impl Cluster {
 
     /// The read handle on `id`'s copy of `volume`, if it runs one.
     pub async fn replica(&self, id: NodeId, volume: VolumeId) -> Option<VolumeHandle> {
-        let raft = self.raft(id, volume)?;
-        raft.with_state_machine(|sm: &mut Sm| {
-            let handle = sm.handle();
-            Box::pin(async move { handle }) as BoxFuture<'_, VolumeHandle>
-        })
-        .await
-        .ok()
+        let host = self.with_running(id, |_, r| Some(Arc::clone(&r.host)))?;
+        host.replica_handle(volume).await.ok()
     }
 
     /// A member of `volume` that believes it leads, per its metrics.

@@ -13,12 +13,11 @@
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
-use openraft::base::BoxFuture;
 
 use super::{FORWARD_TIMEOUT_MS, HostError, VolumeHost};
 use crate::env::{NodeId, Transport};
 use crate::raft::network::{CallError, forward_client};
-use crate::storage::{DrCatalogue, StorageError, VolumeHandle, VolumeStateMachine};
+use crate::storage::{DrCatalogue, StorageError};
 use crate::volume::{BlockData, VolumeCommand, VolumeId};
 use crate::wire::{ClientReply, ClientRequest, FaultCode, SNAPSHOT_READ_BLOCKS_MAX, SnapshotPage};
 
@@ -47,24 +46,10 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             .await
     }
 
-    /// The read handle of this node's replica of `volume`.
-    async fn local_handle(&self, volume: VolumeId) -> Result<VolumeHandle, HostError> {
-        let raft = self.raft(volume).ok_or(HostError::UnknownVolume(volume))?;
-        raft.with_state_machine(|sm: &mut VolumeStateMachine<RT>| {
-            let handle = sm.handle();
-            Box::pin(async move { handle }) as BoxFuture<'_, VolumeHandle>
-        })
-        .await
-        .map_err(|fatal| HostError::Failed {
-            volume,
-            reason: fatal.to_string(),
-        })
-    }
-
     /// The DR snapshots of `volume` as this node's replica applied them
     /// (which may lag the leader's by the entries it has not applied yet).
     pub async fn snapshots_here(&self, volume: VolumeId) -> Result<DrCatalogue, HostError> {
-        Ok(self.local_handle(volume).await?.dr_snapshots())
+        Ok(self.replica_handle(volume).await?.dr_snapshots())
     }
 
     /// A page of snapshot `snapshot_id` from this node's replica; `None`
@@ -76,7 +61,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         from_block: u64,
         max_blocks: u32,
     ) -> Result<Option<SnapshotPage>, HostError> {
-        let handle = self.local_handle(volume).await?;
+        let handle = self.replica_handle(volume).await?;
         let max = max_blocks.clamp(1, SNAPSHOT_READ_BLOCKS_MAX) as usize;
         let Some(page) = handle.read_dr_snapshot(snapshot_id, from_block, max)? else {
             return Ok(None);

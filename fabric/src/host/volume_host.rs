@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
+use openraft::base::BoxFuture;
 use openraft::error::{InitializeError, RaftError};
 use openraft::rt::Mutex as _;
 
@@ -21,7 +22,7 @@ use crate::env::{NodeId, Transport};
 use crate::raft::network::{CallError, NetworkFactory, forward_client};
 use crate::raft::router::GroupRouter;
 use crate::raft::types::{RaftNode, VolumeRaft};
-use crate::storage::{NodeStorage, VolumeStateMachine};
+use crate::storage::{NodeStorage, VolumeHandle, VolumeStateMachine};
 use crate::volume::{BlockData, VolumeCommand, VolumeId, VolumeResponse};
 use crate::wire::{
     ClientReply, ClientRequest, FaultCode, Frame, MEMBERS_MAX, Message, VolumeStatus,
@@ -372,6 +373,18 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             }
         }
         lock(&self.replicas).clear();
+    }
+
+    /// A read handle on this node's replica of `volume` (taken from the
+    /// state machine's task, so it is that replica's current one).
+    pub async fn replica_handle(&self, volume: VolumeId) -> Result<VolumeHandle, HostError> {
+        let raft = self.raft(volume).ok_or(HostError::UnknownVolume(volume))?;
+        raft.with_state_machine(|sm: &mut VolumeStateMachine<RT>| {
+            let handle = sm.handle();
+            Box::pin(async move { handle }) as BoxFuture<'_, VolumeHandle>
+        })
+        .await
+        .map_err(|fatal| failed(volume, fatal))
     }
 
     /// This node's status of its replica of `volume`.
