@@ -4,22 +4,19 @@
 //! from whichever replica holds them (see `storage::dr_catalogue`).
 //!
 //! Contract: [`VolumeHost::read_snapshot`] asks this node's replica first,
-//! then the other nodes (peers that failed lately last); a replica that
-//! lacks the content (a witness, or one that installed a Raft snapshot
-//! taken after it) answers "not here" and the next is asked. Every page
+//! then the other nodes (one forwarding hop each); a replica that lacks
+//! the content (a witness, or one whose transfer's sender no longer held
+//! it) answers "not here" and the next is asked. Every page
 //! of one snapshot reads the same pinned state whichever replica serves it:
 //! all replicas pinned their block map at the same log entry.
 
-use std::time::Duration;
-
 use openraft::AsyncRuntime;
 
-use super::{FORWARD_TIMEOUT_MS, HostError, VolumeHost};
+use super::{HostError, VolumeHost};
 use crate::env::{NodeId, Transport};
-use crate::raft::network::{CallError, forward_client};
 use crate::storage::{DrCatalogue, StorageError};
 use crate::volume::{BlockData, VolumeCommand, VolumeId};
-use crate::wire::{ClientReply, ClientRequest, FaultCode, SNAPSHOT_READ_BLOCKS_MAX, SnapshotPage};
+use crate::wire::{ClientReply, ClientRequest, SNAPSHOT_READ_BLOCKS_MAX, SnapshotPage};
 
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// Takes DR snapshot `snapshot_id` of `volume` through its leader; the
@@ -109,22 +106,14 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         };
         let peers: Vec<NodeId> = self.config().peers.iter().copied().collect();
         for peer in peers {
-            let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
-            let call = forward_client::<T, RT>(&**self.transport(), peer, volume, request.clone());
-            match RT::timeout(timeout, call).await {
-                Ok(Ok(ClientReply::SnapshotPage(Some(page)))) => return Ok(page),
-                Ok(Ok(ClientReply::SnapshotPage(None))) => {
+            match self.hop(peer, volume, &request).await {
+                Ok(ClientReply::SnapshotPage(Some(page))) => return Ok(page),
+                Ok(ClientReply::SnapshotPage(None)) => {
                     tried.push(format!("node {peer}: not held"));
                 }
-                Ok(Err(CallError::Fault {
-                    code: FaultCode::UnknownVolume,
-                    ..
-                })) => {}
-                Ok(Ok(other)) => tried.push(format!("node {peer}: answered {other:?}")),
-                Ok(Err(err)) => tried.push(format!("node {peer}: {err}")),
-                Err(_) => tried.push(format!(
-                    "node {peer}: no answer within {FORWARD_TIMEOUT_MS} ms"
-                )),
+                Err(HostError::UnknownVolume(_)) => {}
+                Ok(other) => tried.push(format!("node {peer}: answered {other:?}")),
+                Err(err) => tried.push(format!("node {peer}: {err}")),
             }
         }
         Err(HostError::Failed {

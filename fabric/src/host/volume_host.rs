@@ -455,8 +455,8 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// One hop: serve here or ask `target`, bounded by
-    /// [`FORWARD_TIMEOUT_MS`].
-    async fn hop(
+    /// [`FORWARD_TIMEOUT_MS`]; a peer that fails it is asked last next time.
+    pub(super) async fn hop(
         &self,
         target: NodeId,
         volume: VolumeId,
