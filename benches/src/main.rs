@@ -6,6 +6,9 @@ mod kvstore_bench;
 mod replicate_bench;
 mod report;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "metro-bench", about = "metro's side-by-side benchmarks")]
 struct Cli {

@@ -2,7 +2,11 @@
 //!
 //! Compaction copies the live values of the sealed segment with the lowest
 //! live ratio into a compaction segment (`cmp-*`), repoints the index and
-//! marks the victim. A checkpoint then makes the index durable; only after
+//! marks the victim. It reads and relocates the victim one slice
+//! (`Options::compaction_slice_bytes`) at a time and gives the writer back to
+//! waiting submitters between slices, so a write waits at most about one
+//! slice for it (a whole 64 MiB victim at once stalled writes for
+//! 60-300 ms). A checkpoint then makes the index durable; only after
 //! that are dead segments (victims, and any whose data all died) deleted or
 //! kept as spares. A crash before the checkpoint finds the old checkpoint
 //! and the victims intact; compaction segments no checkpoint names are
@@ -23,7 +27,7 @@ use crate::record::{
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record_with, record_at,
     segment_name,
 };
-use crate::writer::Writer;
+use crate::writer::{SegmentInfo, Writer};
 
 /// A segment more live than this is not worth compacting.
 pub const VICTIM_LIVE_RATIO_MAX: f64 = 0.9;
@@ -43,6 +47,49 @@ struct PendingOut {
     buf: Vec<u8>,
 }
 
+/// Default victim bytes read and scanned per slice (more when one record
+/// is larger; [`crate::Options::compaction_slice_bytes`]): the longest
+/// compaction holds the writer between two rounds is about one slice's
+/// read, scan and relocation.
+pub const COMPACTION_SLICE_BYTES: u32 = 1 << 20;
+
+/// Where the scan of the victim being compacted stands.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VictimScan {
+    /// The victim segment.
+    pub seg: u32,
+    /// Offset of the first record not scanned yet.
+    pub offset: u64,
+}
+
+/// Reads the slice of `info`'s file that starts at `offset`: `slice` bytes
+/// (or to the file's end), or all of the record that starts there when it
+/// is larger. Returns the bytes and the file's length.
+fn read_slice(info: &SegmentInfo, offset: u64, slice: u32) -> Result<(Vec<u8>, u64), StoreError> {
+    let end = info.file_len;
+    let available = end.saturating_sub(offset);
+    let mut want = available.min(u64::from(slice));
+    let mut head = [0u8; RECORD_HEADER_BYTES];
+    if available >= RECORD_HEADER_BYTES as u64 {
+        info.file.read_at(&mut head, offset)?;
+        if let Some(len) = record_len_at(&head, 0) {
+            want = want.max(len.min(available));
+        }
+    }
+    let mut image = vec![0u8; want as usize];
+    info.file.read_at(&mut image, offset)?;
+    Ok((image, end))
+}
+
+/// Bytes of the record whose header starts at `at` in `image` (header and
+/// payload), if a whole header is there and it claims a payload.
+fn record_len_at(image: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    let head = image.get(at..at.checked_add(RECORD_HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes(head[4..8].try_into().ok()?);
+    (len > 0).then_some(RECORD_HEADER_BYTES as u64 + u64::from(len))
+}
+
 /// A live value found in a victim segment.
 struct LiveValue {
     ns: crate::batch::Namespace,
@@ -55,9 +102,31 @@ struct LiveValue {
 impl Writer {
     /// One round of upkeep: compact while space is over the bound, and
     /// checkpoint when the log has grown or victims wait to be retired.
+    ///
+    /// Compaction scans its victim a slice
+    /// ([`crate::Options::compaction_slice_bytes`]) at a time. A
+    /// round scans at least [`Self::compaction_budget`] bytes, then stops as
+    /// soon as a submission is waiting (the victim's scan resumes next
+    /// round); with nothing waiting it runs until the bound holds.
     pub(crate) fn maintain(&mut self) -> Result<(), StoreError> {
-        while self.pending_victims.len() < VICTIMS_PER_CHECKPOINT && self.over_space_bound() {
-            if !self.compact_one()? {
+        let mut budget = self.compaction_budget();
+        loop {
+            if self.compacting.is_none() {
+                if self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT || !self.over_space_bound()
+                {
+                    break;
+                }
+                let Some(seg) = self.pick_victim() else {
+                    break;
+                };
+                self.compacting = Some(VictimScan {
+                    seg,
+                    offset: SEGMENT_HEADER_BYTES,
+                });
+            }
+            let scanned = self.compact_slice()?;
+            budget = budget.saturating_sub(scanned);
+            if budget == 0 && !self.rx.is_empty() {
                 break;
             }
         }
@@ -67,6 +136,15 @@ impl Writer {
             self.write_checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Victim bytes a round scans before it may yield: one slice, or ten
+    /// times what the last group appended if more. A victim is at most
+    /// [`VICTIM_LIVE_RATIO_MAX`] live, so scanning ten bytes frees at least
+    /// one: compaction keeps up with any write rate.
+    fn compaction_budget(&self) -> u64 {
+        const _: () = assert!(VICTIM_LIVE_RATIO_MAX <= 0.9);
+        u64::from(self.options.compaction_slice_bytes).max(self.last_group_bytes.saturating_mul(10))
     }
 
     fn over_space_bound(&self) -> bool {
@@ -81,15 +159,20 @@ impl Writer {
         segment_bytes as f64 > self.options.space_amp_max * live + slack as f64
     }
 
-    /// Relocates the live values of the best victim. False if none is worth it.
-    fn compact_one(&mut self) -> Result<bool, StoreError> {
-        let Some(victim) = self.pick_victim() else {
-            return Ok(false);
+    /// Relocates the live values of the next slice of the victim being
+    /// compacted; once its scan reaches the end, the victim waits for the
+    /// next checkpoint. Returns the bytes scanned.
+    fn compact_slice(&mut self) -> Result<u64, StoreError> {
+        let Some(scan) = self.compacting else {
+            return Ok(0);
         };
-        let info = &self.segments[&victim];
-        let mut image = vec![0u8; info.file_len as usize];
-        info.file.read_at(&mut image, 0)?;
-        let live = self.live_values(victim, &image);
+        // A checkpoint retires a segment whose data all died, victim or not.
+        let Some(info) = self.segments.get(&scan.seg) else {
+            self.compacting = None;
+            return Ok(0);
+        };
+        let (image, end) = read_slice(info, scan.offset, self.options.compaction_slice_bytes)?;
+        let (live, next) = self.live_values(scan.seg, scan.offset, &image, end);
         let mut moves = Vec::with_capacity(live.len());
         let mut pending = None;
         for value in &live {
@@ -105,22 +188,36 @@ impl Writer {
                 let moved = read.index.relocate(v.ns, v.key, v.seq, v.from, to);
                 assert!(moved, "only the writer changes the index");
             }
-            let left = read.index.segment_live(victim);
-            if left > 0 {
-                // Some live value sits behind a record the scan could not
-                // read (damage after the record was written). Keep the
-                // victim, and refuse to go on: its data is not what the
-                // index says.
-                return Err(StoreError::Corrupt {
-                    file: segment_name(self.segments[&victim].kind, victim),
-                    offset: SEGMENT_HEADER_BYTES,
-                    reason: format!("compaction found {left} live bytes it could not read back"),
-                });
+        }
+        let scanned = image.len() as u64;
+        self.shared.stats.lock().compaction_scanned_bytes += scanned;
+        match next {
+            Some(offset) => {
+                assert!(offset > scan.offset, "every slice moves the scan on");
+                self.compacting = Some(VictimScan { offset, ..scan });
             }
+            None => self.finish_victim(scan.seg)?,
+        }
+        Ok(scanned)
+    }
+
+    /// Marks a fully scanned victim for retirement at the next checkpoint.
+    fn finish_victim(&mut self, victim: u32) -> Result<(), StoreError> {
+        self.compacting = None;
+        let left = self.shared.read.read().index.segment_live(victim);
+        if left > 0 {
+            // Some live value sits behind a record the scan could not read
+            // (damage after the record was written). Keep the victim, and
+            // refuse to go on: its data is not what the index says.
+            return Err(StoreError::Corrupt {
+                file: segment_name(self.segments[&victim].kind, victim),
+                offset: SEGMENT_HEADER_BYTES,
+                reason: format!("compaction found {left} live bytes it could not read back"),
+            });
         }
         self.pending_victims.insert(victim);
         self.shared.stats.lock().compacted_segments += 1;
-        Ok(true)
+        Ok(())
     }
 
     fn pick_victim(&self) -> Option<u32> {
@@ -140,13 +237,38 @@ impl Writer {
             .map(|(_, id)| id)
     }
 
-    /// Values in the segment image that the index still points at.
-    fn live_values(&self, seg: u32, image: &[u8]) -> Vec<LiveValue> {
+    /// Values in `image` (the victim's bytes from offset `base`; the file
+    /// ends at `end`) that the index still points at, and the offset where
+    /// the next slice starts: `None` once the records end (the file's end,
+    /// an unwritten or damaged record).
+    fn live_values(
+        &self,
+        seg: u32,
+        base: u64,
+        image: &[u8],
+        end: u64,
+    ) -> (Vec<LiveValue>, Option<u64>) {
         let read = self.shared.read.read();
         let mut found = Vec::new();
-        let mut offset = SEGMENT_HEADER_BYTES;
-        while let Some(record) = record_at(image, seg, offset) {
-            offset = record.payload_offset + record.payload.len() as u64;
+        let mut at = 0u64;
+        let next = loop {
+            let rest = image.len() as u64 - at;
+            let cut = match record_len_at(image, at) {
+                Some(len) => len > rest,
+                None => rest < RECORD_HEADER_BYTES as u64,
+            };
+            if cut {
+                // A record (or header) cut by the slice's end starts the
+                // next slice if the file goes on; a slice starting with a
+                // record holds all of it (`read_slice`), so one cut there
+                // runs past the file's end and is no record.
+                let more = base + (image.len() as u64) < end;
+                break (at > 0 && more).then_some(base + at);
+            }
+            let Some(record) = record_at(image, seg, at) else {
+                break None;
+            };
+            at = record.payload_offset + record.payload.len() as u64;
             let Some(ops) = decode_ops(record.payload) else {
                 continue;
             };
@@ -164,7 +286,7 @@ impl Writer {
                 let start = record.payload_offset + u64::from(value_offset);
                 let from = Loc {
                     seg,
-                    offset: start as u32,
+                    offset: (base + start) as u32,
                     len,
                     crc,
                 };
@@ -178,8 +300,8 @@ impl Writer {
                     });
                 }
             }
-        }
-        found
+        };
+        (found, next)
     }
 
     /// Writes the relocated records gathered so far.

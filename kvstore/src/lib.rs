@@ -32,7 +32,9 @@ mod store;
 mod writer;
 
 pub use batch::{BATCH_BYTES_MAX, Namespace, Op, VALUE_BYTES_MAX, WriteBatch};
-pub use compaction::{SLACK_SEGMENTS, VICTIM_LIVE_RATIO_MAX, VICTIMS_PER_CHECKPOINT};
+pub use compaction::{
+    COMPACTION_SLICE_BYTES, SLACK_SEGMENTS, VICTIM_LIVE_RATIO_MAX, VICTIMS_PER_CHECKPOINT,
+};
 pub use disk::{Disk, DiskError, DiskFile, OpenMode};
 pub use error::StoreError;
 pub use faulty_disk::{CrashMode, DiskStats, FaultOp, FaultyDisk};

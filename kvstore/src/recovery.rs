@@ -124,6 +124,8 @@ impl Writer {
             log_bytes_since_checkpoint: 0,
             pending_victims: BTreeSet::new(),
             last_group_len: 0,
+            last_group_bytes: 0,
+            compacting: None,
         };
         writer.log = writer.resume_log(end.head)?;
         let disk_bytes = writer.disk_bytes();

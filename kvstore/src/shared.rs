@@ -35,6 +35,8 @@ pub struct StoreStats {
     pub log_syncs: u64,
     pub checkpoints: u64,
     pub compacted_segments: u64,
+    /// Bytes of victim segments compaction has read and scanned.
+    pub compaction_scanned_bytes: u64,
 }
 
 impl StoreStats {

@@ -8,7 +8,9 @@
 //! then calls their completions. A failed write or fsync poisons the store:
 //! the durability of that group is unknown, so nothing after it is accepted.
 //!
-//! Between groups the writer compacts and checkpoints (see `compaction.rs`).
+//! Between groups the writer compacts and checkpoints (see `compaction.rs`);
+//! compaction works a slice at a time and hands the writer back to waiting
+//! submitters after each round, so it never stalls writes for long.
 //! Segment files whose data is all dead are kept as *spares* and reused for
 //! new segments, so steady-state writes overwrite allocated blocks instead of
 //! growing files (an append's `fdatasync` must also journal the new size,
@@ -53,6 +55,9 @@ pub struct Options {
     pub checkpoint_log_bytes: u64,
     /// Dead segment files kept for reuse, at most.
     pub spare_segments_max: usize,
+    /// Victim bytes compaction reads and scans at a time (see
+    /// `compaction.rs`): about the longest it holds up waiting writes.
+    pub compaction_slice_bytes: u32,
 }
 
 impl Default for Options {
@@ -62,6 +67,7 @@ impl Default for Options {
             space_amp_max: 2.0,
             checkpoint_log_bytes: 256 << 20,
             spare_segments_max: 2,
+            compaction_slice_bytes: crate::compaction::COMPACTION_SLICE_BYTES,
         }
     }
 }
@@ -74,6 +80,9 @@ impl Options {
         }
         if self.space_amp_max.is_nan() || self.space_amp_max < 1.25 {
             return bad("space_amp_max must be at least 1.25");
+        }
+        if !(512..=(1 << 30)).contains(&self.compaction_slice_bytes) {
+            return bad("compaction_slice_bytes must be between 512 bytes and 1 GiB");
         }
         Ok(())
     }
@@ -138,6 +147,10 @@ pub struct Writer {
     pub(crate) pending_victims: BTreeSet<u32>,
     /// Size of the previous group, to decide whether to wait for more.
     pub(crate) last_group_len: usize,
+    /// Bytes the previous group appended, to size the next compaction round.
+    pub(crate) last_group_bytes: u64,
+    /// The victim being compacted a slice at a time, if any.
+    pub(crate) compacting: Option<crate::compaction::VictimScan>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -175,6 +188,7 @@ impl Writer {
         let count = group.len();
         match self.write_group(&group) {
             Ok(image) => {
+                self.last_group_bytes = image.buffers.iter().map(|b| b.len() as u64).sum();
                 self.publish(&image);
                 for (sub, w) in group.into_iter().zip(&image.records) {
                     (sub.done)(Ok(w.seq));

@@ -150,6 +150,7 @@ impl Harness {
             space_amp_max: 2.0,
             checkpoint_log_bytes: 48 << 10,
             spare_segments_max: 2,
+            compaction_slice_bytes: 2 << 10,
         };
         let (store, writer) = Store::open(Arc::new(disk.clone()), options.clone()).unwrap();
         Harness {

@@ -38,6 +38,7 @@ fn run_once(seed: u64) {
         space_amp_max: 2.0,
         checkpoint_log_bytes: 64 << 10,
         spare_segments_max: 2,
+        compaction_slice_bytes: 4 << 10,
     };
     let (store, writer) = Store::open(Arc::new(disk.clone()), options.clone()).unwrap();
     let writer_thread = std::thread::spawn(move || writer.run());

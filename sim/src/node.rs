@@ -61,6 +61,9 @@ use crate::options::{PlantedBug, SimOptions};
 /// compaction and checkpoints run within a short simulation, and because
 /// `FaultyDisk` copies a whole file at every fdatasync.
 pub const SEGMENT_BYTES: u32 = 128 << 10;
+/// Victim bytes compaction scans at a time: several slices per segment, so
+/// the simulator crashes nodes with compactions part-way through victims.
+pub const COMPACTION_SLICE_BYTES: u32 = 16 << 10;
 /// The longest pause of an idle disk's commit loop: a batch submitted to
 /// an idle node waits at most this long for its group commit.
 pub const DISK_IDLE_TICK_MAX_US: u64 = 2_000;
@@ -177,6 +180,7 @@ fn store_options() -> Options {
     Options {
         segment_bytes: SEGMENT_BYTES,
         checkpoint_log_bytes: CHECKPOINT_LOG_BYTES,
+        compaction_slice_bytes: COMPACTION_SLICE_BYTES,
         ..Options::default()
     }
 }
