@@ -6,6 +6,7 @@ mod kvstore_bench;
 mod replicate_bench;
 mod report;
 
+/// The allocator the `metro` binary uses (see its `main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
