@@ -16,7 +16,11 @@
 //! written at queue depth 1 by its own thread at once — the durable write
 //! latency each replica of `r3` sees, since all three share the one disk.
 //! The `r3_d0_qd1` row then carries `p50_vs_shared_disk_bound`: its p50
-//! over (that p50 + the QUIC round trip p50).
+//! over (that p50 + the QUIC round trip p50). Likewise `r1x3_d0_qd32`:
+//! three nodes each the only replica of its own volume, all written at
+//! depth 32 at once (the hardware work of `r3_d0_qd32` without the
+//! replication), reported per volume; the `r3_d0_qd32` row then carries
+//! `iops_vs_shared_hardware`, its IOPS over that per-volume figure.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -72,7 +76,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let secs = Duration::from_secs_f64(args.seconds);
     let blocks = args.volume_mib * (1 << 20) / BLOCK_BYTES as u64;
-    let mut rows = vec![kvstore_baseline(&args.dir.join("kv-only"), blocks, secs)?];
+    let mut rows = vec![
+        disk_bandwidth(&args.dir.join("disk"))?,
+        kvstore_baseline(&args.dir.join("kv-only"), blocks, secs)?,
+    ];
     if args.replicas.contains(&3) {
         rows.push(kvstore_shared_disk(
             &args.dir.join("kv-x3"),
@@ -103,6 +110,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             rows.extend(measured);
         }
     }
+    if args.replicas.contains(&3) && args.depths.contains(&32) && args.delays_ms.contains(&0) {
+        let dir = args.dir.join("r1x3");
+        rows.push(runtime.block_on(shared_hardware(&dir, &certs, blocks, secs))?);
+    }
     // The baselines again: the machine's fsync and scheduling latency drift
     // (other work on the host), and the latency target uses the lower of
     // each pair, which only makes it harder to meet.
@@ -113,6 +124,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     after.name = "quic_rtt_after".into();
     rows.push(after);
     shared_disk_column(&mut rows);
+    shared_hardware_column(&mut rows);
     let targets = targets(&rows);
     let config = json!({"seconds": args.seconds, "volume_mib": args.volume_mib,
         "delays_ms": args.delays_ms, "replicas": args.replicas, "depths": args.depths});
@@ -169,6 +181,23 @@ fn shared_disk_column(rows: &mut [Row]) {
     if let Some(r3) = rows.iter_mut().find(|r| r.name == "r3_d0_qd1") {
         let ratio = r3.p50_us as f64 / (shared + rtt) as f64;
         r3.extra.push(("p50_vs_shared_disk_bound".into(), ratio));
+    }
+}
+
+/// Adds `iops_vs_shared_hardware` to the 3-replica depth-32 row: its IOPS
+/// over the per-volume IOPS of `r1x3_d0_qd32` (three unreplicated volumes
+/// sharing the machine as the three replicas do).
+fn shared_hardware_column(rows: &mut [Row]) {
+    let Some(shared) = rows
+        .iter()
+        .find(|r| r.name == "r1x3_d0_qd32")
+        .map(Row::iops)
+    else {
+        return;
+    };
+    if let Some(r3) = rows.iter_mut().find(|r| r.name == "r3_d0_qd32") {
+        let ratio = r3.iops() / shared;
+        r3.extra.push(("iops_vs_shared_hardware".into(), ratio));
     }
 }
 
@@ -247,15 +276,15 @@ async fn replicated(
         .host
         .create_volume(VOLUME, blocks, &members)
         .await?;
-    let leader = wait_for_leader(&nodes).await?;
+    let leader = wait_for_leader(&nodes, VOLUME).await?;
     let host = Arc::clone(&nodes[leader].host);
     // Warm up: connections, first elections, allocation.
-    drive(&host, 8, blocks, Duration::from_millis(300)).await?;
+    drive(&host, VOLUME, 8, blocks, Duration::from_millis(300)).await?;
     let mut rows = Vec::new();
     for &depth in depths {
         let before = store_counts(&nodes);
         let cpu_before = process_cpu_ms();
-        let (ops, elapsed, hist) = drive(&host, depth, blocks, secs).await?;
+        let (ops, elapsed, hist) = drive(&host, VOLUME, depth, blocks, secs).await?;
         let cpu_after = process_cpu_ms();
         let after = store_counts(&nodes);
         let mut row = Row::new(
@@ -277,6 +306,10 @@ async fn replicated(
         row.extra.push((
             "disk_kib_per_write".into(),
             per_write(after.3 - before.3) / 1024.0,
+        ));
+        row.extra.push((
+            "disk_mb_per_s".into(),
+            (after.3 - before.3) as f64 / elapsed / 1e6,
         ));
         // Transport requests served by all nodes per acknowledged write
         // (AppendEntries with entries or only a commit index, heartbeats).
@@ -327,11 +360,74 @@ fn store_counts(nodes: &[Node]) -> (u64, u64, u64, u64) {
         })
 }
 
-async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<usize> {
+/// `r1x3_d0_qd32`: three nodes, each the only replica of its own volume,
+/// all three volumes written at depth 32 at once. The same three nodes'
+/// worth of kvstore, CPU and disk work per acknowledged write as
+/// `r3_d0_qd32`, minus the replication: its per-volume IOPS is what one
+/// unreplicated volume gets when it shares this machine the way each
+/// replica of `r3` does.
+async fn shared_hardware(
+    dir: &Path,
+    certs: &Path,
+    blocks: u64,
+    secs: Duration,
+) -> anyhow::Result<Row> {
+    const DEPTH: usize = 32;
+    eprintln!("3 single-replica volumes on 3 nodes at once, 0 ms one-way delay...");
+    let nodes = start_nodes(dir, certs, 3, 0).await?;
+    let volumes: Vec<VolumeId> = (1..=3).map(VolumeId).collect();
+    for (node, volume) in nodes.iter().zip(&volumes) {
+        node.host
+            .create_volume(*volume, blocks, &[node.host.node()])
+            .await?;
+    }
+    let mut hosts = Vec::new();
+    for volume in &volumes {
+        let leader = wait_for_leader(&nodes, *volume).await?;
+        let host = Arc::clone(&nodes[leader].host);
+        drive(&host, *volume, 8, blocks, Duration::from_millis(300)).await?;
+        hosts.push((host, *volume));
+    }
+    let before = store_counts(&nodes);
+    let runs: Vec<_> = hosts
+        .into_iter()
+        .map(|(host, volume)| {
+            tokio::spawn(async move { drive(&host, volume, DEPTH, blocks, secs).await })
+        })
+        .collect();
+    let (mut ops, mut elapsed, mut merged) = (0, 0.0f64, histogram());
+    for run in runs {
+        let (n, e, hist) = run.await??;
+        ops += n;
+        elapsed = elapsed.max(e);
+        merged.add(&hist)?;
+    }
+    let after = store_counts(&nodes);
+    for node in &nodes {
+        node.stop().await;
+    }
+    // Per volume: a third of the writes, over the same time.
+    let per_volume = ops / volumes.len() as u64;
+    let mut row = Row::new("r1x3_d0_qd32", per_volume, elapsed, &merged);
+    let per_write = |d: u64| d as f64 / ops.max(1) as f64;
+    row.extra
+        .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
+    row.extra.push((
+        "disk_kib_per_write".into(),
+        per_write(after.3 - before.3) / 1024.0,
+    ));
+    row.extra.push((
+        "disk_mb_per_s".into(),
+        (after.3 - before.3) as f64 / elapsed / 1e6,
+    ));
+    Ok(row)
+}
+
+async fn wait_for_leader(nodes: &[Node], volume: VolumeId) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         for (i, node) in nodes.iter().enumerate() {
-            if let Ok(status) = node.host.status(VOLUME).await
+            if let Ok(status) = node.host.status(volume).await
                 && status.leader == Some(node.host.node())
             {
                 return Ok(i);
@@ -345,6 +441,7 @@ async fn wait_for_leader(nodes: &[Node]) -> anyhow::Result<usize> {
 /// `depth` tasks writing random 4 KiB blocks through `host` for `secs`.
 async fn drive(
     host: &Arc<daemon::NodeHost>,
+    volume: VolumeId,
     depth: usize,
     blocks: u64,
     secs: Duration,
@@ -362,7 +459,7 @@ async fn drive(
                     bytes[..8].copy_from_slice(&ops.to_le_bytes());
                     let data = BlockData::new(bytes)?;
                     let t0 = Instant::now();
-                    host.write(VOLUME, rng.below(blocks), data).await?;
+                    host.write(volume, rng.below(blocks), data).await?;
                     hist.record(t0.elapsed().as_micros().max(1) as u64)?;
                     ops += 1;
                 }
@@ -436,6 +533,44 @@ fn depth1_writes(
 }
 
 /// kvstore alone: durable 4 KiB writes at queue depth 1.
+/// `disk_seq_write`: the file system's buffered write bandwidth, as the
+/// kvstore writes (1 MiB `pwrite`s to one file, an `fdatasync` every
+/// 16 MiB), over [`DISK_PROBE_BYTES`]. Its `mb_per_s` is the ceiling for
+/// the `disk_mb_per_s` of every replicated row, which counts the bytes all
+/// nodes' stores wrote: they share this one disk.
+fn disk_bandwidth(dir: &Path) -> anyhow::Result<Row> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    eprintln!("disk sequential write bandwidth...");
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("probe");
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let chunk = vec![0x5au8; CHUNK];
+    let mut hist = histogram();
+    let start = Instant::now();
+    let chunks = DISK_PROBE_BYTES / CHUNK as u64;
+    for i in 0..chunks {
+        let t0 = Instant::now();
+        file.write_all_at(&chunk, i * CHUNK as u64)?;
+        if (i + 1) % 16 == 0 {
+            file.sync_data()?;
+        }
+        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+    }
+    file.sync_data()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    let mut row = Row::new("disk_seq_write", chunks, elapsed, &hist);
+    row.extra
+        .push(("mb_per_s".into(), DISK_PROBE_BYTES as f64 / elapsed / 1e6));
+    Ok(row)
+}
+
+/// Bytes the disk bandwidth probe writes.
+const DISK_PROBE_BYTES: u64 = 512 << 20;
+
 fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<Row> {
     eprintln!("kvstore-only baseline...");
     let start = Instant::now();
