@@ -63,10 +63,42 @@ pub struct Args {
     /// Queue depths to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     depths: Vec<usize>,
+    /// Directories for the nodes' stores, node i on the i-th (round robin),
+    /// e.g. one per disk to measure replicas that do not share a disk as
+    /// they do not in a deployment. Default: all under --dir.
+    #[arg(long, value_delimiter = ',')]
+    node_dirs: Vec<PathBuf>,
 }
+
+/// Where node `id`'s store for the run in `dir` lives: under `dir`, or
+/// under the `placement` directory it falls on.
+fn node_data_dir(dir: &Path, placement: &[PathBuf], id: NodeId) -> PathBuf {
+    let name = format!("node-{id}");
+    if placement.is_empty() {
+        return dir.join(name);
+    }
+    let run = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let slot = (id as usize - 1) % placement.len();
+    placement[slot].join(format!("{NODE_DIR_PREFIX}{run}-{name}"))
+}
+
+/// Prefix of the store directories made under `--node-dirs` (removed at
+/// the end of a run).
+const NODE_DIR_PREFIX: &str = "metro-bench-";
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.seconds > 0.0, "--seconds must be positive");
+    for dir in &args.node_dirs {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--node-dirs: {} is not a directory",
+            dir.display()
+        );
+        remove_node_dirs(dir);
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -83,6 +115,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.replicas.contains(&3) {
         rows.push(kvstore_shared_disk(
             &args.dir.join("kv-x3"),
+            &args.node_dirs,
             3,
             blocks,
             secs,
@@ -100,6 +133,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let dir = args.dir.join(format!("r{replicas}-d{delay}"));
             let measured = runtime.block_on(replicated(
                 &dir,
+                &args.node_dirs,
                 &certs,
                 replicas,
                 delay,
@@ -112,7 +146,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.replicas.contains(&3) && args.depths.contains(&32) && args.delays_ms.contains(&0) {
         let dir = args.dir.join("r1x3");
-        rows.push(runtime.block_on(shared_hardware(&dir, &certs, blocks, secs))?);
+        rows.push(runtime.block_on(shared_hardware(
+            &dir,
+            &args.node_dirs,
+            &certs,
+            blocks,
+            secs,
+        ))?);
     }
     // The baselines again: the machine's fsync and scheduling latency drift
     // (other work on the host), and the latency target uses the lower of
@@ -131,7 +171,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     report::print("replicate", config, &rows, &targets);
     drop(runtime);
     let _ = std::fs::remove_dir_all(&args.dir);
+    for dir in &args.node_dirs {
+        remove_node_dirs(dir);
+    }
     Ok(())
+}
+
+/// Removes the store directories this bench made under `dir`.
+fn remove_node_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(NODE_DIR_PREFIX)
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn targets(rows: &[Row]) -> Vec<Target> {
@@ -220,6 +279,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 
 async fn start_nodes(
     dir: &Path,
+    placement: &[PathBuf],
     certs: &Path,
     count: usize,
     delay_ms: u64,
@@ -243,7 +303,7 @@ async fn start_nodes(
             .collect();
         let config = NodeConfig {
             node_id: id,
-            data_dir: dir.join(format!("node-{id}")),
+            data_dir: node_data_dir(dir, placement, id),
             certs_dir: certs.to_path_buf(),
             listen: addrs[&id],
             peers,
@@ -260,8 +320,10 @@ async fn start_nodes(
     Ok(nodes)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replicated(
     dir: &Path,
+    placement: &[PathBuf],
     certs: &Path,
     replicas: usize,
     delay_ms: u64,
@@ -270,7 +332,7 @@ async fn replicated(
     depths: &[usize],
 ) -> anyhow::Result<Vec<Row>> {
     eprintln!("{replicas} replica(s), {delay_ms} ms one-way delay...");
-    let nodes = start_nodes(dir, certs, replicas, delay_ms).await?;
+    let nodes = start_nodes(dir, placement, certs, replicas, delay_ms).await?;
     let members: Vec<NodeId> = (1..=replicas as u64).collect();
     nodes[0]
         .host
@@ -368,13 +430,14 @@ fn store_counts(nodes: &[Node]) -> (u64, u64, u64, u64) {
 /// replica of `r3` does.
 async fn shared_hardware(
     dir: &Path,
+    placement: &[PathBuf],
     certs: &Path,
     blocks: u64,
     secs: Duration,
 ) -> anyhow::Result<Row> {
     const DEPTH: usize = 32;
     eprintln!("3 single-replica volumes on 3 nodes at once, 0 ms one-way delay...");
-    let nodes = start_nodes(dir, certs, 3, 0).await?;
+    let nodes = start_nodes(dir, placement, certs, 3, 0).await?;
     let volumes: Vec<VolumeId> = (1..=3).map(VolumeId).collect();
     for (node, volume) in nodes.iter().zip(&volumes) {
         node.host
@@ -482,7 +545,8 @@ async fn drive(
 /// one way (a round trip should then take about twice that).
 async fn quic_rtt(dir: &Path, certs: &Path, delay_ms: u64) -> anyhow::Result<Row> {
     eprintln!("QUIC round trip, {delay_ms} ms one-way delay...");
-    let nodes = start_nodes(&dir.join(format!("rtt-d{delay_ms}")), certs, 2, delay_ms).await?;
+    let run = dir.join(format!("rtt-d{delay_ms}"));
+    let nodes = start_nodes(&run, &[], certs, 2, delay_ms).await?;
     let transport = Arc::clone(&nodes[0].transport);
     let mut hist = histogram();
     let start = Instant::now();
@@ -584,6 +648,7 @@ fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<R
 /// machine do: each one's durable 4 KiB write latency, merged.
 fn kvstore_shared_disk(
     dir: &Path,
+    placement: &[PathBuf],
     stores: usize,
     blocks: u64,
     secs: Duration,
@@ -592,7 +657,7 @@ fn kvstore_shared_disk(
     let start = Instant::now();
     let threads: Vec<_> = (0..stores)
         .map(|i| {
-            let dir = dir.join(format!("store-{i}"));
+            let dir = node_data_dir(dir, placement, i as NodeId + 1);
             std::thread::spawn(move || depth1_writes(&dir, 5 + i as u64, blocks, start, secs))
         })
         .collect();
