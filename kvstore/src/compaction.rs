@@ -51,7 +51,10 @@ struct PendingOut {
 /// is larger; [`crate::Options::compaction_slice_bytes`]): the longest
 /// compaction holds the writer between two rounds is about one slice's
 /// read, scan and relocation.
-pub const COMPACTION_SLICE_BYTES: u32 = 1 << 20;
+pub const COMPACTION_SLICE_BYTES: u32 = 256 << 10;
+/// How much garbage a compaction round frees per byte the last group
+/// appended, at least: above one, so compaction keeps ahead of writes.
+pub const COMPACTION_PACE: f64 = 1.25;
 
 /// Where the scan of the victim being compacted stands.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +63,8 @@ pub(crate) struct VictimScan {
     pub seg: u32,
     /// Offset of the first record not scanned yet.
     pub offset: u64,
+    /// Its live bytes over its length when it was picked.
+    pub live_ratio: f64,
 }
 
 /// Reads the slice of `info`'s file that starts at `offset`: `slice` bytes
@@ -109,24 +114,29 @@ impl Writer {
     /// soon as a submission is waiting (the victim's scan resumes next
     /// round); with nothing waiting it runs until the bound holds.
     pub(crate) fn maintain(&mut self) -> Result<(), StoreError> {
-        let mut budget = self.compaction_budget();
+        let mut budget = None;
         loop {
             if self.compacting.is_none() {
                 if self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT || !self.over_space_bound()
                 {
                     break;
                 }
-                let Some(seg) = self.pick_victim() else {
+                let Some((seg, live_ratio)) = self.pick_victim() else {
                     break;
                 };
                 self.compacting = Some(VictimScan {
                     seg,
                     offset: SEGMENT_HEADER_BYTES,
+                    live_ratio,
                 });
             }
+            let ratio = self
+                .compacting
+                .map_or(VICTIM_LIVE_RATIO_MAX, |s| s.live_ratio);
+            let left = budget.get_or_insert_with(|| self.compaction_budget(ratio));
             let scanned = self.compact_slice()?;
-            budget = budget.saturating_sub(scanned);
-            if budget == 0 && !self.rx.is_empty() {
+            *left = left.saturating_sub(scanned);
+            if *left == 0 && !self.rx.is_empty() {
                 break;
             }
         }
@@ -138,13 +148,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Victim bytes a round scans before it may yield: one slice, or ten
-    /// times what the last group appended if more. A victim is at most
-    /// [`VICTIM_LIVE_RATIO_MAX`] live, so scanning ten bytes frees at least
-    /// one: compaction keeps up with any write rate.
-    fn compaction_budget(&self) -> u64 {
-        const _: () = assert!(VICTIM_LIVE_RATIO_MAX <= 0.9);
-        u64::from(self.options.compaction_slice_bytes).max(self.last_group_bytes.saturating_mul(10))
+    /// Victim bytes a round scans before it may yield: one slice, or what
+    /// frees [`COMPACTION_PACE`] times the bytes the last group appended
+    /// if more. Scanning a victim that was `live_ratio` live when picked
+    /// frees at least `1 - live_ratio` of each byte (its data only dies
+    /// since), so compaction keeps up with any write rate; and a victim is
+    /// at most [`VICTIM_LIVE_RATIO_MAX`] live, so a round is at most
+    /// `COMPACTION_PACE / (1 - VICTIM_LIVE_RATIO_MAX)` groups' worth.
+    pub(crate) fn compaction_budget(&self, live_ratio: f64) -> u64 {
+        let dead = (1.0 - live_ratio.clamp(0.0, VICTIM_LIVE_RATIO_MAX)).max(0.01);
+        let pace = (self.last_group_bytes as f64 * COMPACTION_PACE / dead).ceil() as u64;
+        u64::from(self.options.compaction_slice_bytes).max(pace)
     }
 
     fn over_space_bound(&self) -> bool {
@@ -220,7 +234,9 @@ impl Writer {
         Ok(())
     }
 
-    fn pick_victim(&self) -> Option<u32> {
+    /// The sealed segment with the lowest live ratio, if one is at most
+    /// [`VICTIM_LIVE_RATIO_MAX`] live, and that ratio.
+    fn pick_victim(&self) -> Option<(u32, f64)> {
         let read = self.shared.read.read();
         let out = self.compact_out.map(|h| h.id);
         self.segments
@@ -234,7 +250,7 @@ impl Writer {
             })
             .filter(|(ratio, _)| *ratio <= VICTIM_LIVE_RATIO_MAX)
             .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, id)| id)
+            .map(|(ratio, id)| (id, ratio))
     }
 
     /// Values in `image` (the victim's bytes from offset `base`; the file

@@ -33,7 +33,8 @@ mod writer;
 
 pub use batch::{BATCH_BYTES_MAX, Namespace, Op, VALUE_BYTES_MAX, WriteBatch};
 pub use compaction::{
-    COMPACTION_SLICE_BYTES, SLACK_SEGMENTS, VICTIM_LIVE_RATIO_MAX, VICTIMS_PER_CHECKPOINT,
+    COMPACTION_PACE, COMPACTION_SLICE_BYTES, SLACK_SEGMENTS, VICTIM_LIVE_RATIO_MAX,
+    VICTIMS_PER_CHECKPOINT,
 };
 pub use disk::{Disk, DiskError, DiskFile, OpenMode};
 pub use error::StoreError;

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use metro_kvstore::{
-    COMPACTION_SLICE_BYTES, CrashMode, Disk, FaultOp, FaultyDisk, FileDisk, GROUP_SUBMISSIONS_MAX,
-    Namespace, Options, SLACK_SEGMENTS, Store, StoreError, VICTIM_LIVE_RATIO_MAX,
-    VICTIMS_PER_CHECKPOINT, WriteBatch, Writer,
+    COMPACTION_PACE, COMPACTION_SLICE_BYTES, CrashMode, Disk, FaultOp, FaultyDisk, FileDisk,
+    GROUP_SUBMISSIONS_MAX, Namespace, Options, SLACK_SEGMENTS, Store, StoreError,
+    VICTIM_LIVE_RATIO_MAX, VICTIMS_PER_CHECKPOINT, WriteBatch, Writer,
 };
 
 const NS: Namespace = Namespace::new(2, 7);
@@ -133,7 +133,8 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
     let flood = GROUP_SUBMISSIONS_MAX + 64;
     let group_bytes = (GROUP_SUBMISSIONS_MAX * (len + 64)) as u64;
     let slice = u64::from(options.compaction_slice_bytes);
-    let budget = slice.max(10 * group_bytes);
+    let pace = COMPACTION_PACE / (1.0 - VICTIM_LIVE_RATIO_MAX);
+    let budget = slice.max((group_bytes as f64 * pace).ceil() as u64);
     let bound = budget + slice;
     assert!(
         bound < u64::from(options.segment_bytes),
