@@ -355,24 +355,7 @@ async fn replicated(
             elapsed,
             &hist,
         );
-        // Per node and per acknowledged write: fdatasyncs of the log and
-        // kvstore batches made durable.
-        let per_write = |d: u64| d as f64 / ops.max(1) as f64 / nodes.len() as f64;
-        row.extra
-            .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
-        row.extra
-            .push(("batches_per_write".into(), per_write(after.1 - before.1)));
-        // Bytes kvstore wrote (log, compaction, checkpoints) per node and
-        // per acknowledged write, in KiB: the disk amplification of a 4 KiB
-        // write.
-        row.extra.push((
-            "disk_kib_per_write".into(),
-            per_write(after.3 - before.3) / 1024.0,
-        ));
-        row.extra.push((
-            "disk_mb_per_s".into(),
-            (after.3 - before.3) as f64 / elapsed / 1e6,
-        ));
+        store_figures(&mut row, before, after, ops * nodes.len() as u64, elapsed);
         // Transport requests served by all nodes per acknowledged write
         // (AppendEntries with entries or only a commit index, heartbeats).
         row.extra.push((
@@ -404,6 +387,33 @@ fn process_cpu_ms() -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) * 10)
+}
+
+/// Adds the kvstore figures between two [`store_counts`] to `row`, per
+/// write a node stored (`node_writes`: acknowledged writes times the
+/// replicas that stored each): log fdatasyncs, durable batches, KiB
+/// written (log, compaction, checkpoints: the disk amplification of a
+/// 4 KiB write), and all nodes' bytes written per second.
+fn store_figures(
+    row: &mut Row,
+    before: (u64, u64, u64, u64),
+    after: (u64, u64, u64, u64),
+    node_writes: u64,
+    elapsed: f64,
+) {
+    let per_write = |d: u64| d as f64 / node_writes.max(1) as f64;
+    row.extra
+        .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
+    row.extra
+        .push(("batches_per_write".into(), per_write(after.1 - before.1)));
+    row.extra.push((
+        "disk_kib_per_write".into(),
+        per_write(after.3 - before.3) / 1024.0,
+    ));
+    row.extra.push((
+        "disk_mb_per_s".into(),
+        (after.3 - before.3) as f64 / elapsed / 1e6,
+    ));
 }
 
 /// The nodes' total log fdatasyncs, durable batches, transport requests
@@ -472,17 +482,7 @@ async fn shared_hardware(
     // Per volume: a third of the writes, over the same time.
     let per_volume = ops / volumes.len() as u64;
     let mut row = Row::new("r1x3_d0_qd32", per_volume, elapsed, &merged);
-    let per_write = |d: u64| d as f64 / ops.max(1) as f64;
-    row.extra
-        .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
-    row.extra.push((
-        "disk_kib_per_write".into(),
-        per_write(after.3 - before.3) / 1024.0,
-    ));
-    row.extra.push((
-        "disk_mb_per_s".into(),
-        (after.3 - before.3) as f64 / elapsed / 1e6,
-    ));
+    store_figures(&mut row, before, after, ops, elapsed);
     Ok(row)
 }
 
