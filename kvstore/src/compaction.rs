@@ -3,17 +3,20 @@
 //! Compaction copies the live values of the sealed segment with the lowest
 //! live ratio into a compaction segment (`cmp-*`), repoints the index and
 //! marks the victim. It reads and relocates the victim one slice
-//! (`Options::compaction_slice_bytes`) at a time and gives the writer back to
-//! waiting submitters between slices, so a write waits at most about one
-//! slice for it (a whole 64 MiB victim at once stalled writes for
-//! 60-300 ms). A checkpoint then makes the index durable; only after
+//! (`Options::compaction_slice_bytes`) at a time. Once a round has freed
+//! [`COMPACTION_PACE`] times what the last group appended, it gives the
+//! writer back to any waiting submitter, so a write waits for at most one
+//! such round (a whole 64 MiB victim at once stalled writes for
+//! 60-360 ms). A checkpoint then makes the index durable; only after
 //! that are dead segments (victims, and any whose data all died) deleted or
 //! kept as spares. A crash before the checkpoint finds the old checkpoint
 //! and the victims intact; compaction segments no checkpoint names are
 //! orphans and are removed at open.
 //!
-//! Space bound: after maintenance, segment bytes excluding victims awaiting
-//! the next checkpoint are at most
+//! Space bound: after a round of maintenance that found no submission
+//! waiting (under load, compaction frees more than the writes add, so
+//! usage returns under it), segment bytes excluding victims awaiting the
+//! next checkpoint are at most
 //! `max(space_amp_max, 1 / VICTIM_LIVE_RATIO_MAX) * live + SLACK_SEGMENTS *
 //! segment_bytes`, so the store's whole footprint is bounded by that plus
 //! [`VICTIMS_PER_CHECKPOINT`] segments, the spares and the checkpoint file.
