@@ -71,22 +71,21 @@ pub(crate) struct VictimScan {
 }
 
 /// Reads the slice of `info`'s file that starts at `offset`: `slice` bytes
-/// (or to the file's end), or all of the record that starts there when it
-/// is larger. Returns the bytes and the file's length.
-fn read_slice(info: &SegmentInfo, offset: u64, slice: u32) -> Result<(Vec<u8>, u64), StoreError> {
-    let end = info.file_len;
-    let available = end.saturating_sub(offset);
-    let mut want = available.min(u64::from(slice));
-    let mut head = [0u8; RECORD_HEADER_BYTES];
-    if available >= RECORD_HEADER_BYTES as u64 {
-        info.file.read_at(&mut head, offset)?;
-        if let Some(len) = record_len_at(&head, 0) {
-            want = want.max(len.min(available));
-        }
-    }
-    let mut image = vec![0u8; want as usize];
+/// (or to the file's end), and then the rest of the record that starts
+/// there if it is larger (up to the file's end).
+fn read_slice(info: &SegmentInfo, offset: u64, slice: u32) -> Result<Vec<u8>, StoreError> {
+    let available = info.file_len.saturating_sub(offset);
+    let mut image = vec![0u8; available.min(u64::from(slice)) as usize];
     info.file.read_at(&mut image, offset)?;
-    Ok((image, end))
+    if let Some(len) = record_len_at(&image, 0)
+        && len > image.len() as u64
+    {
+        let read = image.len();
+        image.resize(len.min(available) as usize, 0);
+        info.file
+            .read_at(&mut image[read..], offset + read as u64)?;
+    }
+    Ok(image)
 }
 
 /// Bytes of the record whose header starts at `at` in `image` (header and
@@ -119,25 +118,26 @@ impl Writer {
     pub(crate) fn maintain(&mut self) -> Result<(), StoreError> {
         let mut budget = None;
         loop {
-            if self.compacting.is_none() {
-                if self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT || !self.over_space_bound()
-                {
-                    break;
+            let scan = match self.compacting {
+                Some(scan) => scan,
+                None => {
+                    if self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT
+                        || !self.over_space_bound()
+                    {
+                        break;
+                    }
+                    let Some((seg, live_ratio)) = self.pick_victim() else {
+                        break;
+                    };
+                    VictimScan {
+                        seg,
+                        offset: SEGMENT_HEADER_BYTES,
+                        live_ratio,
+                    }
                 }
-                let Some((seg, live_ratio)) = self.pick_victim() else {
-                    break;
-                };
-                self.compacting = Some(VictimScan {
-                    seg,
-                    offset: SEGMENT_HEADER_BYTES,
-                    live_ratio,
-                });
-            }
-            let ratio = self
-                .compacting
-                .map_or(VICTIM_LIVE_RATIO_MAX, |s| s.live_ratio);
-            let left = budget.get_or_insert_with(|| self.compaction_budget(ratio));
-            let scanned = self.compact_slice()?;
+            };
+            let left = budget.get_or_insert_with(|| self.compaction_budget(scan.live_ratio));
+            let scanned = self.compact_slice(scan)?;
             *left = left.saturating_sub(scanned);
             if *left == 0 && !self.rx.is_empty() {
                 break;
@@ -158,8 +158,8 @@ impl Writer {
     /// since), so compaction keeps up with any write rate; and a victim is
     /// at most [`VICTIM_LIVE_RATIO_MAX`] live, so a round is at most
     /// `COMPACTION_PACE / (1 - VICTIM_LIVE_RATIO_MAX)` groups' worth.
-    pub(crate) fn compaction_budget(&self, live_ratio: f64) -> u64 {
-        let dead = (1.0 - live_ratio.clamp(0.0, VICTIM_LIVE_RATIO_MAX)).max(0.01);
+    fn compaction_budget(&self, live_ratio: f64) -> u64 {
+        let dead = 1.0 - live_ratio.clamp(0.0, VICTIM_LIVE_RATIO_MAX);
         let pace = (self.last_group_bytes as f64 * COMPACTION_PACE / dead).ceil() as u64;
         u64::from(self.options.compaction_slice_bytes).max(pace)
     }
@@ -176,19 +176,17 @@ impl Writer {
         segment_bytes as f64 > self.options.space_amp_max * live + slack as f64
     }
 
-    /// Relocates the live values of the next slice of the victim being
-    /// compacted; once its scan reaches the end, the victim waits for the
-    /// next checkpoint. Returns the bytes scanned.
-    fn compact_slice(&mut self) -> Result<u64, StoreError> {
-        let Some(scan) = self.compacting else {
-            return Ok(0);
-        };
+    /// Relocates the live values of `scan`'s next slice and records where
+    /// the scan stands (in `compacting`); once it reaches the end, the
+    /// victim waits for the next checkpoint. Returns the bytes scanned.
+    fn compact_slice(&mut self, scan: VictimScan) -> Result<u64, StoreError> {
         // A checkpoint retires a segment whose data all died, victim or not.
         let Some(info) = self.segments.get(&scan.seg) else {
             self.compacting = None;
             return Ok(0);
         };
-        let (image, end) = read_slice(info, scan.offset, self.options.compaction_slice_bytes)?;
+        let end = info.file_len;
+        let image = read_slice(info, scan.offset, self.options.compaction_slice_bytes)?;
         let (live, next) = self.live_values(scan.seg, scan.offset, &image, end);
         let mut moves = Vec::with_capacity(live.len());
         let mut pending = None;
