@@ -316,14 +316,6 @@ fn load(
             })
         })
         .collect();
-    let mut total = 0;
-    let mut merged = histogram();
-    for t in threads {
-        let (ops, hist) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("submitter panicked"))??;
-        total += ops;
-        merged.add(&hist)?;
-    }
+    let (total, merged) = report::join_runs(threads)?;
     Ok((total, start.elapsed().as_secs_f64(), merged))
 }

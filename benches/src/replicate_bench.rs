@@ -205,14 +205,10 @@ fn targets(rows: &[Row]) -> Vec<Target> {
             met: ratio >= 0.5,
         });
     }
-    let lower = |a: &str, b: &str| match (find(a), find(b)) {
-        (Some(x), Some(y)) => Some(x.p50_us.min(y.p50_us)),
-        (x, y) => x.or(y).map(|r| r.p50_us),
-    };
     if let (Some(r3), Some(kv), Some(rtt)) = (
         find("r3_d0_qd1"),
-        lower("kvstore_only_qd1", "kvstore_only_qd1_after"),
-        lower("quic_rtt", "quic_rtt_after"),
+        lower_p50(rows, "kvstore_only_qd1", "kvstore_only_qd1_after"),
+        lower_p50(rows, "quic_rtt", "quic_rtt_after"),
     ) {
         let bound = kv as f64 + rtt as f64;
         let ratio = r3.p50_us as f64 / bound;
@@ -226,15 +222,24 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     targets
 }
 
+/// The lower p50 of rows `a` and `b` (a baseline measured before and after
+/// the replicated runs), or the one that is there.
+fn lower_p50(rows: &[Row], a: &str, b: &str) -> Option<u64> {
+    let p50 = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.p50_us);
+    match (p50(a), p50(b)) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
 /// Adds `p50_vs_shared_disk_bound` to the 3-replica depth-1 row: its p50
 /// over (three concurrent kvstore writers' p50 + the lower QUIC RTT p50).
 fn shared_disk_column(rows: &mut [Row]) {
-    let p50 = |name: &str| rows.iter().find(|r| r.name == name).map(|r| r.p50_us);
-    let rtt = match (p50("quic_rtt"), p50("quic_rtt_after")) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let (Some(shared), Some(rtt)) = (p50("kvstore_only_qd1_x3"), rtt) else {
+    let shared = rows
+        .iter()
+        .find(|r| r.name == "kvstore_only_qd1_x3")
+        .map(|r| r.p50_us);
+    let (Some(shared), Some(rtt)) = (shared, lower_p50(rows, "quic_rtt", "quic_rtt_after")) else {
         return;
     };
     if let Some(r3) = rows.iter_mut().find(|r| r.name == "r3_d0_qd1") {
@@ -344,23 +349,23 @@ async fn replicated(
     drive(&host, VOLUME, 8, blocks, Duration::from_millis(300)).await?;
     let mut rows = Vec::new();
     for &depth in depths {
-        let before = store_counts(&nodes);
+        let before = NodeCounts::of(&nodes);
         let cpu_before = process_cpu_ms();
         let (ops, elapsed, hist) = drive(&host, VOLUME, depth, blocks, secs).await?;
         let cpu_after = process_cpu_ms();
-        let after = store_counts(&nodes);
+        let counted = NodeCounts::of(&nodes).since(before);
         let mut row = Row::new(
             &format!("r{replicas}_d{delay_ms}_qd{depth}"),
             ops,
             elapsed,
             &hist,
         );
-        store_figures(&mut row, before, after, ops * nodes.len() as u64, elapsed);
+        counted.store_figures(&mut row, ops * nodes.len() as u64, elapsed);
         // Transport requests served by all nodes per acknowledged write
         // (AppendEntries with entries or only a commit index, heartbeats).
         row.extra.push((
             "rpcs_per_write".into(),
-            (after.2 - before.2) as f64 / ops.max(1) as f64,
+            counted.rpcs as f64 / ops.max(1) as f64,
         ));
         // CPU time of the whole process (every node, QUIC, kvstore writers)
         // per acknowledged write.
@@ -389,47 +394,59 @@ fn process_cpu_ms() -> Option<u64> {
     Some((utime + stime) * 10)
 }
 
-/// Adds the kvstore figures between two [`store_counts`] to `row`, per
-/// write a node stored (`node_writes`: acknowledged writes times the
-/// replicas that stored each): log fdatasyncs, durable batches, KiB
-/// written (log, compaction, checkpoints: the disk amplification of a
-/// 4 KiB write), and all nodes' bytes written per second.
-fn store_figures(
-    row: &mut Row,
-    before: (u64, u64, u64, u64),
-    after: (u64, u64, u64, u64),
-    node_writes: u64,
-    elapsed: f64,
-) {
-    let per_write = |d: u64| d as f64 / node_writes.max(1) as f64;
-    row.extra
-        .push(("fsyncs_per_write".into(), per_write(after.0 - before.0)));
-    row.extra
-        .push(("batches_per_write".into(), per_write(after.1 - before.1)));
-    row.extra.push((
-        "disk_kib_per_write".into(),
-        per_write(after.3 - before.3) / 1024.0,
-    ));
-    row.extra.push((
-        "disk_mb_per_s".into(),
-        (after.3 - before.3) as f64 / elapsed / 1e6,
-    ));
+/// The nodes' counters, summed over all of them.
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeCounts {
+    /// kvstore log fdatasyncs.
+    syncs: u64,
+    /// kvstore batches made durable.
+    batches: u64,
+    /// Transport requests served.
+    rpcs: u64,
+    /// kvstore bytes written (log, compaction, checkpoints).
+    bytes: u64,
 }
 
-/// The nodes' total log fdatasyncs, durable batches, transport requests
-/// served and kvstore bytes written so far.
-fn store_counts(nodes: &[Node]) -> (u64, u64, u64, u64) {
-    nodes
-        .iter()
-        .fold((0, 0, 0, 0), |(syncs, batches, rpcs, bytes), node| {
+impl NodeCounts {
+    /// The counters of `nodes` now.
+    fn of(nodes: &[Node]) -> Self {
+        nodes.iter().fold(Self::default(), |sum, node| {
             let stats = node.host.storage().store().stats();
-            (
-                syncs + stats.log_syncs,
-                batches + stats.batches,
-                rpcs + node.transport.stats().requests_served,
-                bytes + stats.bytes_written,
-            )
+            Self {
+                syncs: sum.syncs + stats.log_syncs,
+                batches: sum.batches + stats.batches,
+                rpcs: sum.rpcs + node.transport.stats().requests_served,
+                bytes: sum.bytes + stats.bytes_written,
+            }
         })
+    }
+
+    /// What was counted since `before`.
+    fn since(self, before: Self) -> Self {
+        Self {
+            syncs: self.syncs - before.syncs,
+            batches: self.batches - before.batches,
+            rpcs: self.rpcs - before.rpcs,
+            bytes: self.bytes - before.bytes,
+        }
+    }
+
+    /// Adds the kvstore figures of these counts to `row`, per write a node
+    /// stored (`node_writes`: acknowledged writes times the replicas that
+    /// stored each): log fdatasyncs, durable batches, KiB written (the disk
+    /// amplification of a 4 KiB write), and all nodes' bytes written per
+    /// second over `elapsed`.
+    fn store_figures(&self, row: &mut Row, node_writes: u64, elapsed: f64) {
+        let per_write = |d: u64| d as f64 / node_writes.max(1) as f64;
+        row.extra
+            .push(("fsyncs_per_write".into(), per_write(self.syncs)));
+        row.extra
+            .push(("batches_per_write".into(), per_write(self.batches)));
+        row.extra
+            .push(("disk_kib_per_write".into(), per_write(self.bytes) / 1024.0));
+        row.extra
+            .push(("disk_mb_per_s".into(), self.bytes as f64 / elapsed / 1e6));
+    }
 }
 
 /// `r1x3_d0_qd32`: three nodes, each the only replica of its own volume,
@@ -461,28 +478,28 @@ async fn shared_hardware(
         drive(&host, *volume, 8, blocks, Duration::from_millis(300)).await?;
         hosts.push((host, *volume));
     }
-    let before = store_counts(&nodes);
+    let before = NodeCounts::of(&nodes);
     let runs: Vec<_> = hosts
         .into_iter()
         .map(|(host, volume)| {
             tokio::spawn(async move { drive(&host, volume, DEPTH, blocks, secs).await })
         })
         .collect();
-    let (mut ops, mut elapsed, mut merged) = (0, 0.0f64, histogram());
+    let (mut done, mut elapsed) = (Vec::with_capacity(runs.len()), 0.0f64);
     for run in runs {
         let (n, e, hist) = run.await??;
-        ops += n;
         elapsed = elapsed.max(e);
-        merged.add(&hist)?;
+        done.push((n, hist));
     }
-    let after = store_counts(&nodes);
+    let (ops, merged) = report::sum_runs(done)?;
+    let counted = NodeCounts::of(&nodes).since(before);
     for node in &nodes {
         node.stop().await;
     }
     // Per volume: a third of the writes, over the same time.
     let per_volume = ops / volumes.len() as u64;
     let mut row = Row::new("r1x3_d0_qd32", per_volume, elapsed, &merged);
-    store_figures(&mut row, before, after, ops, elapsed);
+    counted.store_figures(&mut row, ops, elapsed);
     Ok(row)
 }
 
@@ -530,13 +547,11 @@ async fn drive(
             })
         })
         .collect();
-    let mut total = 0;
-    let mut merged = histogram();
+    let mut runs = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (ops, hist) = task.await??;
-        total += ops;
-        merged.add(&hist)?;
+        runs.push(task.await??);
     }
+    let (total, merged) = report::sum_runs(runs)?;
     Ok((total, start.elapsed().as_secs_f64(), merged))
 }
 
@@ -596,7 +611,6 @@ fn depth1_writes(
     Ok((ops, hist))
 }
 
-/// kvstore alone: durable 4 KiB writes at queue depth 1.
 /// `disk_seq_write`: the file system's buffered write bandwidth, as the
 /// kvstore writes (1 MiB `pwrite`s to one file, an `fdatasync` every
 /// 16 MiB), over [`DISK_PROBE_BYTES`]. Its `mb_per_s` is the ceiling for
@@ -635,6 +649,7 @@ fn disk_bandwidth(dir: &Path) -> anyhow::Result<Row> {
 /// Bytes the disk bandwidth probe writes.
 const DISK_PROBE_BYTES: u64 = 512 << 20;
 
+/// kvstore alone: durable 4 KiB writes at queue depth 1.
 fn kvstore_baseline(dir: &Path, blocks: u64, secs: Duration) -> anyhow::Result<Row> {
     eprintln!("kvstore-only baseline...");
     let start = Instant::now();
@@ -661,15 +676,7 @@ fn kvstore_shared_disk(
             std::thread::spawn(move || depth1_writes(&dir, 5 + i as u64, blocks, start, secs))
         })
         .collect();
-    let mut total = 0;
-    let mut merged = histogram();
-    for thread in threads {
-        let (ops, hist) = thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a writer thread panicked"))??;
-        total += ops;
-        merged.add(&hist)?;
-    }
+    let (total, merged) = report::join_runs(threads)?;
     let name = format!("kvstore_only_qd1_x{stores}");
     Ok(Row::new(
         &name,

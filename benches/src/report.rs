@@ -8,6 +8,34 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// One worker's operation count and latencies.
+pub type Run = (u64, Histogram<u64>);
+
+/// Several workers' runs as one: operations summed, latencies merged.
+pub fn sum_runs(runs: impl IntoIterator<Item = Run>) -> anyhow::Result<Run> {
+    let mut total = 0;
+    let mut merged = histogram();
+    for (ops, hist) in runs {
+        total += ops;
+        merged.add(&hist)?;
+    }
+    Ok((total, merged))
+}
+
+/// Joins worker threads and sums their runs ([`sum_runs`]).
+pub fn join_runs(
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<Run>>>,
+) -> anyhow::Result<Run> {
+    let runs = threads
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    sum_runs(runs)
+}
+
 /// One measured configuration.
 #[derive(Debug, Clone)]
 pub struct Row {
