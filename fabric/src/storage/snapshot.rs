@@ -295,64 +295,48 @@ impl SnapshotData {
     /// The catalogue piece: the records as this node knows them now; and
     /// the views to stream after it.
     fn catalogue_piece(&self) -> Result<(Vec<u8>, SendPlan), StorageError> {
-        let (records, mut views): (Vec<(u64, u64, u64)>, Vec<View>) = match self.source {
-            Source::Pinned { seq: snapshot_seq } => {
-                let stored = DrCatalogue::load(self.node.store(), self.ns.dr_snapshots())?;
-                let present: Vec<u64> = self
-                    .node
-                    .store()
-                    .snapshots(self.namespace())
-                    .iter()
-                    .map(|s| s.seq)
-                    .collect();
-                let mut records = Vec::with_capacity(stored.len());
-                let mut views = Vec::new();
-                for s in stored.iter() {
-                    records.push((s.id, s.log_index, s.size_blocks));
-                    // Held here, on this slot, and older than the snapshot.
-                    if let Some(seq) = s.pinned
-                        && seq < snapshot_seq
-                        && present.contains(&seq)
-                    {
-                        views.push(View {
-                            seq: Some(seq),
-                            dr_id: Some(s.id),
-                        });
-                    }
-                }
-                views.sort_by_key(|v| v.seq);
-                views.push(View {
-                    seq: Some(snapshot_seq),
-                    dr_id: None,
-                });
-                (records, views)
-            }
-            Source::Staged => {
-                let records = self
-                    .received_catalogue
-                    .iter()
-                    .map(|s| (s.id, s.log_index, s.size_blocks))
-                    .collect();
-                let mut views: Vec<View> = self
-                    .received_catalogue
-                    .iter()
-                    .filter_map(|s| {
-                        s.pinned.map(|seq| View {
-                            seq: Some(seq),
-                            dr_id: Some(s.id),
-                        })
-                    })
-                    .collect();
-                views.sort_by_key(|v| v.seq);
-                views.push(View {
-                    seq: None,
-                    dr_id: None,
-                });
-                (records, views)
-            }
+        // The records, and the snapshot itself as the last view: pinned at
+        // `seq`, or the staged namespace as it is.
+        let (catalogue, last) = match self.source {
+            Source::Pinned { seq } => (
+                std::borrow::Cow::Owned(DrCatalogue::load(
+                    self.node.store(),
+                    self.ns.dr_snapshots(),
+                )?),
+                Some(seq),
+            ),
+            Source::Staged => (std::borrow::Cow::Borrowed(&self.received_catalogue), None),
         };
+        // The DR snapshots whose content is held here, on this slot, and
+        // older than the snapshot itself, oldest first.
+        let present: Vec<u64> = self
+            .node
+            .store()
+            .snapshots(self.namespace())
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        let mut views: Vec<View> = catalogue
+            .iter()
+            .filter_map(|s| {
+                let seq = s.pinned?;
+                (last.is_none_or(|last| seq < last) && present.contains(&seq)).then_some(View {
+                    seq: Some(seq),
+                    dr_id: Some(s.id),
+                })
+            })
+            .collect();
+        views.sort_by_key(|v| v.seq);
+        views.push(View {
+            seq: last,
+            dr_id: None,
+        });
+        let records: Vec<(u64, u64, u64)> = catalogue
+            .iter()
+            .map(|s| (s.id, s.log_index, s.size_blocks))
+            .collect();
         let plan = SendPlan {
-            views: views.drain(..).collect(),
+            views: views.into(),
             cursor: Cursor::Full { from: 0 },
         };
         let mut piece = piece_header(
