@@ -109,6 +109,55 @@ fn versioned(key: u64, version: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Random overwrites of `keys` keys with [`versioned`] values, submitted
+/// in floods without stepping the writer: per key, the newest version
+/// submitted and the newest acknowledged.
+struct Floods {
+    rng: metro_kvstore::SplitMix64,
+    len: usize,
+    version: u64,
+    submitted: Vec<Option<u64>>,
+    acked: Vec<Option<u64>>,
+    tx: crossbeam_channel::Sender<(u64, u64, Result<u64, StoreError>)>,
+    rx: crossbeam_channel::Receiver<(u64, u64, Result<u64, StoreError>)>,
+}
+
+impl Floods {
+    fn new(seed: u64, keys: u64, len: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Floods {
+            rng: metro_kvstore::SplitMix64::new(seed),
+            len,
+            version: 0,
+            submitted: vec![None; keys as usize],
+            acked: vec![None; keys as usize],
+            tx,
+            rx,
+        }
+    }
+
+    /// Submits `n` writes (the writer is not stepped).
+    fn submit(&mut self, store: &Store, n: usize) {
+        for _ in 0..n {
+            self.version += 1;
+            let (key, version) = (self.rng.below(self.submitted.len() as u64), self.version);
+            let mut b = WriteBatch::new();
+            b.put(NS, key, versioned(key, version, self.len));
+            self.submitted[key as usize] = Some(version);
+            let tx = self.tx.clone();
+            store.submit(b, Box::new(move |r| tx.send((key, version, r)).unwrap()));
+        }
+    }
+
+    /// Records the acknowledgements so far; every one must be a success.
+    fn collect_acks(&mut self) {
+        for (key, version, r) in self.rx.try_iter() {
+            r.unwrap();
+            self.acked[key as usize] = Some(version);
+        }
+    }
+}
+
 /// Compaction of a victim several slices long: while submissions wait, a
 /// round scans about its budget and hands the writer back (the victim's
 /// scan resumes later) instead of the whole victim; records cut by a
@@ -124,10 +173,8 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
         ..small_options()
     };
     let (store, mut writer) = open(&disk, &options).unwrap();
-    let mut rng = metro_kvstore::SplitMix64::new(9);
     let (keys, len) = (2048u64, 500usize);
-    let mut latest = vec![None; keys as usize];
-    let mut version = 0u64;
+    let mut writes = Floods::new(9, keys, len);
     // Floods larger than one group, so submissions wait behind each round
     // of upkeep.
     let flood = GROUP_SUBMISSIONS_MAX + 64;
@@ -142,16 +189,7 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
     );
     let (mut yielded, mut rounds) = (0, 0);
     while rounds < 30 {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        for _ in 0..flood {
-            version += 1;
-            let key = rng.below(keys);
-            let mut b = WriteBatch::new();
-            b.put(NS, key, versioned(key, version, len));
-            latest[key as usize] = Some(version);
-            let tx = tx.clone();
-            store.submit(b, Box::new(move |r| tx.send(r).unwrap()));
-        }
+        writes.submit(&store, flood);
         let before = store.stats();
         assert_eq!(writer.step(), GROUP_SUBMISSIONS_MAX);
         let after = store.stats();
@@ -166,11 +204,12 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
             yielded += usize::from(after.compacted_segments == before.compacted_segments);
         }
         while writer.step() > 0 {}
-        drop(tx);
-        for r in rx.iter() {
-            r.unwrap();
-        }
-        assert!(version < 2_000_000, "compaction never ran: {after:?}");
+        writes.collect_acks();
+        assert_eq!(writes.acked, writes.submitted, "every write acknowledged");
+        assert!(
+            writes.version < 2_000_000,
+            "compaction never ran: {after:?}"
+        );
     }
     let stats = store.stats();
     assert!(
@@ -179,7 +218,7 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
     );
     assert!(stats.compacted_segments > 2, "{stats:?}");
     let check = |store: &Store| {
-        for (key, v) in latest.iter().enumerate() {
+        for (key, v) in writes.acked.iter().enumerate() {
             let key = key as u64;
             let got = store.get(NS, key).unwrap();
             assert_eq!(got, v.map(|v| versioned(key, v, len)), "key {key}");
@@ -189,26 +228,13 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
     // Stop mid-victim: floods until a round ends part-way through a
     // victim, then a crash that drops whatever was not synced. No
     // acknowledged value may be lost or changed by the relocations so far.
-    let mut submitted = latest.clone();
-    let (tx, rx) = crossbeam_channel::unbounded();
     let mut mid_victim = false;
     for _ in 0..100 {
-        for _ in 0..flood {
-            version += 1;
-            let key = rng.below(keys);
-            let mut b = WriteBatch::new();
-            b.put(NS, key, versioned(key, version, len));
-            submitted[key as usize] = Some(version);
-            let tx = tx.clone();
-            store.submit(b, Box::new(move |r| tx.send((key, version, r)).unwrap()));
-        }
+        writes.submit(&store, flood);
         let before = store.stats();
         writer.step();
         let after = store.stats();
-        for (key, version, r) in rx.try_iter() {
-            r.unwrap();
-            latest[key as usize] = Some(version);
-        }
+        writes.collect_acks();
         if after.compaction_scanned_bytes > before.compaction_scanned_bytes
             && after.compacted_segments == before.compacted_segments
         {
@@ -216,16 +242,13 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
             break;
         }
         while writer.step() > 0 {}
-        for (key, version, r) in rx.try_iter() {
-            r.unwrap();
-            latest[key as usize] = Some(version);
-        }
+        writes.collect_acks();
     }
     assert!(mid_victim, "no round stopped part-way through a victim");
     drop((store, writer));
     disk.crash(CrashMode::DropUnsynced);
     let (store, _writer) = open(&disk, &options).unwrap();
-    for (key, acked) in latest.iter().enumerate() {
+    for (key, acked) in writes.acked.iter().enumerate() {
         let key = key as u64;
         let got = store
             .get(NS, key)
@@ -234,7 +257,7 @@ fn compaction_works_a_slice_at_a_time_while_writes_wait() {
         let v = u64::from_le_bytes(got[8..16].try_into().unwrap());
         assert_eq!(got, versioned(key, v, len), "key {key}: damaged value");
         assert!(
-            Some(v) >= *acked && Some(v) <= submitted[key as usize],
+            Some(v) >= *acked && Some(v) <= writes.submitted[key as usize],
             "key {key}: version {v}, acknowledged {acked:?}"
         );
     }
