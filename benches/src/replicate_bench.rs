@@ -124,6 +124,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let max_replicas = args.replicas.iter().copied().max().unwrap_or(1).max(2);
     let certs = args.dir.join("certs");
     make_certs(&certs, max_replicas)?;
+    let setup = Setup {
+        placement: &args.node_dirs,
+        certs: &certs,
+        blocks,
+        secs,
+    };
     rows.push(runtime.block_on(quic_rtt(&args.dir, &certs, 0))?);
     for &delay in args.delays_ms.iter().filter(|d| **d > 0) {
         rows.push(runtime.block_on(quic_rtt(&args.dir, &certs, delay))?);
@@ -131,28 +137,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for &delay in &args.delays_ms {
         for &replicas in &args.replicas {
             let dir = args.dir.join(format!("r{replicas}-d{delay}"));
-            let measured = runtime.block_on(replicated(
-                &dir,
-                &args.node_dirs,
-                &certs,
-                replicas,
-                delay,
-                blocks,
-                secs,
-                &args.depths,
-            ))?;
+            let measured =
+                runtime.block_on(replicated(&dir, setup, replicas, delay, &args.depths))?;
             rows.extend(measured);
         }
     }
     if args.replicas.contains(&3) && args.depths.contains(&32) && args.delays_ms.contains(&0) {
         let dir = args.dir.join("r1x3");
-        rows.push(runtime.block_on(shared_hardware(
-            &dir,
-            &args.node_dirs,
-            &certs,
-            blocks,
-            secs,
-        ))?);
+        rows.push(runtime.block_on(shared_hardware(&dir, setup))?);
     }
     // The baselines again: the machine's fsync and scheduling latency drift
     // (other work on the host), and the latency target uses the lower of
@@ -325,17 +317,30 @@ async fn start_nodes(
     Ok(nodes)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn replicated(
-    dir: &Path,
-    placement: &[PathBuf],
-    certs: &Path,
-    replicas: usize,
-    delay_ms: u64,
+/// What every replicated run shares: where the nodes' stores go, the
+/// certificates, the volume size in blocks and the seconds per
+/// configuration.
+#[derive(Clone, Copy, Debug)]
+struct Setup<'a> {
+    placement: &'a [PathBuf],
+    certs: &'a Path,
     blocks: u64,
     secs: Duration,
+}
+
+async fn replicated(
+    dir: &Path,
+    setup: Setup<'_>,
+    replicas: usize,
+    delay_ms: u64,
     depths: &[usize],
 ) -> anyhow::Result<Vec<Row>> {
+    let Setup {
+        placement,
+        certs,
+        blocks,
+        secs,
+    } = setup;
     eprintln!("{replicas} replica(s), {delay_ms} ms one-way delay...");
     let nodes = start_nodes(dir, placement, certs, replicas, delay_ms).await?;
     let members: Vec<NodeId> = (1..=replicas as u64).collect();
@@ -455,13 +460,13 @@ impl NodeCounts {
 /// `r3_d0_qd32`, minus the replication: its per-volume IOPS is what one
 /// unreplicated volume gets when it shares this machine the way each
 /// replica of `r3` does.
-async fn shared_hardware(
-    dir: &Path,
-    placement: &[PathBuf],
-    certs: &Path,
-    blocks: u64,
-    secs: Duration,
-) -> anyhow::Result<Row> {
+async fn shared_hardware(dir: &Path, setup: Setup<'_>) -> anyhow::Result<Row> {
+    let Setup {
+        placement,
+        certs,
+        blocks,
+        secs,
+    } = setup;
     const DEPTH: usize = 32;
     eprintln!("3 single-replica volumes on 3 nodes at once, 0 ms one-way delay...");
     let nodes = start_nodes(dir, placement, certs, 3, 0).await?;
