@@ -33,10 +33,10 @@ use hdrhistogram::Histogram;
 use metro_fabric::env::{Lane, NodeId, Transport};
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::{FileDisk, Namespace, Options, SplitMix64, Store, WriteBatch};
-use metro_node::config::NodeConfig;
-use metro_node::control_plane::ControlConfig;
+use metro_node::daemon::config::NodeConfig;
+use metro_node::daemon::control_plane::ControlConfig;
 use metro_node::daemon::{self, Node};
-use metro_node::tls::ClusterCa;
+use metro_node::pki::ClusterCa;
 use serde_json::json;
 
 use crate::report::{self, Row, Target, histogram};

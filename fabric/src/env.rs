@@ -7,7 +7,7 @@
 //! | runtime (spawn, sleep, time, rng) | openraft's `AsyncRuntime` on tokio | openraft-rt-sim |
 //! | [`Transport`] | quinn, mutual TLS | in-memory packet simulator |
 //! | [`Disk`] | [`metro_kvstore::FileDisk`] | [`metro_kvstore::FaultyDisk`] |
-//! | [`Membership`] | etcd-client | in-memory model on virtual time |
+//! | [`MetaStore`] | etcd-client | in-memory model on virtual time |
 //!
 //! `Disk` is defined in kvstore (which sits below fabric) and re-exported here.
 //! The runtime seam is openraft's own `AsyncRuntime` trait; fabric names it
@@ -16,15 +16,13 @@
 //! Rules: no wall clock, no unseeded randomness, no direct spawning, no
 //! randomly-seeded hash maps in fabric or kvstore (`clippy.toml`).
 
+use crate::limits::FRAME_BYTES_MAX;
 use std::future::Future;
 
 pub use metro_kvstore::{Disk, DiskError, DiskFile, OpenMode};
 
 /// A node's identity inside its cluster, stable across restarts.
 pub type NodeId = u64;
-
-/// The largest frame a [`Transport`] carries, request or response.
-pub const FRAME_BYTES_MAX: usize = 64 << 20;
 
 /// Independent channels between two nodes, so that bulk transfers never
 /// queue in front of heartbeats and votes.
@@ -67,6 +65,21 @@ pub trait Transport: Send + Sync + 'static {
         lane: Lane,
         request: Vec<u8>,
     ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+
+    /// [`Self::call`] for a request the caller knows runs long on the peer
+    /// (a repair): the transport's own per-call cap, if it has one, is
+    /// `timeout_ms` for this call instead of its default. The caller still
+    /// bounds the call itself.
+    fn call_within(
+        &self,
+        peer: NodeId,
+        lane: Lane,
+        request: Vec<u8>,
+        timeout_ms: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send {
+        let _ = timeout_ms;
+        self.call(peer, lane, request)
+    }
 }
 
 /// The receiving side of a [`Transport`]: the node's dispatcher implements it.
@@ -83,5 +96,5 @@ pub trait RequestHandler: Send + Sync + 'static {
 
 // The cluster's desired-state store (etcd in production, an in-memory model
 // in the demo, unit tests and the simulator): the trait, its types and its
-// contract live in `crate::membership`.
-pub use crate::membership::{Membership, MembershipError, WatchStream};
+// contract live in `crate::meta`.
+pub use crate::meta::{MetaError, MetaStore, WatchStream};

@@ -3,10 +3,12 @@
 //!
 //! Runs unchanged under the deterministic simulator: every effect goes through
 //! [`env`].
+pub mod backoff;
 pub mod control;
 pub mod env;
 pub mod host;
-pub mod membership;
+pub mod limits;
+pub mod meta;
 pub mod raft;
 pub mod storage;
 pub mod volume;

@@ -10,11 +10,7 @@
 
 use crate::codec::Reader;
 use crate::error::StoreError;
-
-/// The largest value a `Put` may carry.
-pub const VALUE_BYTES_MAX: usize = 16 << 20;
-/// The largest encoded batch (one log record).
-pub const BATCH_BYTES_MAX: usize = 32 << 20;
+use crate::limits::{BATCH_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// A keyspace: a Raft group's log, its vote and metadata, a volume's block map.
 /// `kind` is the caller's classification, `id` the group or volume.
@@ -194,9 +190,14 @@ impl WriteBatch {
 
     /// Appends the encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         for op in &self.ops {
             match op {
                 Op::Put { ns, key, value } => {
+                    assert!(
+                        value.len() <= VALUE_BYTES_MAX,
+                        "a value's length fits its u32 field"
+                    );
                     out.push(TAG_PUT);
                     put_ns(out, *ns);
                     out.extend_from_slice(&key.to_le_bytes());
@@ -230,6 +231,12 @@ impl WriteBatch {
                 }
             }
         }
+        // The writer sizes records (and rolls segments) by `encoded_len`.
+        assert_eq!(
+            out.len() - start,
+            self.encoded_len(),
+            "encoded_len is the encoding's length"
+        );
     }
 }
 

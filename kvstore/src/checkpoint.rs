@@ -18,12 +18,11 @@ use crate::codec::Reader;
 use crate::disk::{Disk, OpenMode};
 use crate::error::StoreError;
 use crate::index::{Index, Loc, NsIndex, Version, Versions};
+use crate::limits::CHECKPOINT_WRITE_CHUNK_BYTES;
 use crate::record::SegmentKind;
 
 const MAGIC: &[u8; 8] = b"METROCKP";
 const FORMAT_VERSION: u32 = 1;
-/// Checkpoints are written in pieces of this size.
-const WRITE_CHUNK_BYTES: usize = 1 << 20;
 
 /// Everything a checkpoint records besides the index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +60,7 @@ pub fn write_checkpoint(
     let file = disk.open(&tmp, OpenMode::Create)?;
     file.set_len(0)?;
     let mut offset = 0u64;
-    for chunk in bytes.chunks(WRITE_CHUNK_BYTES) {
+    for chunk in bytes.chunks(CHECKPOINT_WRITE_CHUNK_BYTES) {
         file.write_at(chunk, offset)?;
         offset += chunk.len() as u64;
     }
@@ -94,6 +93,10 @@ fn encode(meta: &CheckpointMeta, index: &Index) -> Vec<u8> {
         out.extend_from_slice(&(nsi.keys.len() as u64).to_le_bytes());
         for (key, vs) in &nsi.keys {
             out.extend_from_slice(&key.to_le_bytes());
+            assert!(
+                vs.older.len() < u32::MAX as usize,
+                "a key's version count fits its u32 field"
+            );
             out.extend_from_slice(&(vs.older.len() as u32 + 1).to_le_bytes());
             for v in vs.older.iter().chain(std::iter::once(&vs.latest)) {
                 encode_version(&mut out, v);
@@ -156,13 +159,22 @@ fn decode(r: &mut Reader<'_>) -> Option<(CheckpointMeta, Index)> {
         };
         segments.insert(id, kind);
     }
+    // What the index asserts of itself is checked here, so that a damaged
+    // checkpoint is refused as malformed: each namespace once, snapshots and
+    // versions no newer than the checkpoint, a key's versions in seq order.
     let mut index = Index::new();
     for _ in 0..r.u64()? {
         let ns = r.ns()?;
+        if index.contains_namespace(ns) {
+            return None;
+        }
         let mut nsi = NsIndex::default();
         let mut snapshots = BTreeSet::new();
         for _ in 0..r.u64()? {
             snapshots.insert(r.u64()?);
+        }
+        if snapshots.last().is_some_and(|last| *last > seq) {
+            return None;
         }
         nsi.snapshots = snapshots;
         for _ in 0..r.u64()? {
@@ -176,6 +188,11 @@ fn decode(r: &mut Reader<'_>) -> Option<(CheckpointMeta, Index)> {
                 older.push(decode_version(r)?);
             }
             let latest = decode_version(r)?;
+            let mut seqs = older.iter().chain(std::iter::once(&latest)).map(|v| v.seq);
+            let in_order = seqs.clone().zip(seqs.clone().skip(1)).all(|(a, b)| a < b);
+            if !in_order || seqs.any(|s| s > seq) {
+                return None;
+            }
             nsi.keys.insert(key, Versions { latest, older });
         }
         index.load_namespace(ns, nsi);

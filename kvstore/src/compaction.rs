@@ -4,7 +4,7 @@
 //! live ratio into a compaction segment (`cmp-*`), repoints the index and
 //! marks the victim. It reads and relocates the victim one slice
 //! (`Options::compaction_slice_bytes`) at a time. Once a round has freed
-//! [`COMPACTION_PACE`] times what the last group appended, it gives the
+//! [`COMPACTION_PACE_MIN`] times what the last group appended, it gives the
 //! writer back to any waiting submitter, so a write waits for at most one
 //! such round (a whole 64 MiB victim at once stalled writes for
 //! 60-360 ms). A checkpoint then makes the index durable; only after
@@ -19,28 +19,22 @@
 //! next checkpoint are at most
 //! `max(space_amp_max, 1 / VICTIM_LIVE_RATIO_MAX) * live + SLACK_SEGMENTS *
 //! segment_bytes`, so the store's whole footprint is bounded by that plus
-//! [`VICTIMS_PER_CHECKPOINT`] segments, the spares and the checkpoint file.
+//! [`VICTIMS_PER_CHECKPOINT_MAX`] segments, the spares and the checkpoint file.
 //! The property test `space_amplification_stays_bounded` checks it.
 
 use crate::batch::{DecodedOp, WriteBatch, decode_ops};
 use crate::checkpoint::{CheckpointMeta, write_checkpoint};
 use crate::error::StoreError;
 use crate::index::Loc;
+use crate::limits::{
+    COMPACTION_PACE_MIN, RELOCATE_WRITE_BYTES, SLACK_SEGMENTS, VICTIM_LIVE_RATIO_MAX,
+    VICTIMS_PER_CHECKPOINT_MAX,
+};
 use crate::record::{
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record_with, record_at,
     segment_name,
 };
 use crate::writer::{SegmentInfo, Writer};
-
-/// A segment more live than this is not worth compacting.
-pub const VICTIM_LIVE_RATIO_MAX: f64 = 0.9;
-/// Segments of slack above the amplification target before compacting.
-pub const SLACK_SEGMENTS: u64 = 2;
-/// Victims compacted before a checkpoint retires them.
-pub const VICTIMS_PER_CHECKPOINT: usize = 4;
-/// Relocated records are gathered and written this many bytes at a time,
-/// about (one `pwrite` per buffer instead of one per value).
-pub const RELOCATE_WRITE_BYTES: usize = 1 << 20;
 
 /// Relocated records encoded but not written yet: they go to segment `id`
 /// at offset `at`.
@@ -49,15 +43,6 @@ struct PendingOut {
     at: u64,
     buf: Vec<u8>,
 }
-
-/// Default victim bytes read and scanned per slice (more when one record
-/// is larger; [`crate::Options::compaction_slice_bytes`]): the longest
-/// compaction holds the writer between two rounds is about one slice's
-/// read, scan and relocation.
-pub const COMPACTION_SLICE_BYTES: u32 = 256 << 10;
-/// How much garbage a compaction round frees per byte the last group
-/// appended, at least: above one, so compaction keeps ahead of writes.
-pub const COMPACTION_PACE: f64 = 1.25;
 
 /// Where the scan of the victim being compacted stands.
 #[derive(Clone, Copy, Debug)]
@@ -121,7 +106,7 @@ impl Writer {
             let scan = match self.compacting {
                 Some(scan) => scan,
                 None => {
-                    if self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT
+                    if self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT_MAX
                         || !self.over_space_bound()
                     {
                         break;
@@ -143,8 +128,13 @@ impl Writer {
                 break;
             }
         }
+        assert!(
+            self.pending_victims.len() <= VICTIMS_PER_CHECKPOINT_MAX,
+            "victims wait for at most one checkpoint's worth"
+        );
         let retire = !self.pending_victims.is_empty()
-            && (self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT || !self.over_space_bound());
+            && (self.pending_victims.len() >= VICTIMS_PER_CHECKPOINT_MAX
+                || !self.over_space_bound());
         if retire || self.log_bytes_since_checkpoint >= self.options.checkpoint_log_bytes {
             self.write_checkpoint()?;
         }
@@ -152,15 +142,15 @@ impl Writer {
     }
 
     /// Victim bytes a round scans before it may yield: one slice, or what
-    /// frees [`COMPACTION_PACE`] times the bytes the last group appended
+    /// frees [`COMPACTION_PACE_MIN`] times the bytes the last group appended
     /// if more. Scanning a victim that was `live_ratio` live when picked
     /// frees at least `1 - live_ratio` of each byte (its data only dies
     /// since), so compaction keeps up with any write rate; and a victim is
     /// at most [`VICTIM_LIVE_RATIO_MAX`] live, so a round is at most
-    /// `COMPACTION_PACE / (1 - VICTIM_LIVE_RATIO_MAX)` groups' worth.
+    /// `COMPACTION_PACE_MIN / (1 - VICTIM_LIVE_RATIO_MAX)` groups' worth.
     fn compaction_budget(&self, live_ratio: f64) -> u64 {
         let dead = 1.0 - live_ratio.clamp(0.0, VICTIM_LIVE_RATIO_MAX);
-        let pace = (self.last_group_bytes as f64 * COMPACTION_PACE / dead).ceil() as u64;
+        let pace = (self.last_group_bytes as f64 * COMPACTION_PACE_MIN / dead).ceil() as u64;
         u64::from(self.options.compaction_slice_bytes).max(pace)
     }
 
@@ -185,6 +175,10 @@ impl Writer {
             self.compacting = None;
             return Ok(0);
         };
+        assert!(
+            scan.seg != self.log.id && Some(scan.seg) != self.compact_out.map(|h| h.id),
+            "the active log segment and the compaction output are never victims"
+        );
         let end = info.file_len;
         let image = read_slice(info, scan.offset, self.options.compaction_slice_bytes)?;
         let (live, next) = self.live_values(scan.seg, scan.offset, &image, end);
@@ -202,6 +196,14 @@ impl Writer {
             for (v, to) in moves {
                 let moved = read.index.relocate(v.ns, v.key, v.seq, v.from, to);
                 assert!(moved, "only the writer changes the index");
+            }
+            // The output was created by this writer and holds only what it
+            // relocated: its live bytes are bytes of its file.
+            if let Some(out) = self.compact_out {
+                assert!(
+                    read.index.segment_live(out.id) <= self.segments[&out.id].file_len,
+                    "a segment's live bytes never exceed its length"
+                );
             }
         }
         let scanned = image.len() as u64;
@@ -230,7 +232,8 @@ impl Writer {
                 reason: format!("compaction found {left} live bytes it could not read back"),
             });
         }
-        self.pending_victims.insert(victim);
+        let fresh = self.pending_victims.insert(victim);
+        assert!(fresh, "a victim is finished once");
         self.shared.stats.lock().compacted_segments += 1;
         Ok(())
     }
@@ -377,6 +380,10 @@ impl Writer {
             offset: head.offset + record_len,
         });
         let value_offset = head.offset + record_len - bytes.len() as u64;
+        assert!(
+            value_offset + bytes.len() as u64 <= u64::from(u32::MAX),
+            "value offsets fit in u32"
+        );
         Ok(Loc {
             seg: head.id,
             offset: value_offset as u32,
@@ -391,6 +398,12 @@ impl Writer {
             self.segments[&out.id].file.sync_data()?;
         }
         let out = self.compact_out.map(|h| h.id);
+        let durable_seq = self.shared.stats.lock().last_durable_seq;
+        assert_eq!(
+            self.next_seq - 1,
+            durable_seq,
+            "a checkpoint covers only durable, published batches"
+        );
         let (meta, bytes, dead) = {
             let read = self.shared.read.read();
             // Every batch so far is durable and published (maintenance runs
@@ -412,6 +425,11 @@ impl Writer {
                     .map(|(id, s)| (*id, s.kind))
                     .collect(),
             };
+            assert!(
+                meta.segments.contains_key(&replay_from)
+                    && meta.segments.keys().all(|id| *id < meta.next_segment_id),
+                "a checkpoint names its replay point and only allocated segments"
+            );
             let bytes = write_checkpoint(&*self.disk, &meta, &read.index)?;
             let dead: Vec<u32> = self
                 .segments
@@ -448,6 +466,10 @@ impl Writer {
             // reading from these files.
             let mut read = self.shared.read.write();
             for id in dead {
+                assert!(
+                    *id != self.log.id && Some(*id) != self.compact_out.map(|h| h.id),
+                    "the active log segment and the compaction output are never retired"
+                );
                 read.files.remove(id);
                 read.index.forget_segment(*id);
             }

@@ -98,6 +98,10 @@ impl Index {
             *live = live
                 .checked_sub(u64::from(loc.len))
                 .expect("segment live bytes never go negative");
+            assert!(
+                self.live_bytes >= u64::from(loc.len),
+                "total live bytes never go negative"
+            );
             self.live_bytes -= u64::from(loc.len);
         }
     }
@@ -129,6 +133,10 @@ impl Index {
                 // An earlier op of the same batch (equal seq) is overridden
                 // outright: no snapshot can fall inside one batch.
                 if previous.seq < version.seq && needed(&nsi.snapshots, previous.seq, version.seq) {
+                    assert!(
+                        vs.older.last().is_none_or(|o| o.seq < previous.seq),
+                        "older versions stay in seq order"
+                    );
                     vs.older.push(previous);
                 } else {
                     dead = previous.loc;
@@ -272,6 +280,10 @@ impl Index {
     /// Moves version `seq` of `key` from `from` to `to` if the index still
     /// points there (compaction). Returns whether it moved.
     pub fn relocate(&mut self, ns: Namespace, key: u64, seq: u64, from: Loc, to: Loc) -> bool {
+        assert!(
+            from.len == to.len && from.crc == to.crc && from.seg != to.seg,
+            "relocation moves a value's bytes to another segment unchanged"
+        );
         let Some(vs) = self
             .namespaces
             .get_mut(&ns)
@@ -321,6 +333,10 @@ impl Index {
 
     pub fn namespaces(&self) -> impl Iterator<Item = (&Namespace, &NsIndex)> {
         self.namespaces.iter()
+    }
+
+    pub fn contains_namespace(&self, ns: Namespace) -> bool {
+        self.namespaces.contains_key(&ns)
     }
 
     pub fn namespace_count(&self) -> usize {

@@ -13,6 +13,8 @@
 //! Within log segments sequence numbers are consecutive across files, which
 //! lets recovery tell a torn tail from a hole.
 
+use crate::limits::BATCH_BYTES_MAX;
+
 /// Bytes of the segment header; records start here.
 pub const SEGMENT_HEADER_BYTES: u64 = 32;
 /// Bytes of a record header.
@@ -90,6 +92,10 @@ pub fn encode_record_with(
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
     write_payload(out);
     let payload = start + RECORD_HEADER_BYTES..out.len();
+    assert!(
+        payload.len() <= BATCH_BYTES_MAX,
+        "a record holds one batch of at most BATCH_BYTES_MAX"
+    );
     let len = u32::try_from(payload.len()).expect("record payloads are under 4 GiB");
     let crc = record_crc(segment_id, len, seq, &out[payload.clone()]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());

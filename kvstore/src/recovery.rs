@@ -95,6 +95,10 @@ impl Writer {
         }
         disk.sync_dir()?;
         let end = replay(&mut index, &segments, &replay_ids, meta.seq)?;
+        assert!(
+            end.last_seq >= meta.seq,
+            "the log tail is at or after the checkpoint"
+        );
         let next_segment_id = on_disk
             .keys()
             .next_back()
@@ -140,6 +144,10 @@ impl Writer {
     fn resume_log(&mut self, head: Option<Head>) -> Result<Head, StoreError> {
         match head {
             Some(head) if head.offset < u64::from(self.options.segment_bytes) => {
+                assert!(
+                    head.offset >= SEGMENT_HEADER_BYTES,
+                    "appends resume after the segment header"
+                );
                 if head.offset == SEGMENT_HEADER_BYTES {
                     // Its header may be torn or left from a previous life.
                     let file =
@@ -193,6 +201,10 @@ fn replay(
     ids: &[u32],
     checkpoint_seq: u64,
 ) -> Result<ReplayEnd, StoreError> {
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "log segments replay in id order"
+    );
     let mut expected: Option<u64> = None;
     let mut last_seq = checkpoint_seq;
     let mut head = None;
@@ -229,6 +241,9 @@ fn replay(
             }
             expected = Some(record.seq + 1);
             if record.seq > checkpoint_seq {
+                // The check above admits no gap and nothing before the
+                // checkpoint's successor.
+                assert_eq!(record.seq, last_seq + 1, "replay applies batches in order");
                 apply_record(
                     index,
                     *id,

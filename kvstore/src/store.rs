@@ -24,8 +24,9 @@ use crate::batch::{Namespace, WriteBatch};
 use crate::disk::Disk;
 use crate::error::StoreError;
 use crate::index::ChangeKind;
+use crate::limits::SUBMIT_QUEUE_MAX;
 use crate::shared::{Shared, StoreStats};
-use crate::writer::{Options, SUBMIT_QUEUE_MAX, Submission, Writer};
+use crate::writer::{Options, Submission, Writer};
 
 /// Called once with the batch's sequence number when it is durable, or with
 /// the error that kept it from becoming durable.

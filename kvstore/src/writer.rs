@@ -1,6 +1,7 @@
 //! [`Writer`]: the single writer — group commit, segments, maintenance.
 //!
-//! Many submitters put batches on one bounded queue ([`SUBMIT_QUEUE_MAX`]).
+//! Many submitters put batches on one bounded queue
+//! ([`crate::limits::SUBMIT_QUEUE_MAX`]).
 //! The writer takes whatever is queued (up to [`GROUP_SUBMISSIONS_MAX`]
 //! batches or [`GROUP_BYTES_MAX`] bytes), gives each batch the next sequence
 //! number, appends them to the active log segment with one `pwrite`, makes
@@ -25,23 +26,18 @@ use crate::batch::{DecodedOp, Op, WriteBatch, decode_ops};
 use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::error::StoreError;
 use crate::index::{Index, Loc, Version};
+use crate::limits::{
+    BATCH_BYTES_MAX, CHECKPOINT_LOG_BYTES_DEFAULT, COMPACTION_SLICE_BYTES_DEFAULT,
+    COMPACTION_SLICE_BYTES_MAX, COMPACTION_SLICE_BYTES_MIN, GATHER_WAIT_US, GROUP_BYTES_MAX,
+    GROUP_SUBMISSIONS_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    SPACE_AMP_MAX_DEFAULT, SPACE_AMP_MIN, SPARE_SEGMENTS_MAX_DEFAULT,
+};
 use crate::record::{
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SegmentKind, encode_record_with, segment_header,
     segment_name,
 };
 use crate::shared::Shared;
 use crate::store::Completion;
-
-/// Submissions waiting for the writer, at most.
-pub const SUBMIT_QUEUE_MAX: usize = 1024;
-/// Batches in one group commit, at most.
-pub const GROUP_SUBMISSIONS_MAX: usize = 256;
-/// Encoded bytes in one group commit, at most (a single larger batch goes alone).
-pub const GROUP_BYTES_MAX: usize = 8 << 20;
-/// How long the threaded writer waits, at a time, for more submissions when
-/// its group is much smaller than the previous one (the stepped writer used
-/// under the simulator never waits).
-pub const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Tuning of a store. The defaults suit a node holding many volumes.
 #[derive(Clone, Debug)]
@@ -63,26 +59,32 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            segment_bytes: 64 << 20,
-            space_amp_max: 2.0,
-            checkpoint_log_bytes: 256 << 20,
-            spare_segments_max: 2,
-            compaction_slice_bytes: crate::compaction::COMPACTION_SLICE_BYTES,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            space_amp_max: SPACE_AMP_MAX_DEFAULT,
+            checkpoint_log_bytes: CHECKPOINT_LOG_BYTES_DEFAULT,
+            spare_segments_max: SPARE_SEGMENTS_MAX_DEFAULT,
+            compaction_slice_bytes: COMPACTION_SLICE_BYTES_DEFAULT,
         }
     }
 }
 
 impl Options {
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        let bad = |why: &str| Err(StoreError::InvalidOptions(why.to_owned()));
-        if !(4096..=(1 << 30)).contains(&self.segment_bytes) {
-            return bad("segment_bytes must be between 4 KiB and 1 GiB");
+        let bad = |why: String| Err(StoreError::InvalidOptions(why));
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return bad(format!(
+                "segment_bytes must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}"
+            ));
         }
-        if self.space_amp_max.is_nan() || self.space_amp_max < 1.25 {
-            return bad("space_amp_max must be at least 1.25");
+        if self.space_amp_max.is_nan() || self.space_amp_max < SPACE_AMP_MIN {
+            return bad(format!("space_amp_max must be at least {SPACE_AMP_MIN}"));
         }
-        if !(512..=(1 << 30)).contains(&self.compaction_slice_bytes) {
-            return bad("compaction_slice_bytes must be between 512 bytes and 1 GiB");
+        let slice = COMPACTION_SLICE_BYTES_MIN..=COMPACTION_SLICE_BYTES_MAX;
+        if !slice.contains(&self.compaction_slice_bytes) {
+            return bad(format!(
+                "compaction_slice_bytes must be between {COMPACTION_SLICE_BYTES_MIN} and \
+                 {COMPACTION_SLICE_BYTES_MAX}"
+            ));
         }
         Ok(())
     }
@@ -188,6 +190,7 @@ impl Writer {
         let count = group.len();
         match self.write_group(&group) {
             Ok(image) => {
+                assert_eq!(image.records.len(), count, "one record per submission");
                 self.last_group_bytes = image.buffers.iter().map(|b| b.len() as u64).sum();
                 self.publish(&image);
                 for (sub, w) in group.into_iter().zip(&image.records) {
@@ -210,7 +213,7 @@ impl Writer {
 
     /// Takes `first` and whatever is queued behind it. When `may_wait` (the
     /// threaded writer) and the previous group was larger, waits up to
-    /// [`GATHER_WAIT`] at a time for the submitters it just acknowledged to
+    /// [`GATHER_WAIT_US`] at a time for the submitters it just acknowledged to
     /// come back, so a closed loop of N submitters keeps filling one group of
     /// about N per fsync instead of splitting into small groups. A wait that
     /// times out ends the gathering; at queue depth one nothing waits.
@@ -222,7 +225,10 @@ impl Writer {
             let next = match self.rx.try_recv() {
                 Ok(next) => next,
                 Err(_) if may_wait && group.len() < want => {
-                    match self.rx.recv_timeout(GATHER_WAIT) {
+                    match self
+                        .rx
+                        .recv_timeout(std::time::Duration::from_micros(GATHER_WAIT_US))
+                    {
                         Ok(next) => next,
                         Err(_) => break,
                     }
@@ -232,6 +238,10 @@ impl Writer {
             bytes += next.batch.encoded_len();
             group.push(next);
         }
+        assert!(
+            group.len() <= GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX + BATCH_BYTES_MAX,
+            "a group overshoots its byte bound by less than one batch"
+        );
         group
     }
 
@@ -252,7 +262,12 @@ impl Writer {
         };
         let mut buf = Vec::with_capacity(group.iter().map(|s| s.batch.encoded_len() + 16).sum());
         for sub in group {
-            let record_len = (RECORD_HEADER_BYTES + sub.batch.encoded_len()) as u64;
+            let batch_len = sub.batch.encoded_len();
+            assert!(
+                batch_len <= BATCH_BYTES_MAX,
+                "submitted batches were validated"
+            );
+            let record_len = (RECORD_HEADER_BYTES + batch_len) as u64;
             let at = self.log.offset + buf.len() as u64;
             if at + record_len > u64::from(self.options.segment_bytes) && at > SEGMENT_HEADER_BYTES
             {
@@ -264,6 +279,12 @@ impl Writer {
                 image.buffers.push(std::mem::take(&mut buf));
                 self.log = self.open_segment(SegmentKind::Log)?;
             }
+            let at = self.log.offset + buf.len() as u64;
+            assert!(
+                at + record_len <= u64::from(self.options.segment_bytes)
+                    || at == SEGMENT_HEADER_BYTES,
+                "a record passes the segment's end only alone in its segment"
+            );
             let range = encode_record_with(&mut buf, self.log.id, self.next_seq, |out| {
                 sub.batch.encode_into(out)
             });
@@ -304,6 +325,11 @@ impl Writer {
         offset: u64,
         bytes: &[u8],
     ) -> Result<Arc<dyn DiskFile>, StoreError> {
+        assert!(
+            offset >= SEGMENT_HEADER_BYTES
+                || (offset == 0 && bytes.len() as u64 == SEGMENT_HEADER_BYTES),
+            "only the segment header is written before SEGMENT_HEADER_BYTES"
+        );
         let info = self.segments.get_mut(&id).expect("writing a known segment");
         if !bytes.is_empty() {
             info.file.write_at(bytes, offset)?;
@@ -316,9 +342,15 @@ impl Writer {
     /// Makes the group visible: index, counters.
     fn publish(&mut self, image: &GroupImage) {
         let written = &image.records;
+        let first_seq = self.shared.stats.lock().last_durable_seq + 1;
         {
             let mut read = self.shared.read.write();
-            for w in written {
+            for (w, seq) in written.iter().zip(first_seq..) {
+                assert_eq!(w.seq, seq, "groups publish consecutive sequence numbers");
+                assert!(
+                    read.files.contains_key(&w.seg),
+                    "published records live in open segments"
+                );
                 let payload = &image.buffers[w.buffer][w.range.clone()];
                 apply_record(&mut read.index, w.seg, w.payload_offset, w.seq, payload)
                     .expect("records this writer encoded decode");
@@ -336,6 +368,14 @@ impl Writer {
     /// The new name is durable when this returns.
     pub(crate) fn open_segment(&mut self, kind: SegmentKind) -> Result<Head, StoreError> {
         let id = self.next_segment_id;
+        assert!(id < u32::MAX, "segment ids are never reused");
+        assert!(
+            self.segments
+                .keys()
+                .next_back()
+                .is_none_or(|last| *last < id),
+            "a new segment has the highest id, so replay order is write order"
+        );
         self.next_segment_id += 1;
         let name = segment_name(kind, id);
         if let Some((spare, _)) = self.spares.pop() {

@@ -1,20 +1,21 @@
 //! metro-node: the production implementations of fabric's environment seam
-//! (QUIC transport with mutual TLS, the cluster CA, etcd membership), the
-//! node daemon ([`daemon`], configured by [`config`]) and the library client
-//! ([`client`]) used by the `metro` binary.
+//! and the node around them, one folder per role:
+//!
+//! * [`daemon`]: `metro node run` — configuration, the control plane, the
+//!   etcd-backed [`daemon::etcd_meta`] store.
+//! * [`transport`]: QUIC with mutual TLS between nodes (frames, server, rustls
+//!   configuration, the demo's injected WAN delay).
+//! * [`pki`]: the cluster CA, node and client identities.
+//! * [`nbd`]: the NBD protocol server and its host backend.
+//! * [`admin`]: the admin HTTP API, its service and `/metrics`.
+//! * [`client`]: the data-path client, the admin HTTP client, size units.
+//! * [`demo`]: `metro demo`.
 
 pub mod admin;
-pub mod certs;
 pub mod client;
-pub mod config;
-pub mod control_plane;
 pub mod daemon;
 pub mod demo;
-pub mod etcd_membership;
+pub mod limits;
 pub mod nbd;
-pub mod nbd_host;
-pub mod quic_frame;
-mod quic_server;
-pub mod quic_tls;
-pub mod quic_transport;
-pub mod tls;
+pub mod pki;
+pub mod transport;

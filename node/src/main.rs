@@ -6,7 +6,6 @@
 //! data path directly over QUIC with a client certificate, by volume id
 //! (raw block reads and writes, replica status).
 mod cli;
-mod client_cli;
 
 /// mimalloc instead of glibc's malloc: the data path allocates and frees
 /// block-sized buffers across threads (QUIC, Raft, kvstore writer), where
@@ -20,9 +19,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use metro_node::certs::{CLIENT_ID_MIN, CLIENTS_MAX};
-use metro_node::config::{DaemonConfig, Overrides};
-use metro_node::tls::{CA_CERT_FILE, CA_KEY_FILE, ClusterCa, node_cert_file, node_key_file};
+use metro_node::daemon::config::{DaemonConfig, Overrides};
+use metro_node::limits::CLIENTS_MAX;
+use metro_node::pki::CLIENT_ID_MIN;
+use metro_node::pki::{CA_CERT_FILE, CA_KEY_FILE, ClusterCa, node_cert_file, node_key_file};
 
 /// metro: block storage that survives the loss of a site.
 #[derive(Debug, Parser)]
@@ -56,7 +56,7 @@ enum Command {
     /// Direct data-path client over QUIC (needs a client certificate from
     /// `metro cluster init --clients N`): volumes by id, raw block reads
     /// and writes, each replica's status.
-    Client(client_cli::ClientArgs),
+    Client(cli::client::ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => cli::cluster::node_list(&args),
         Command::Volume(args) => cli::volume::run(args),
         Command::Domain(args) => cli::domain::run(args),
-        Command::Client(args) => client_cli::run(args),
+        Command::Client(args) => cli::client::run(args),
     }
 }
 

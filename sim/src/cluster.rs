@@ -18,8 +18,8 @@
 //! tasks never start the same node at once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -28,12 +28,13 @@ use metro_fabric::control::{
     VolumeStatusRecord, encode, place, status_key,
 };
 use metro_fabric::env::NodeId;
-use metro_fabric::membership::Membership as _;
+use metro_fabric::meta::prelude::*;
 use metro_fabric::storage::VolumeHandle;
 use metro_fabric::volume::{BLOCK_BYTES, VolumeId};
 use metro_kvstore::{CrashMode, FaultyDisk};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{AsyncRuntime, ServerState};
+use parking_lot::Mutex;
 
 use crate::Rt;
 use crate::checker::{RaftObserver, Violations};
@@ -188,7 +189,10 @@ fn place_volumes(
                 };
                 view.volumes.insert(name, record);
             }
-            Err(err) => violations.report(format!("placing {name}: {err}")),
+            Err(err) => violations.report_as(
+                crate::checker::ViolationKind::Other,
+                format!("placing {name}: {err}"),
+            ),
         }
     }
     (volumes, view)
@@ -244,7 +248,7 @@ impl Cluster {
         let env = options.env.clone();
         let control = ControlPlane::new(&ids, |id| {
             // A slow clock sleeps longer between keep-alives.
-            let period = LEASE_TTL / metro_fabric::control::KEEP_ALIVES_PER_TTL;
+            let period = LEASE_TTL / metro_fabric::limits::KEEP_ALIVES_PER_TTL;
             env.true_span(id, period).saturating_sub(period)
         });
         seed_store(&control, &view);
@@ -284,37 +288,37 @@ impl Cluster {
 
     /// The disk of `id`.
     pub fn disk(&self, id: NodeId) -> Option<FaultyDisk> {
-        self.lock().get(&id).map(|n| n.disk.clone())
+        self.nodes.lock().get(&id).map(|n| n.disk.clone())
     }
 
     /// Marks `id`'s disk as deliberately corrupted: from now on it is
     /// fail-stop (see `faults.rs`) and left out of the convergence checks.
     pub fn mark_corrupted(&self, id: NodeId) {
-        if let Some(node) = self.lock().get_mut(&id) {
+        if let Some(node) = self.nodes.lock().get_mut(&id) {
             node.corrupted = true;
         }
     }
 
     /// Whether `id`'s disk was deliberately corrupted.
     pub fn is_corrupted(&self, id: NodeId) -> bool {
-        self.lock().get(&id).is_some_and(|n| n.corrupted)
+        self.nodes.lock().get(&id).is_some_and(|n| n.corrupted)
     }
 
     /// Whether `id` is a witness node (log only, no blocks).
     pub fn is_witness(&self, id: NodeId) -> bool {
-        self.lock().get(&id).is_some_and(|n| n.spec.witness)
+        self.nodes.lock().get(&id).is_some_and(|n| n.spec.witness)
     }
 
     /// Whether `id` refused to recover from its corrupted disk (it stays
     /// down for good).
     pub fn is_lost(&self, id: NodeId) -> bool {
-        self.lock().get(&id).is_some_and(|n| n.lost)
+        self.nodes.lock().get(&id).is_some_and(|n| n.lost)
     }
 
     /// Whether a running incarnation has seen its disk fail (it awaits its
     /// supervisor's restart).
     pub fn awaits_supervisor(&self) -> bool {
-        let nodes = self.lock();
+        let nodes = self.nodes.lock();
         nodes.values().any(|n| {
             n.running
                 .as_ref()
@@ -324,7 +328,7 @@ impl Cluster {
 
     /// The control tasks of every running incarnation.
     pub fn running_controls(&self) -> BTreeMap<NodeId, NodeControl> {
-        let nodes = self.lock();
+        let nodes = self.nodes.lock();
         nodes
             .values()
             .filter_map(|n| Some((n.spec.id, n.running.as_ref()?.control.clone())))
@@ -355,10 +359,13 @@ impl Cluster {
             }
             Rt::sleep(Duration::from_millis(CREATE_RETRY_MS)).await;
         }
-        self.violations.report(format!(
-            "creating {} on {:?}: {last_error}",
-            volume.id, volume.members
-        ));
+        self.violations.report_as(
+            crate::checker::ViolationKind::Other,
+            format!(
+                "creating {} on {:?}: {last_error}",
+                volume.id, volume.members
+            ),
+        );
     }
 
     /// After `node`'s replica of volume `index` started: a witness's never
@@ -387,18 +394,14 @@ impl Cluster {
         self.volumes.iter().position(|v| v.id == volume)
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<NodeId, SimNode>> {
-        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Every node, in id order.
     pub fn node_ids(&self) -> Vec<NodeId> {
-        self.lock().keys().copied().collect()
+        self.nodes.lock().keys().copied().collect()
     }
 
     /// The nodes of `domain`.
     pub fn domain_nodes(&self, domain: usize) -> Vec<NodeId> {
-        let nodes = self.lock();
+        let nodes = self.nodes.lock();
         nodes
             .values()
             .filter(|n| n.spec.domain == domain)
@@ -408,7 +411,7 @@ impl Cluster {
 
     /// The nodes running now.
     pub fn up_nodes(&self) -> Vec<NodeId> {
-        let nodes = self.lock();
+        let nodes = self.nodes.lock();
         nodes
             .values()
             .filter(|n| n.running.is_some())
@@ -428,7 +431,7 @@ impl Cluster {
         id: NodeId,
         f: impl FnOnce(&SimNode, &Running) -> Option<T>,
     ) -> Option<T> {
-        let nodes = self.lock();
+        let nodes = self.nodes.lock();
         let node = nodes.get(&id)?;
         f(node, node.running.as_ref()?)
     }
@@ -486,7 +489,7 @@ impl Cluster {
 
     /// Power loss of `id` (see `node::crash`); false if it was not running.
     pub fn crash(&self, id: NodeId, mode: CrashMode) -> bool {
-        let mut nodes = self.lock();
+        let mut nodes = self.nodes.lock();
         let Some(node) = nodes.get_mut(&id) else {
             return false;
         };
@@ -510,7 +513,7 @@ impl Cluster {
     /// own disk.
     pub async fn restart(self: &Arc<Self>, id: NodeId) -> bool {
         let (spec, disk) = {
-            let mut nodes = self.lock();
+            let mut nodes = self.nodes.lock();
             let Some(node) = nodes.get_mut(&id) else {
                 return false;
             };
@@ -544,7 +547,7 @@ impl Cluster {
             }
         };
         let hosted = {
-            let mut nodes = self.lock();
+            let mut nodes = self.nodes.lock();
             let node = nodes.get_mut(&id).expect("nodes are never removed");
             node.starting = false;
             match started {
@@ -574,7 +577,10 @@ impl Cluster {
                 Err(err) => {
                     drop(nodes);
                     self.net.stop(id);
-                    self.violations.report(format!("recovery: {err}"));
+                    self.violations.report_as(
+                        crate::checker::ViolationKind::Recovery,
+                        format!("recovery: {err}"),
+                    );
                     return false;
                 }
             }
@@ -582,9 +588,10 @@ impl Cluster {
         for volume in hosted {
             match self.volume_index(volume) {
                 Some(index) => self.member_started(id, index),
-                None => self
-                    .violations
-                    .report(format!("node {id} hosts unknown {volume}")),
+                None => self.violations.report_as(
+                    crate::checker::ViolationKind::Other,
+                    format!("node {id} hosts unknown {volume}"),
+                ),
             }
         }
         true

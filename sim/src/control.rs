@@ -1,11 +1,11 @@
-//! The control plane on virtual time: one [`MemMembership`] per cluster
+//! The control plane on virtual time: one [`MemMetaStore`] per cluster
 //! (the model of etcd), every node's view of it through a [`NodeStore`],
 //! and the checks over what the nodes' registrations and coordinators do.
 //!
 //! Model:
 //! - The store is fabric's in-memory model on the simulator's clock. An
 //!   *outage* (fault kind "etcd outage") is its own switch
-//!   ([`MemMembership::set_available`]): every call fails as unreachable,
+//!   ([`MemMetaStore::set_available`]): every call fails as unreachable,
 //!   open watches end, and when it comes back every lease's TTL restarts
 //!   (as an etcd restart does).
 //! - A node reaches the store only through its [`NodeStore`], which fails
@@ -44,8 +44,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -54,12 +54,13 @@ use metro_fabric::control::{
     ClusterKeys, Coordinator, CoordinatorConfig, NodeInfo, NodeRegistration, RegistrationConfig,
 };
 use metro_fabric::env::NodeId;
-use metro_fabric::membership::{
-    Compare, KeyValue, Leadership, Lease, LeaseId, MemMembership, MemWatch, Membership,
-    MembershipError, RangeResult, Result, Revision, TxnOp, TxnResult, WatchEvent, WatchStream,
-    WriteResult,
+use metro_fabric::meta::{
+    Compare, ElectionStore, KeyValue, KvStore, Leadership, Lease, LeaseId, LeaseStore,
+    MemMetaStore, MemWatch, MetaError, RangeResult, Result, Revision, TxnOp, TxnResult, WatchEvent,
+    WatchStore, WatchStream, WriteResult,
 };
 use openraft::AsyncRuntime;
+use parking_lot::Mutex;
 
 use crate::Rt;
 use crate::checker::Violations;
@@ -75,8 +76,8 @@ pub const CLUSTER_NAME: &str = "sim";
 /// The coordinators' repair delay: longer than any run.
 pub const REPAIR_DELAY: Duration = Duration::from_secs(24 * 3_600);
 
-fn unreachable(reason: &str) -> MembershipError {
-    MembershipError::Unreachable {
+fn unreachable(reason: &str) -> MetaError {
+    MetaError::Unreachable {
         reason: reason.to_owned(),
     }
 }
@@ -103,13 +104,9 @@ pub struct Link {
 }
 
 impl Link {
-    fn lock(&self) -> MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Cuts the node off the store (`true`) or reconnects it.
     pub fn set_cut(&self, cut: bool) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.cut == cut {
             return;
         }
@@ -123,7 +120,7 @@ impl Link {
     }
 
     pub fn is_cut(&self) -> bool {
-        self.lock().cut
+        self.state.lock().cut
     }
 
     /// Records that a call reached the store if `result` says so.
@@ -136,7 +133,7 @@ impl Link {
 
     /// The current epoch, or unreachable while cut.
     fn check(&self) -> Result<u64> {
-        let state = self.lock();
+        let state = self.state.lock();
         match state.cut {
             true => Err(unreachable(&format!(
                 "node {} cut off the store",
@@ -149,7 +146,7 @@ impl Link {
     /// Resolves once a cut begins after `epoch`.
     fn cut_after(&self, epoch: u64) -> impl Future<Output = ()> + Send + '_ {
         futures_util::future::poll_fn(move |cx| {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             if state.epoch != epoch {
                 return Poll::Ready(());
             }
@@ -164,7 +161,7 @@ impl Link {
 /// One node's client of the store (see the module docs).
 #[derive(Clone, Debug)]
 pub struct NodeStore {
-    inner: MemMembership<Rt>,
+    inner: MemMetaStore<Rt>,
     link: Arc<Link>,
 }
 
@@ -217,9 +214,7 @@ impl WatchStream for NodeWatch {
     }
 }
 
-impl Membership for NodeStore {
-    type Watch = NodeWatch;
-
+impl KvStore for NodeStore {
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<KeyValue>>> + Send {
         self.call(self.inner.get(key))
     }
@@ -248,7 +243,9 @@ impl Membership for NodeStore {
     ) -> impl Future<Output = Result<TxnResult>> + Send {
         self.call(self.inner.txn(compares, ops))
     }
+}
 
+impl LeaseStore for NodeStore {
     fn grant(&self, ttl: Duration) -> impl Future<Output = Result<Lease>> + Send {
         self.call(self.inner.grant(ttl))
     }
@@ -267,6 +264,10 @@ impl Membership for NodeStore {
     fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<()>> + Send {
         self.call(self.inner.revoke(lease))
     }
+}
+
+impl WatchStore for NodeStore {
+    type Watch = NodeWatch;
 
     fn watch(
         &self,
@@ -286,7 +287,9 @@ impl Membership for NodeStore {
             })
         }
     }
+}
 
+impl ElectionStore for NodeStore {
     fn campaign(
         &self,
         election: &str,
@@ -400,7 +403,7 @@ struct Tracking {
 /// The cluster's store and every node's link to it.
 #[derive(Debug)]
 pub struct ControlPlane {
-    pub store: MemMembership<Rt>,
+    pub store: MemMetaStore<Rt>,
     pub keys: ClusterKeys,
     links: BTreeMap<NodeId, Arc<Link>>,
     tracking: Mutex<Tracking>,
@@ -422,15 +425,11 @@ impl ControlPlane {
             })
             .collect();
         Self {
-            store: MemMembership::new(),
+            store: MemMetaStore::new(),
             keys: ClusterKeys::new(CLUSTER_NAME),
             links,
             tracking: Mutex::new(Tracking::default()),
         }
-    }
-
-    fn track(&self) -> MutexGuard<'_, Tracking> {
-        self.tracking.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Node `id`'s client of the store.
@@ -447,7 +446,7 @@ impl ControlPlane {
             link.set_cut(cut);
         }
         if cut {
-            self.track().stats.cuts += 1;
+            self.tracking.lock().stats.cuts += 1;
         }
     }
 
@@ -458,7 +457,7 @@ impl ControlPlane {
     /// The outage switch.
     pub fn set_available(&self, available: bool) {
         if !available && self.store.is_available() {
-            self.track().stats.outages += 1;
+            self.tracking.lock().stats.outages += 1;
         }
         self.store.set_available(available);
     }
@@ -472,11 +471,11 @@ impl ControlPlane {
     }
 
     pub fn note_outage_checked(&self) {
-        self.track().stats.outage_windows_checked += 1;
+        self.tracking.lock().stats.outage_windows_checked += 1;
     }
 
     pub fn stats(&self) -> ControlStats {
-        self.track().stats
+        self.tracking.lock().stats
     }
 
     /// Starts what node `id` runs against the store: its registration and
@@ -552,7 +551,7 @@ impl ControlPlane {
             .sum::<u64>();
         self.store.tick();
         let available = self.store.is_available();
-        let mut track = self.track();
+        let mut track = self.tracking.lock();
         track.stats.coordinator_terms = track.stats.coordinator_terms.max(terms);
         if leading.len() >= 2 {
             let since = *track.dual_since_ns.get_or_insert(now_ns);
@@ -560,7 +559,7 @@ impl ControlPlane {
             track.stats.dual_leading_ms_max = track.stats.dual_leading_ms_max.max(for_ms);
             if now_ns - since > ttl_ns + slack_ns && !track.dual_reported {
                 track.dual_reported = true;
-                violations.report(format!(
+                violations.report_as(crate::checker::ViolationKind::Control, format!(
                     "control: coordinators {leading:?} all believe they lead, for {for_ms} ms (at {now_ns} ns)"
                 ));
             }
@@ -594,7 +593,7 @@ impl ControlPlane {
                     true => "the store still holds its registration",
                     false => "it still believes it is registered",
                 };
-                violations.report(format!(
+                violations.report_as(crate::checker::ViolationKind::Control, format!(
                     "control: node {id} could not renew since {since} ns, yet {what} (at {now_ns} ns)"
                 ));
             }
@@ -603,7 +602,7 @@ impl ControlPlane {
 
     /// Whether the store holds `key` now (false during an outage).
     fn stored(&self, key: &str) -> bool {
-        futures_util::FutureExt::now_or_never(Membership::get(&self.store, key.as_bytes()))
+        futures_util::FutureExt::now_or_never(KvStore::get(&self.store, key.as_bytes()))
             .and_then(|r| r.ok())
             .flatten()
             .is_some()

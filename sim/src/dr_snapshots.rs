@@ -25,6 +25,7 @@ use metro_fabric::env::NodeId;
 use metro_fabric::volume::{VolumeCommand, VolumeResponse};
 use metro_fabric::wire::{ClientReply, ClientRequest};
 
+use crate::checker::ViolationKind;
 use crate::cluster::{Cluster, SimVolume};
 use crate::history::{OpKind, Outcome, decode_blocks};
 use crate::now_ns;
@@ -86,10 +87,13 @@ pub async fn take(cluster: &Cluster, volume: &SimVolume, client: &str, via: Node
             response: VolumeResponse::SnapshotLimit { .. },
             ..
         }) => {}
-        Reply::Answer(other) => cluster.violations.report(format!(
-            "{} snapshot {id} by {client}: unexpected answer {other:?}",
-            volume.id
-        )),
+        Reply::Answer(other) => cluster.violations.report_as(
+            ViolationKind::Other,
+            format!(
+                "{} snapshot {id} by {client}: unexpected answer {other:?}",
+                volume.id
+            ),
+        ),
         Reply::NotSent | Reply::Unknown(_) => {}
     }
 }
@@ -112,26 +116,32 @@ pub async fn check(cluster: &Cluster, volume: &SimVolume) {
             };
             let catalogue = replica.dr_snapshots();
             let Some(record) = catalogue.get(snapshot.id) else {
-                cluster.violations.report(format!(
-                    "{}: node {node}'s catalogue lacks acknowledged snapshot {} (taken at {})",
-                    volume.id, snapshot.id, snapshot.log_index
-                ));
+                cluster.violations.report_as(
+                    ViolationKind::Other,
+                    format!(
+                        "{}: node {node}'s catalogue lacks acknowledged snapshot {} (taken at {})",
+                        volume.id, snapshot.id, snapshot.log_index
+                    ),
+                );
                 continue;
             };
             if record.log_index != snapshot.log_index {
-                cluster.violations.report(format!(
-                    "{}: node {node} has snapshot {} at {}, acknowledged at {}",
-                    volume.id, snapshot.id, record.log_index, snapshot.log_index
-                ));
+                cluster.violations.report_as(
+                    ViolationKind::Other,
+                    format!(
+                        "{}: node {node} has snapshot {} at {}, acknowledged at {}",
+                        volume.id, snapshot.id, record.log_index, snapshot.log_index
+                    ),
+                );
             }
             match read_copy(&replica, snapshot.id) {
                 Ok(Some(seen)) => copies.push((node, seen)),
                 Ok(None) if cluster.is_witness(node) => {}
-                Ok(None) => cluster.violations.report(format!(
+                Ok(None) => cluster.violations.report_as(ViolationKind::Other, format!(
                     "{}: data replica on node {node} lacks the blocks of snapshot {} (taken at {})",
                     volume.id, snapshot.id, snapshot.log_index
                 )),
-                Err(why) => cluster.violations.report(format!(
+                Err(why) => cluster.violations.report_as(ViolationKind::Other, format!(
                     "{}: node {node}'s copy of snapshot {}: {why}",
                     volume.id, snapshot.id
                 )),
@@ -142,10 +152,13 @@ pub async fn check(cluster: &Cluster, volume: &SimVolume) {
             continue;
         };
         if let Some((other, _)) = copies.iter().find(|(_, s)| *s != seen) {
-            cluster.violations.report(format!(
-                "{}: snapshot {} differs between node {first} and node {other}",
-                volume.id, snapshot.id
-            ));
+            cluster.violations.report_as(
+                ViolationKind::Other,
+                format!(
+                    "{}: snapshot {} differs between node {first} and node {other}",
+                    volume.id, snapshot.id
+                ),
+            );
         }
         let who = format!("snapshot-{}@{first}", snapshot.id);
         let kind = OpKind::Read {

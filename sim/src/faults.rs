@@ -51,13 +51,16 @@
 //! throughout. Partitions do not overlap: a new one waits for the heal.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metro_fabric::env::NodeId;
+use metro_fabric::volume::VolumeId;
 use metro_kvstore::{CrashMode, Disk as _, FaultOp};
-use openraft::AsyncRuntime;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{AsyncRuntime, ServerState};
 
+use crate::checker::ViolationKind;
 use crate::cluster::Cluster;
 use crate::workload::sweep;
 use crate::{Rt, now_ns};
@@ -99,6 +102,52 @@ pub struct FaultStats {
     pub cuts: u64,
     /// The node whose disk was corrupted, if any.
     pub corrupted: Option<NodeId>,
+    /// Whether the corrupted node led a volume when its disk was corrupted.
+    pub corrupted_was_leading: bool,
+    /// Terms (summed over volumes) the corrupted node led after it
+    /// reopened on its corrupted disk, up to the end of the safety phase.
+    pub corrupted_terms_led: u64,
+    /// Outage windows not held to progress because a node's disk had
+    /// failed (it awaited its supervisor when the window began, or a disk
+    /// returned an I/O error within it).
+    pub outages_disk_failed: u64,
+    /// Of those, the windows that began while a node whose disk had failed
+    /// awaited its supervisor.
+    pub outages_awaiting_supervisor: u64,
+    /// Outage windows that began quiet (no disruption in the
+    /// [`OUTAGE_QUIET_MS`] before) but with a volume that had not
+    /// acknowledged a write since the last disruption: not held to
+    /// progress.
+    pub outages_unrecovered: u64,
+    /// I/O errors the disks returned in the safety phase.
+    pub disk_errors: u64,
+}
+
+/// What the corruption task saw when it corrupted a node's disk.
+#[derive(Clone, Debug)]
+struct Corrupted {
+    node: NodeId,
+    /// Whether it led a volume then.
+    leading: bool,
+    /// Terms it had led (summed over volumes) when it was crashed to
+    /// reopen on the damaged disk.
+    terms_led: Arc<AtomicU64>,
+}
+
+/// Whether `node` believes it leads `volume`, per its metrics.
+fn leads(cluster: &Cluster, node: NodeId, volume: VolumeId) -> bool {
+    cluster.raft(node, volume).is_some_and(|raft| {
+        let metrics = raft.metrics();
+        metrics.borrow_watched().state == ServerState::Leader
+    })
+}
+
+/// Terms (summed over volumes) that `node` led so far.
+fn terms_led_by(cluster: &Cluster, node: NodeId) -> u64 {
+    let volumes = cluster.volumes.iter();
+    volumes
+        .map(|v| v.observer.terms_led_by(|id| id == node))
+        .sum()
 }
 
 /// Injects faults until `stop` is set; returns what it injected.
@@ -128,9 +177,15 @@ pub async fn inject(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> FaultStats 
         Rt::sleep(rng.millis(interval / 2, interval * 3 / 2)).await;
         if stop.load(Ordering::SeqCst) {
             set_disk_faults(&cluster, false);
-            if let Some(corruption) = corruption {
-                stats.corrupted = corruption.await.ok().flatten();
+            if let Some(corruption) = corruption
+                && let Some(corrupted) = corruption.await.ok().flatten()
+            {
+                stats.corrupted = Some(corrupted.node);
+                stats.corrupted_was_leading = corrupted.leading;
+                let before = corrupted.terms_led.load(Ordering::SeqCst);
+                stats.corrupted_terms_led = terms_led_by(&cluster, corrupted.node) - before;
             }
+            stats.disk_errors = cluster.disk_errors.load(Ordering::SeqCst);
             return stats;
         }
         let mut pick = rng.below(weights.iter().sum::<u64>().max(1));
@@ -145,7 +200,7 @@ pub async fn inject(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> FaultStats 
         match kind {
             0 => stats.crashes += u64::from(crash_one(&cluster)),
             3 => {
-                outage(&cluster, &partitioned).await;
+                outage(&cluster, &partitioned, &mut stats).await;
                 stats.outages += 1;
             }
             4 => {
@@ -266,8 +321,8 @@ pub fn set_disk_faults(cluster: &Cluster, on: bool) {
 
 /// The store is down for a while; the injector waits it out and then
 /// requires that writes went on during a clean window (see the module
-/// docs).
-async fn outage(cluster: &Arc<Cluster>, partitioned: &AtomicBool) {
+/// docs); counts the windows the scenarios of the regression tests need.
+async fn outage(cluster: &Arc<Cluster>, partitioned: &AtomicBool, stats: &mut FaultStats) {
     let lasts = cluster.rng.millis(OUTAGE_MS_MIN, OUTAGE_MS_MAX);
     let all_up = |cluster: &Cluster| {
         cluster
@@ -285,11 +340,13 @@ async fn outage(cluster: &Arc<Cluster>, partitioned: &AtomicBool) {
         .volumes
         .iter()
         .all(|v| v.last_ack_ns.load(Ordering::SeqCst) > last_disruption_ns);
+    let awaits_supervisor = cluster.awaits_supervisor();
     let clean_start = quiet
         && recovered
         && !partitioned.load(Ordering::SeqCst)
         && all_up(cluster)
-        && !cluster.awaits_supervisor();
+        && !awaits_supervisor;
+    stats.outages_unrecovered += u64::from(quiet && !recovered);
     let disruptions = cluster.disruptions.load(Ordering::SeqCst);
     let disk_errors = cluster.disk_errors.load(Ordering::SeqCst);
     let acked = cluster.acked_writes.load(Ordering::SeqCst);
@@ -297,19 +354,26 @@ async fn outage(cluster: &Arc<Cluster>, partitioned: &AtomicBool) {
     cluster.control.set_available(false);
     Rt::sleep(lasts).await;
     cluster.control.set_available(true);
+    let disk_failed =
+        awaits_supervisor || cluster.disk_errors.load(Ordering::SeqCst) != disk_errors;
+    stats.outages_disk_failed += u64::from(disk_failed);
+    stats.outages_awaiting_supervisor += u64::from(awaits_supervisor);
     let clean = clean_start
         && cluster.disruptions.load(Ordering::SeqCst) == disruptions
-        && cluster.disk_errors.load(Ordering::SeqCst) == disk_errors
+        && !disk_failed
         && !partitioned.load(Ordering::SeqCst);
     if !clean || lasts < Duration::from_millis(OUTAGE_CHECKED_MS_MIN) {
         return;
     }
     cluster.control.note_outage_checked();
     if cluster.acked_writes.load(Ordering::SeqCst) == acked {
-        cluster.violations.report(format!(
-            "control: no write acknowledged during a clean {} ms etcd outage from {from} ns",
-            lasts.as_millis()
-        ));
+        cluster.violations.report_as(
+            ViolationKind::Control,
+            format!(
+                "control: no write acknowledged during a clean {} ms etcd outage from {from} ns",
+                lasts.as_millis()
+            ),
+        );
     }
 }
 
@@ -356,7 +420,7 @@ fn sealed_segments(disk: &metro_kvstore::FaultyDisk) -> Vec<String> {
 
 /// Flips one byte of a sealed segment of a node whose loss every volume
 /// survives, then restarts that node (see the module docs); returns it.
-fn corrupt_one(cluster: &Arc<Cluster>) -> Option<NodeId> {
+fn corrupt_one(cluster: &Arc<Cluster>) -> Option<Corrupted> {
     let rng = &cluster.rng;
     let candidates: Vec<NodeId> = cluster
         .node_ids()
@@ -382,14 +446,21 @@ fn corrupt_one(cluster: &Arc<Cluster>) -> Option<NodeId> {
         return None;
     }
     cluster.mark_corrupted(victim);
+    let corrupted = Corrupted {
+        node: victim,
+        leading: cluster.volumes.iter().any(|v| leads(cluster, victim, v.id)),
+        terms_led: Arc::new(AtomicU64::new(terms_led_by(cluster, victim))),
+    };
+    let terms_led = Arc::clone(&corrupted.terms_led);
     let restart_in = rng.millis(200, 1_000);
     let cluster = Arc::clone(cluster);
     Rt::spawn(async move {
         Rt::sleep(restart_in).await;
         if cluster.crash(victim, CrashMode::DropUnsynced) {
+            terms_led.store(terms_led_by(&cluster, victim), Ordering::SeqCst);
             Rt::sleep(Duration::from_millis(DOWN_MS_MIN)).await;
             cluster.restart(victim).await;
         }
     });
-    Some(victim)
+    Some(corrupted)
 }

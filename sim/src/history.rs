@@ -13,11 +13,15 @@
 //! before sending), or `Unknown` (it may take effect at any later time).
 //! Reads are `Acked` with the write ids they saw, or failed (no
 //! information). At most [`HISTORY_OPS_MAX`] operations are recorded.
+//!
+//! A write of the retrying-clients workload also records the session
+//! request it ran as (every delivery carried that id, so the volume applied
+//! it at most once) and how often the client delivered it.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
+use metro_fabric::host::RequestId;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData};
 use metro_kvstore::SplitMix64;
+use parking_lot::Mutex;
 
 /// Operations one run records, at most (clients stop issuing beyond it).
 pub const HISTORY_OPS_MAX: usize = 200_000;
@@ -56,6 +60,10 @@ pub struct Op {
     pub invoke_ns: u64,
     pub complete_ns: Option<u64>,
     pub outcome: Outcome,
+    /// The session request a write ran as (`None`: a plain command).
+    pub request: Option<RequestId>,
+    /// Deliveries the client made (the first and each retry).
+    pub deliveries: u32,
 }
 
 /// Index of an operation in the history.
@@ -79,38 +87,57 @@ impl History {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Whether the history has room for another operation.
     pub fn has_room(&self) -> bool {
-        self.lock().ops.len() < HISTORY_OPS_MAX
+        self.inner.lock().ops.len() < HISTORY_OPS_MAX
     }
 
     /// A write id never used before in this run.
     pub fn next_write_id(&self) -> u64 {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         inner.next_write_id += 1;
         inner.next_write_id
     }
 
     /// Records the invocation of `kind` by `client` at `now_ns`.
     pub fn invoke(&self, client: &str, kind: OpKind, now_ns: u64) -> OpId {
-        let mut inner = self.lock();
+        self.invoke_as(client, kind, None, now_ns)
+    }
+
+    /// Records the invocation of `kind` by `client` at `now_ns`, run as
+    /// session request `request` if any.
+    pub fn invoke_as(
+        &self,
+        client: &str,
+        kind: OpKind,
+        request: Option<RequestId>,
+        now_ns: u64,
+    ) -> OpId {
+        let mut inner = self.inner.lock();
         inner.ops.push(Op {
             client: client.to_string(),
             kind,
             invoke_ns: now_ns,
             complete_ns: None,
             outcome: Outcome::Pending,
+            request,
+            deliveries: 1,
         });
         inner.ops.len() - 1
     }
 
+    /// Records that the client delivered `op` once more (a retry).
+    pub fn delivered_again(&self, op: OpId) {
+        let mut inner = self.inner.lock();
+        let op = &mut inner.ops[op];
+        assert!(op.request.is_some(), "only session requests are retried");
+        assert_eq!(op.outcome, Outcome::Pending, "retried while pending");
+        op.deliveries += 1;
+    }
+
     /// Records how `op` ended; for reads, `seen` holds what it read.
     pub fn complete(&self, op: OpId, outcome: Outcome, seen: Option<Vec<u64>>, now_ns: u64) {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let op = &mut inner.ops[op];
         assert_eq!(op.outcome, Outcome::Pending, "an operation completes once");
         op.complete_ns = Some(now_ns);
@@ -122,12 +149,12 @@ impl History {
 
     /// A copy of every operation so far.
     pub fn ops(&self) -> Vec<Op> {
-        self.lock().ops.clone()
+        self.inner.lock().ops.clone()
     }
 
     /// Operations recorded so far.
     pub fn len(&self) -> usize {
-        self.lock().ops.len()
+        self.inner.lock().ops.len()
     }
 
     /// Whether nothing was recorded.

@@ -28,8 +28,11 @@
 //!   payloads and reading through any node's host (forwarded to the
 //!   volume's leader), the recorded history per volume, and the safety
 //!   checks over it.
+//! - [`retrying`]: the retrying-clients workload: clients writing through
+//!   sessions, retrying a write of unknown outcome with the same request
+//!   id, overwriting and reading back (drawn by a third of the seeds).
 //! - [`control`]: the control plane on virtual time — fabric's
-//!   `MemMembership` as the cluster's etcd, each node's registration and
+//!   `MemMetaStore` as the cluster's etcd, each node's registration and
 //!   coordinator against it through a per-node link that can be cut, and
 //!   the checks over them.
 //! - [`faults`]: the fault schedule of the safety phase: crashes,
@@ -46,6 +49,7 @@ pub mod kill;
 pub mod network;
 pub mod node;
 pub mod options;
+pub mod retrying;
 pub mod rng;
 pub mod run;
 pub mod workload;

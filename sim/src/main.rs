@@ -2,13 +2,20 @@
 //!
 //! - `metro-sim run --seed N` prints the options derived from the seed,
 //!   runs it and prints one final line:
-//!   `seed=N trace=<16 hex> events=<n> violations=<n> sim_s=<s> wall_s=<s>`;
-//!   exits non-zero on any violation.
+//!   `seed=N trace=<16 hex> events=<n> violations=<n> sim_s=<s>
+//!   retried_writes=<n> wall_s=<s>` (`retried_writes`: session writes
+//!   delivered again after an attempt of unknown outcome, see
+//!   `retrying.rs`); exits non-zero on any violation.
 //! - `metro-sim swarm --seeds K [--start S]` runs seeds S..S+K, one line
 //!   each, then lists the failing seeds with the command that replays each,
 //!   and the speed in simulated seconds per wall-clock second; its last
-//!   line is the summary `swarm: seeds=K failing=F sim_s=.. wall_s=..
-//!   speed=..x`.
+//!   line is the summary `swarm: seeds=K failing=F retried_writes=R
+//!   sim_s=.. wall_s=.. speed=..x`.
+//! - `--bug` (run, swarm) plants a bug to prove a checker catches it:
+//!   `early-ack`, `lying-fsync`, or `no-dedup` (state machines apply a
+//!   session's duplicate requests again; it also turns the seed's
+//!   retrying-clients workload on, the only one that sends session
+//!   requests).
 //! - The swarm skips the executor trace (`trace=0 events=0`; a fifth of
 //!   the cost) unless `--trace`; `run` always hashes it.
 //! - The environment faults (etcd outages and cuts, coordinators, latent
@@ -31,7 +38,8 @@ use metro_sim::run::{RunReport, run_seed, run_seed_untraced};
 #[derive(Parser, Debug)]
 #[command(
     name = "metro-sim",
-    about = "deterministic simulation of metro clusters"
+    about = "deterministic simulation of metro clusters",
+    after_help = "Planted bugs (run, swarm --bug): early-ack, lying-fsync, no-dedup."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -140,10 +148,16 @@ impl EnvArgs {
     }
 }
 
+/// A planted bug (see `PlantedBug`).
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Bug {
+    /// Clients take a write as acknowledged before the leader answered.
     EarlyAck,
+    /// Disks acknowledge fdatasync without syncing.
     LyingFsync,
+    /// State machines apply a session's duplicate requests again (turns
+    /// the retrying-clients workload on).
+    NoDedup,
 }
 
 impl Bug {
@@ -151,6 +165,7 @@ impl Bug {
         match self {
             Bug::EarlyAck => PlantedBug::EarlyAck,
             Bug::LyingFsync => PlantedBug::LyingFsync,
+            Bug::NoDedup => PlantedBug::NoDedup,
         }
     }
 
@@ -158,6 +173,7 @@ impl Bug {
         match self {
             Bug::EarlyAck => " --bug early-ack",
             Bug::LyingFsync => " --bug lying-fsync",
+            Bug::NoDedup => " --bug no-dedup",
         }
     }
 }
@@ -192,7 +208,9 @@ impl Variant {
             Some(spec) => SimOptions::with_topology(seed, spec)?,
             None => SimOptions::from_seed(seed),
         };
-        options.bug = self.bug.map(Bug::planted);
+        if let Some(bug) = self.bug {
+            options = options.with_bug(bug.planted());
+        }
         options.witness_never_campaigns = self.witness_never_campaigns;
         Ok(self.env.apply(options))
     }
@@ -213,12 +231,13 @@ impl Variant {
 
 fn line(report: &RunReport, wall_s: f64) -> String {
     format!(
-        "seed={} trace={:016x} events={} violations={} sim_s={:.3} wall_s={:.3}",
+        "seed={} trace={:016x} events={} violations={} sim_s={:.3} retried_writes={} wall_s={:.3}",
         report.seed,
         report.trace,
         report.events,
         report.violations,
         report.sim_ns as f64 / 1e9,
+        report.ops.writes_retried,
         wall_s
     )
 }
@@ -240,6 +259,10 @@ fn run(seed: u64, variant: &Variant) -> ExitCode {
         report.ops, report.net, report.faults, report.leaders_per_term_max
     );
     println!("env={:?}", report.env);
+    println!(
+        "roles={:?} violation_kinds={:?}",
+        report.roles, report.violation_kinds
+    );
     for message in &report.messages {
         println!("violation: {message}");
     }
@@ -254,6 +277,7 @@ fn run(seed: u64, variant: &Variant) -> ExitCode {
 fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
     let clock = Stopwatch::start();
     let mut sim_s = 0.0;
+    let mut retried = 0;
     let mut failing = Vec::new();
     for seed in start..start + seeds {
         let options = match variant.options(seed) {
@@ -269,6 +293,7 @@ fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
             false => run_seed_untraced(options),
         };
         sim_s += report.sim_ns as f64 / 1e9;
+        retried += report.ops.writes_retried;
         println!("{}", line(&report, one.seconds()));
         if report.violations > 0 {
             if let Some(first) = report.messages.first() {
@@ -286,7 +311,7 @@ fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
     let speed = sim_s / wall_s.max(1e-9);
     println!("speed: {speed:.1} simulated s per wall s ({sim_s:.1} sim s in {wall_s:.1} wall s)");
     println!(
-        "swarm: seeds={seeds} failing={} sim_s={sim_s:.1} wall_s={wall_s:.1} speed={speed:.1}x",
+        "swarm: seeds={seeds} failing={} retried_writes={retried} sim_s={sim_s:.1} wall_s={wall_s:.1} speed={speed:.1}x",
         failing.len()
     );
     if failing.is_empty() {

@@ -12,12 +12,17 @@
 //! - is dropped on arrival if its receiver is down or restarted meanwhile
 //!   (every node incarnation has its own epoch).
 //!
-//! A request may be duplicated (`dup_ppm`): the copy reaches the handler
-//! later and its response is discarded, which the `Transport` contract
-//! allows (handlers must be idempotent). Only Raft and bulk requests are
-//! duplicated ([`duplicates`]): a client write is not idempotent (fabric
-//! has no client-level deduplication), so a late copy would re-apply an old
-//! write over newer acknowledged ones; QUIC, the production transport,
+//! A request may be duplicated: the copy reaches the handler later and its
+//! response is discarded, which the `Transport` contract allows (handlers
+//! must be idempotent). Raft and bulk requests are duplicated at
+//! `dup_ppm`; on the client lane only session commands
+//! (`VolumeCommand::Once`, applied at most once however often delivered)
+//! are, at `session_dup_ppm` (the retrying-clients workload's), and their
+//! copy is held back up to [`SESSION_HOLD_MS_MAX`] more, so that an old
+//! delivery can reach the leader after the client's newer writes were
+//! acknowledged ([`duplicates`]). Other client requests are not idempotent
+//! (a plain write re-applied would overwrite newer acknowledged ones, a
+//! snapshot created twice conflicts), and QUIC, the production transport,
 //! delivers each request at most once. The handler runs as a task of the
 //! receiving node, so a caller that gives up does not cancel it. Any lost
 //! message makes the call fail [`TransportError::Unreachable`] after
@@ -32,12 +37,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metro_fabric::env::{Lane, NodeId, RequestHandler, Transport, TransportError};
 use openraft::AsyncRuntime;
 use openraft::async_runtime::{Oneshot, OneshotSender};
+use parking_lot::Mutex;
 
 use crate::Rt;
 use crate::kill::KillSwitch;
@@ -51,6 +57,8 @@ pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 pub const LINK_IN_FLIGHT_MAX: usize = 256;
 /// Requests being handled by one node, at most.
 pub const NODE_HANDLERS_MAX: usize = 512;
+/// Extra delay of a duplicated session request, at most.
+pub const SESSION_HOLD_MS_MAX: u64 = 1_500;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -91,7 +99,10 @@ pub struct NetStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkFaults {
     pub loss_ppm: u64,
+    /// Duplication of Raft and bulk requests.
     pub dup_ppm: u64,
+    /// Duplication of session commands on the client lane.
+    pub session_dup_ppm: u64,
     pub spike_ppm: u64,
     pub spike_ms: u64,
 }
@@ -152,6 +163,7 @@ impl SimNetwork {
                 faults: LinkFaults {
                     loss_ppm: options.loss_ppm,
                     dup_ppm: options.dup_ppm,
+                    session_dup_ppm: options.workload.session_dup_ppm(),
                     spike_ppm: options.spike_ppm,
                     spike_ms: options.spike_ms,
                 },
@@ -160,10 +172,6 @@ impl SimNetwork {
             latency,
             rng,
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, NetState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds `node` (down) in `domain`.
@@ -175,7 +183,7 @@ impl SimNetwork {
             kill: KillSwitch::new(),
             handling: 0,
         };
-        self.lock().nodes.insert(node, entry);
+        self.state.lock().nodes.insert(node, entry);
     }
 
     /// Brings `node` up with `handler`, whose tasks end when `kill` is
@@ -186,7 +194,7 @@ impl SimNetwork {
         handler: Arc<dyn DynHandler>,
         kill: KillSwitch,
     ) -> SimTransport {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let entry = state.nodes.get_mut(&node).expect("node added");
         entry.epoch += 1;
         entry.handler = Some(handler);
@@ -201,7 +209,7 @@ impl SimNetwork {
 
     /// Takes `node` down: nothing reaches it or leaves it any more.
     pub fn stop(&self, node: NodeId) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let entry = state.nodes.get_mut(&node).expect("node added");
         entry.epoch += 1;
         entry.handler = None;
@@ -209,7 +217,7 @@ impl SimNetwork {
 
     /// The transport of `node` as it runs now, if it is up.
     pub fn transport(self: &Arc<Self>, node: NodeId) -> Option<SimTransport> {
-        let state = self.lock();
+        let state = self.state.lock();
         let entry = state.nodes.get(&node)?;
         entry.handler.as_ref()?;
         Some(SimTransport {
@@ -221,7 +229,8 @@ impl SimNetwork {
 
     /// Whether `node` is up.
     pub fn is_up(&self, node: NodeId) -> bool {
-        self.lock()
+        self.state
+            .lock()
             .nodes
             .get(&node)
             .is_some_and(|e| e.handler.is_some())
@@ -230,7 +239,7 @@ impl SimNetwork {
     /// Drops everything sent from any of `from` to any of `to` (and back,
     /// if `symmetric`).
     pub fn partition(&self, from: &[NodeId], to: &[NodeId], symmetric: bool) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         for &a in from {
             for &b in to {
                 if a != b {
@@ -246,7 +255,7 @@ impl SimNetwork {
     /// Cuts every node of `domain` off from every node outside it.
     pub fn isolate_domain(&self, domain: usize) {
         let (inside, outside): (Vec<NodeId>, Vec<NodeId>) = {
-            let state = self.lock();
+            let state = self.state.lock();
             let all: Vec<(NodeId, usize)> =
                 state.nodes.iter().map(|(id, e)| (*id, e.domain)).collect();
             let inside = all.iter().filter(|(_, d)| *d == domain).map(|(id, _)| *id);
@@ -258,17 +267,17 @@ impl SimNetwork {
 
     /// Removes every partition.
     pub fn heal_partitions(&self) {
-        self.lock().blocked.clear();
+        self.state.lock().blocked.clear();
     }
 
     /// Replaces the loss, duplication and spike rates.
     pub fn set_faults(&self, faults: LinkFaults) {
-        self.lock().faults = faults;
+        self.state.lock().faults = faults;
     }
 
     /// Counters so far.
     pub fn stats(&self) -> NetStats {
-        self.lock().stats
+        self.state.lock().stats
     }
 
     /// Whether `node` still runs incarnation `epoch`.
@@ -298,6 +307,17 @@ impl SimNetwork {
         Hop::After(Duration::from_micros(delay_us))
     }
 
+    /// A duplicate's `hop`, held back up to [`SESSION_HOLD_MS_MAX`] more on
+    /// the client lane.
+    fn held(&self, hop: Hop, lane: Lane) -> Hop {
+        match (hop, lane) {
+            (Hop::After(delay), Lane::Client) => {
+                Hop::After(delay + self.rng.millis(0, SESSION_HOLD_MS_MAX))
+            }
+            (hop, _) => hop,
+        }
+    }
+
     /// Hands a request that reached `to` to its handler (as a task of
     /// `to`); the receiver yields the response unless the request was
     /// dropped on arrival.
@@ -309,7 +329,7 @@ impl SimNetwork {
         request: Vec<u8>,
     ) -> Option<<<Rt as AsyncRuntime>::Oneshot as Oneshot>::Receiver<HandlerReply>> {
         let (handler, epoch, kill) = {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             if state.blocked.contains(&(from, to)) {
                 state.stats.lost += 1;
                 return None;
@@ -333,7 +353,7 @@ impl SimNetwork {
             let Some(reply) = kill.guard(work).await else {
                 return;
             };
-            let mut state = net.lock();
+            let mut state = net.state.lock();
             if let Some(entry) = state.nodes.get_mut(&to)
                 && entry.epoch == epoch
             {
@@ -361,7 +381,7 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut state = self.net.lock();
+        let mut state = self.net.state.lock();
         if let Some(n) = state.in_flight.get_mut(&self.link) {
             *n -= 1;
             if *n == 0 {
@@ -405,7 +425,7 @@ impl SimTransport {
             reason: reason.to_string(),
         };
         let (hop, duplicate, _in_flight) = {
-            let mut state = net.lock();
+            let mut state = net.state.lock();
             if !SimNetwork::alive(&state, self.node, self.epoch) {
                 return Err(unreachable("sender is down"));
             }
@@ -420,13 +440,12 @@ impl SimTransport {
                 link: (self.node, peer),
             };
             let hop = net.hop(&mut state, self.node, peer);
-            let dup_ppm = if duplicates(lane) {
-                state.faults.dup_ppm
-            } else {
-                0
+            let dup_ppm = match lane {
+                Lane::Raft | Lane::Bulk => state.faults.dup_ppm,
+                Lane::Client => state.faults.session_dup_ppm,
             };
-            let duplicate = match self.net.rng.chance(dup_ppm) {
-                true => Some(net.hop(&mut state, self.node, peer)),
+            let duplicate = match net.rng.chance(dup_ppm) && duplicates(lane, &request) {
+                true => Some(net.held(net.hop(&mut state, self.node, peer), lane)),
                 false => None,
             };
             (hop, duplicate, guard)
@@ -455,7 +474,7 @@ impl SimTransport {
         reply: Result<Vec<u8>, String>,
     ) -> Result<Result<Vec<u8>, String>, TransportError> {
         let hop = {
-            let mut state = self.net.lock();
+            let mut state = self.net.state.lock();
             if !SimNetwork::alive(&state, peer, epoch) {
                 state.stats.lost += 1;
                 Hop::Lost
@@ -467,7 +486,7 @@ impl SimTransport {
             return never().await;
         };
         Rt::sleep(delay).await;
-        let alive = SimNetwork::alive(&self.net.lock(), self.node, self.epoch);
+        let alive = SimNetwork::alive(&self.net.state.lock(), self.node, self.epoch);
         if !alive {
             return never().await;
         }
@@ -477,7 +496,7 @@ impl SimTransport {
     fn spawn_duplicate(&self, peer: NodeId, lane: Lane, request: Vec<u8>, delay: Duration) {
         let net = Arc::clone(&self.net);
         let from = self.node;
-        net.lock().stats.duplicated += 1;
+        net.state.lock().stats.duplicated += 1;
         Rt::spawn(async move {
             Rt::sleep(delay).await;
             if let Some(rx) = net.deliver(from, peer, lane, request) {
@@ -488,11 +507,19 @@ impl SimTransport {
     }
 }
 
-/// Whether requests on `lane` may be duplicated (see the module docs).
-pub fn duplicates(lane: Lane) -> bool {
+/// Whether `request` on `lane` may be duplicated: Raft and bulk requests,
+/// and session commands on the client lane (see the module docs).
+pub fn duplicates(lane: Lane, request: &[u8]) -> bool {
+    use metro_fabric::volume::VolumeCommand;
+    use metro_fabric::wire::{ClientRequest, Message};
     match lane {
         Lane::Raft | Lane::Bulk => true,
-        Lane::Client => false,
+        Lane::Client => matches!(
+            metro_fabric::wire::decode::<Rt>(request).map(|frame| frame.message),
+            Ok(Message::Client(ClientRequest::Command(
+                VolumeCommand::Once(_)
+            )))
+        ),
     }
 }
 
@@ -508,7 +535,7 @@ impl Transport for SimTransport {
         lane: Lane,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError> {
-        if request.len() > metro_fabric::env::FRAME_BYTES_MAX {
+        if request.len() > metro_fabric::limits::FRAME_BYTES_MAX {
             return Err(TransportError::TooLarge { len: request.len() });
         }
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);

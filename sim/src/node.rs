@@ -43,9 +43,8 @@ use std::time::Duration;
 use std::collections::BTreeSet;
 
 use metro_fabric::env::{Disk, DiskError, DiskFile, NodeId, OpenMode};
-use metro_fabric::host::{
-    HostConfig, HostHandler, VolumeHost, WITNESS_DUTY_INTERVAL_MS, base_raft_config,
-};
+use metro_fabric::host::{HostConfig, HostHandler, VolumeHost, base_raft_config};
+use metro_fabric::limits::WITNESS_DUTY_INTERVAL_MS;
 use metro_fabric::raft::types::VolumeRaft;
 use metro_fabric::storage::{NodeStorage, VolumeStateMachine};
 use metro_kvstore::{CrashMode, FaultyDisk, Options, Store, StoreError, Writer};
@@ -260,6 +259,9 @@ pub async fn start(
         true => NodeStorage::new_witness(store),
         false => NodeStorage::new(store),
     };
+    if options.bug == Some(PlantedBug::NoDedup) {
+        storage.plant_ignore_request_numbers();
+    }
     let handler = Handler::new();
     let transport = net.start(node, handler.clone(), kill.clone());
     let mut config = HostConfig {

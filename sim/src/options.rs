@@ -13,9 +13,9 @@ pub const NODES_MAX: usize = 7;
 /// Blocks of each simulated volume: small, so that clients collide often.
 pub const VOLUME_BLOCKS: u64 = 32;
 /// Volumes one cluster hosts, at least.
-pub const VOLUMES_MIN: u64 = 2;
+pub const SIM_VOLUMES_MIN: u64 = 2;
 /// Volumes one cluster hosts, at most.
-pub const VOLUMES_MAX: u64 = 4;
+pub const SIM_VOLUMES_MAX: u64 = 4;
 
 /// A deliberate bug on the simulator's side, to prove the checkers catch
 /// what they claim to (never set by a seed).
@@ -26,6 +26,78 @@ pub enum PlantedBug {
     EarlyAck,
     /// Disks acknowledge `fdatasync` without making anything durable.
     LyingFsync,
+    /// Every node's state machines apply a session's duplicate requests
+    /// again (`NodeStorage::plant_ignore_request_numbers`); only the
+    /// [`Workload::RetryingClients`] workload sends session requests.
+    NoDedup,
+}
+
+/// What the clients do (drawn from a stream of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Plain writes and reads, never retried once their outcome is unknown
+    /// (`workload.rs`).
+    Mixed,
+    /// Clients write through sessions, retry a write of unknown outcome
+    /// with the same request id until acknowledged, then overwrite the
+    /// same blocks and read them back; the network duplicates session
+    /// requests on the client lane at `session_dup_ppm` and holds the copy
+    /// back (`retrying.rs`).
+    RetryingClients { session_dup_ppm: u64 },
+}
+
+/// Share of seeds whose clients retry through sessions.
+pub const RETRYING_SEEDS_PPM: u64 = 350_000;
+/// Chance that a session request on the client lane is duplicated, at
+/// least (a seed of that workload draws one up to [`SESSION_DUP_PPM_MAX`]).
+pub const SESSION_DUP_PPM_MIN: u64 = 150_000;
+/// Chance that a session request on the client lane is duplicated, at most.
+pub const SESSION_DUP_PPM_MAX: u64 = 400_000;
+
+impl Workload {
+    /// The workload `seed` draws ([`RETRYING_SEEDS_PPM`] of the seeds
+    /// retry), from a stream of its own so that the seed's other options
+    /// stay what they were before this draw existed.
+    pub fn draw(seed: u64) -> Self {
+        match Self::drawn(seed) {
+            (retrying, true) => retrying,
+            (_, false) => Self::Mixed,
+        }
+    }
+
+    /// The retrying-clients workload as `seed` draws its rates, whether
+    /// or not the seed turns it on (`--bug no-dedup` needs it).
+    pub fn retrying(seed: u64) -> Self {
+        Self::drawn(seed).0
+    }
+
+    /// The seed's retrying-clients rates, and whether it turns them on.
+    fn drawn(seed: u64) -> (Self, bool) {
+        let mut rng = SplitMix64::new(seed ^ 0x7265_7472_7969_6e67);
+        let session_dup_ppm =
+            SESSION_DUP_PPM_MIN + rng.below(SESSION_DUP_PPM_MAX - SESSION_DUP_PPM_MIN + 1);
+        let on = rng.below(1_000_000) < RETRYING_SEEDS_PPM;
+        (Self::RetryingClients { session_dup_ppm }, on)
+    }
+
+    /// Chance that a session request on the client lane is duplicated.
+    pub fn session_dup_ppm(self) -> u64 {
+        match self {
+            Self::Mixed => 0,
+            Self::RetryingClients { session_dup_ppm } => session_dup_ppm,
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Mixed => write!(f, "mixed"),
+            Self::RetryingClients { session_dup_ppm } => {
+                write!(f, "retrying-clients(session_dup={session_dup_ppm}ppm)")
+            }
+        }
+    }
 }
 
 /// One failure domain of the topology.
@@ -47,7 +119,7 @@ pub struct Latency {
 pub const DR_SNAPSHOT_PPM: u64 = 20_000;
 
 /// Everything a run varies.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimOptions {
     pub seed: u64,
     pub domains: Vec<DomainSpec>,
@@ -89,6 +161,8 @@ pub struct SimOptions {
     pub witness_never_campaigns: bool,
     /// Storage and control-plane faults (drawn from a stream of their own).
     pub env: EnvFaults,
+    /// What the clients do (drawn from a stream of its own).
+    pub workload: Workload,
     pub bug: Option<PlantedBug>,
 }
 
@@ -282,16 +356,35 @@ impl SimOptions {
             replicas: 0,
             witness_never_campaigns: false,
             env: EnvFaults::none(),
+            workload: Workload::draw(seed),
             bug: None,
         }
         .with_volumes(&mut rng)
         .with_env()
     }
 
+    /// The options with `bug` planted. `NoDedup` also turns the seed's
+    /// retrying-clients workload on (the only one sending session
+    /// requests) if the seed drew the mixed one.
+    pub fn with_bug(mut self, bug: PlantedBug) -> Self {
+        self.bug = Some(bug);
+        if bug == PlantedBug::NoDedup && self.workload == Workload::Mixed {
+            self.workload = Workload::retrying(self.seed);
+        }
+        self
+    }
+
+    /// The options with the clients' workload `workload` instead of the
+    /// drawn one.
+    pub fn with_workload(mut self, workload: Workload) -> Self {
+        self.workload = workload;
+        self
+    }
+
     /// Draws the volume count and replica count (after every other draw,
     /// so the rest of the options stay what they were before volumes).
     fn with_volumes(mut self, rng: &mut SplitMix64) -> Self {
-        self.volumes = VOLUMES_MIN + rng.below(VOLUMES_MAX - VOLUMES_MIN + 1);
+        self.volumes = SIM_VOLUMES_MIN + rng.below(SIM_VOLUMES_MAX - SIM_VOLUMES_MIN + 1);
         let data = self.domains.iter().filter(|d| !d.witness).count() as u8;
         let witness = self.domains.iter().any(|d| d.witness);
         self.replicas = match rng.below(2) {
@@ -448,7 +541,7 @@ impl fmt::Display for SimOptions {
         }
         write!(
             f,
-            "  workload volumes={}x{}replicas clients={} writes={}ppm dr_snapshots={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} bug={:?}",
+            "  workload volumes={}x{}replicas clients={} writes={}ppm dr_snapshots={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} kind={} bug={:?}",
             self.volumes,
             self.replicas,
             self.clients,
@@ -458,6 +551,7 @@ impl fmt::Display for SimOptions {
             VOLUME_BLOCKS,
             self.snapshot_logs,
             self.witness_never_campaigns,
+            self.workload,
             self.bug
         )
     }

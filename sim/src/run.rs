@@ -36,13 +36,13 @@ use metro_fabric::env::NodeId;
 use openraft::AsyncRuntime;
 use openraft::async_runtime::watch::WatchReceiver;
 
-use crate::checker::check_history;
+use crate::checker::{KindCounts, ViolationKind, check_history};
 use crate::cluster::{Cluster, SimVolume};
 use crate::control::ControlStats;
 use crate::faults::{FaultStats, inject, pause_ms, set_disk_faults};
 use crate::history::{OpKind, Outcome, decode_blocks};
 use crate::network::{LinkFaults, NetStats};
-use crate::options::{SimOptions, VOLUME_BLOCKS};
+use crate::options::{SimOptions, VOLUME_BLOCKS, Workload};
 use crate::rng::SimRng;
 use crate::workload::{client, sweep, write};
 use crate::{Rt, now_ns};
@@ -115,6 +115,8 @@ pub struct RunReport {
     /// Executor trace events (0 untraced).
     pub events: u64,
     pub violations: u64,
+    /// The violations by kind (they sum to `violations`).
+    pub violation_kinds: KindCounts,
     /// The first violation messages.
     pub messages: Vec<String>,
     pub sim_ns: u64,
@@ -123,6 +125,24 @@ pub struct RunReport {
     pub faults: FaultStats,
     pub env: EnvStats,
     pub leaders_per_term_max: usize,
+    pub roles: RoleStats,
+}
+
+impl RunReport {
+    /// The violations of `kind`.
+    pub fn violations_of(&self, kind: ViolationKind) -> u64 {
+        self.violation_kinds.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// What the witnesses did: the scenarios the witness checks are about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoleStats {
+    /// Terms (summed over volumes) in which a witness node led.
+    pub witness_terms_led: u64,
+    /// Witness replicas holding a Raft snapshot at the end (built or
+    /// installed).
+    pub witness_snapshots: u64,
 }
 
 /// What the environment faults came to.
@@ -143,6 +163,12 @@ pub struct OpCounts {
     pub writes_acked: u64,
     pub writes_unknown: u64,
     pub writes_not_applied: u64,
+    /// Session writes delivered again after an attempt of unknown outcome
+    /// (the retrying-clients workload).
+    pub writes_retried: u64,
+    /// Writes whose client never learnt the outcome (unknown) that some
+    /// read then saw: they took effect.
+    pub writes_unknown_seen: u64,
     pub reads_answered: u64,
     pub reads_failed: u64,
     /// Mean latency of acknowledged writes and answered reads, virtual µs.
@@ -173,23 +199,49 @@ impl OpCounts {
                 (OpKind::Read { .. }, _) => &mut counts.reads_failed,
             };
             *slot += 1;
+            if let OpKind::Write { .. } = op.kind {
+                counts.writes_retried += u64::from(op.deliveries > 1);
+            }
         }
+        counts.writes_unknown_seen = unknown_seen(ops);
         counts.write_us_mean = write_ns / counts.writes_acked.max(1) / 1_000;
         counts.read_us_mean = read_ns / counts.reads_answered.max(1) / 1_000;
         counts
     }
 }
 
+/// Writes of `ops` that did not end acknowledged or not applied and that an
+/// answered read saw.
+fn unknown_seen(ops: &[crate::history::Op]) -> u64 {
+    let seen: std::collections::BTreeSet<u64> = ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Acked { .. }))
+        .filter_map(|op| match &op.kind {
+            OpKind::Read { seen, .. } => Some(seen.iter().copied()),
+            OpKind::Write { .. } => None,
+        })
+        .flatten()
+        .collect();
+    let unknown =
+        |op: &&crate::history::Op| matches!(op.outcome, Outcome::Unknown | Outcome::Pending);
+    ops.iter()
+        .filter(unknown)
+        .filter(|op| matches!(op.kind, OpKind::Write { write_id, .. } if seen.contains(&write_id)))
+        .count() as u64
+}
+
 /// What the scenario task hands back.
 #[derive(Debug, Default)]
 struct Scenario {
     violations: u64,
+    violation_kinds: KindCounts,
     messages: Vec<String>,
     ops: OpCounts,
     net: NetStats,
     faults: FaultStats,
     env: EnvStats,
     leaders_per_term_max: usize,
+    roles: RoleStats,
 }
 
 /// Runs `options.seed` to its verdict (see the module docs), hashing the
@@ -242,11 +294,18 @@ fn run(options: SimOptions, traced: bool) -> RunReport {
     drop(rt);
     let mut scenario = outcome.unwrap_or_else(|why| Scenario {
         violations: 1,
+        violation_kinds: KindCounts::from([(ViolationKind::Hang, 1)]),
         messages: vec![why],
         ..Scenario::default()
     });
     if let Some((count, kept)) = PANICS.with(|panics| panics.borrow_mut().take()) {
         scenario.violations += count;
+        if count > 0 {
+            *scenario
+                .violation_kinds
+                .entry(ViolationKind::Panic)
+                .or_default() += count;
+        }
         scenario
             .messages
             .extend(kept.into_iter().map(|p| format!("task panicked: {p}")));
@@ -256,6 +315,7 @@ fn run(options: SimOptions, traced: bool) -> RunReport {
         trace,
         events,
         violations: scenario.violations,
+        violation_kinds: scenario.violation_kinds,
         messages: scenario.messages,
         sim_ns,
         ops: scenario.ops,
@@ -263,6 +323,7 @@ fn run(options: SimOptions, traced: bool) -> RunReport {
         faults: scenario.faults,
         env: scenario.env,
         leaders_per_term_max: scenario.leaders_per_term_max,
+        roles: scenario.roles,
     }
 }
 
@@ -272,7 +333,13 @@ async fn scenario(options: SimOptions) -> Scenario {
     let cluster = Cluster::boot(options, rng).await;
     let stop = Arc::new(AtomicBool::new(false));
     for number in 0..cluster.options.clients {
-        Rt::spawn(client(Arc::clone(&cluster), number, Arc::clone(&stop)));
+        let (cluster, stop) = (Arc::clone(&cluster), Arc::clone(&stop));
+        match cluster.options.workload {
+            Workload::Mixed => Rt::spawn(client(cluster, number, stop)),
+            Workload::RetryingClients { .. } => {
+                Rt::spawn(crate::retrying::client(cluster, number, stop))
+            }
+        };
     }
     let faults = Rt::spawn(inject(Arc::clone(&cluster), Arc::clone(&stop)));
     let done = Arc::new(AtomicBool::new(false));
@@ -297,8 +364,10 @@ async fn scenario(options: SimOptions) -> Scenario {
         .map(|v| v.observer.leaders_per_term_max())
         .max()
         .unwrap_or(0);
+    let roles = role_stats(&cluster);
     Scenario {
         violations: cluster.violations.count(),
+        violation_kinds: cluster.violations.by_kind(),
         messages: cluster.violations.messages(),
         ops: OpCounts {
             dr_snapshots: cluster.dr_snapshots_taken.load(Ordering::SeqCst),
@@ -314,7 +383,26 @@ async fn scenario(options: SimOptions) -> Scenario {
             corrupted_lost: faults.corrupted.is_some_and(|id| cluster.is_lost(id)),
         },
         leaders_per_term_max,
+        roles,
     }
+}
+
+/// What the witnesses did, read from the observers and, at the end, from
+/// the witness replicas' metrics.
+fn role_stats(cluster: &Cluster) -> RoleStats {
+    let mut roles = RoleStats::default();
+    for volume in &cluster.volumes {
+        roles.witness_terms_led += volume.observer.terms_led_by(|id| cluster.is_witness(id));
+        for &id in volume.members.iter().filter(|id| cluster.is_witness(**id)) {
+            let Some(raft) = cluster.raft(id, volume.id) else {
+                continue;
+            };
+            if raft.metrics().borrow_watched().snapshot.is_some() {
+                roles.witness_snapshots += 1;
+            }
+        }
+    }
+    roles
 }
 
 /// Samples the control-plane checks until `done`.
@@ -344,7 +432,7 @@ async fn control_settles(cluster: &Arc<Cluster>) {
         }
         pause_ms(CONVERGE_POLL_MS).await;
     }
-    cluster.violations.report(format!(
+    cluster.violations.report_as(ViolationKind::Liveness, format!(
         "liveness: control plane did not settle (every node registered, one coordinator) within {CONTROL_SETTLE_S} s"
     ));
 }
@@ -358,6 +446,7 @@ async fn liveness(cluster: &Arc<Cluster>, volume: &SimVolume) {
     cluster.net.set_faults(LinkFaults {
         loss_ppm: 0,
         dup_ppm: 0,
+        session_dup_ppm: 0,
         spike_ppm: 0,
         spike_ms: 0,
     });
@@ -366,10 +455,13 @@ async fn liveness(cluster: &Arc<Cluster>, volume: &SimVolume) {
     }
     let fail = |what: &str| {
         let at = now_ns();
-        cluster.violations.report(format!(
-            "liveness: {}: {what} within {LIVENESS_BUDGET_S} s (at {at} ns)",
-            volume.id
-        ));
+        cluster.violations.report_as(
+            ViolationKind::Liveness,
+            format!(
+                "liveness: {}: {what} within {LIVENESS_BUDGET_S} s (at {at} ns)",
+                volume.id
+            ),
+        );
     };
     if !probe_write(cluster, volume, deadline).await {
         return fail("no write acknowledged");
@@ -431,10 +523,13 @@ async fn witness_holds_no_blocks(cluster: &Cluster, volume: &SimVolume, id: Node
     };
     match host.status(volume.id).await {
         Ok(status) if status.blocks_nonzero == 0 => {}
-        Ok(status) => cluster.violations.report(format!(
-            "witness {id}: holds {} blocks of {}",
-            status.blocks_nonzero, volume.id
-        )),
+        Ok(status) => cluster.violations.report_as(
+            ViolationKind::Divergence,
+            format!(
+                "witness {id}: holds {} blocks of {}",
+                status.blocks_nonzero, volume.id
+            ),
+        ),
         Err(err) => cluster
             .violations
             .report(format!("witness {id}: status of {}: {err}", volume.id)),
@@ -499,7 +594,7 @@ async fn compare_replicas(cluster: &Cluster, volume: &SimVolume) {
     if let Some((first, digest)) = digests.first()
         && let Some((other, theirs)) = digests.iter().find(|(_, d)| d != digest)
     {
-        cluster.violations.report(format!(
+        cluster.violations.report_as(ViolationKind::Divergence, format!(
             "{}: replicas differ: node {first} digest {digest:016x}, node {other} digest {theirs:016x}",
             volume.id
         ));
@@ -507,7 +602,7 @@ async fn compare_replicas(cluster: &Cluster, volume: &SimVolume) {
     if let Some((first, index, digest)) = statuses.first()
         && let Some((other, i, d)) = statuses.iter().find(|(_, i, d)| (i, d) != (index, digest))
     {
-        cluster.violations.report(format!(
+        cluster.violations.report_as(ViolationKind::Divergence, format!(
             "{}: status digests differ: node {first} {digest:08x} at {index:?}, node {other} {d:08x} at {i:?}",
             volume.id
         ));

@@ -1,4 +1,5 @@
-//! The client workload: clients that write unique payloads to random block
+//! The mixed client workload (the retrying-clients one is `retrying.rs`,
+//! which reuses this module's reads): clients that write unique payloads to random block
 //! ranges of random volumes and read random ranges, entering through
 //! whichever node is up, recording every operation in the volume's
 //! [`History`].
@@ -27,6 +28,7 @@ use metro_fabric::volume::{VolumeCommand, VolumeResponse};
 use metro_fabric::wire::{ClientReply, ClientRequest};
 use openraft::AsyncRuntime;
 
+use crate::checker::ViolationKind;
 use crate::cluster::{Cluster, SimVolume};
 use crate::history::{OpKind, Outcome, decode_blocks, write_payload};
 use crate::options::{PlantedBug, VOLUME_BLOCKS};
@@ -37,9 +39,9 @@ pub const REDIRECTS_MAX: usize = 8;
 /// Pause before asking again when no leader is known.
 pub const NO_LEADER_PAUSE_MS: u64 = 100;
 /// Blocks one client write covers, at most.
-pub const WRITE_BLOCKS_MAX: u64 = 2;
+pub const WORKLOAD_WRITE_BLOCKS_MAX: u64 = 2;
 /// Blocks one client read covers, at most.
-pub const READ_BLOCKS_MAX: u64 = 4;
+pub const WORKLOAD_READ_BLOCKS_MAX: u64 = 4;
 
 /// What one request through the cluster came to.
 #[derive(Debug)]
@@ -128,10 +130,13 @@ pub async fn write(
         },
         Reply::NotSent => Outcome::NotApplied,
         Reply::Answer(other) => {
-            cluster.violations.report(format!(
-                "{} write {write_id}: unexpected answer {other:?}",
-                volume.id
-            ));
+            cluster.violations.report_as(
+                ViolationKind::Other,
+                format!(
+                    "{} write {write_id}: unexpected answer {other:?}",
+                    volume.id
+                ),
+            );
             Outcome::Unknown
         }
         Reply::Unknown(_) => Outcome::Unknown,
@@ -174,14 +179,18 @@ pub async fn read(
                 history.complete(op, acked, Some(seen), now_ns());
                 return true;
             }
-            Err(why) => cluster
-                .violations
-                .report(format!("{} read by {client}: {why}", volume.id)),
+            Err(why) => cluster.violations.report_as(
+                ViolationKind::Other,
+                format!("{} read by {client}: {why}", volume.id),
+            ),
         },
-        Reply::Answer(other) => cluster.violations.report(format!(
-            "{} read by {client}: unexpected answer {other:?}",
-            volume.id
-        )),
+        Reply::Answer(other) => cluster.violations.report_as(
+            ViolationKind::Other,
+            format!(
+                "{} read by {client}: unexpected answer {other:?}",
+                volume.id
+            ),
+        ),
         Reply::NotSent | Reply::Unknown(_) => {}
     }
     history.complete(op, Outcome::NotApplied, None, now_ns());
@@ -229,11 +238,11 @@ pub async fn client(cluster: Arc<Cluster>, number: u64, stop: Arc<AtomicBool>) {
         if snapshots.chance(cluster.options.dr_snapshot_ppm) {
             crate::dr_snapshots::take(&cluster, volume, &name, via).await;
         } else if rng.chance(cluster.options.write_ppm) {
-            let blocks = rng.range(1, WRITE_BLOCKS_MAX);
+            let blocks = rng.range(1, WORKLOAD_WRITE_BLOCKS_MAX);
             let first = rng.below(VOLUME_BLOCKS - blocks + 1);
             write(&cluster, volume, &name, via, first, blocks).await;
         } else {
-            let blocks = rng.range(1, READ_BLOCKS_MAX);
+            let blocks = rng.range(1, WORKLOAD_READ_BLOCKS_MAX);
             let first = rng.below(VOLUME_BLOCKS - blocks + 1);
             read(&cluster, volume, &name, via, first, blocks).await;
         }

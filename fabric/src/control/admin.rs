@@ -14,8 +14,8 @@
 //! - **Errors say what to do.** [`AdminError::Retry`] (no leader now, a peer
 //!   unreachable, the leader is elsewhere) means "try again next round";
 //!   [`AdminError::Failed`] means the request cannot work as asked.
-//! - Witness members are voters like data members. (Their "never serve I/O,
-//!   never lead" behaviour is future work in the group itself.)
+//! - Witness members are voters like data members; the group itself keeps
+//!   them block-less and hands their leadership on (`host/witness.rs`).
 
 use std::collections::BTreeSet;
 use std::future::Future;

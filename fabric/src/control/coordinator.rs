@@ -42,17 +42,17 @@
 //!   them unhealthy — all by the pure functions in this module's siblings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use openraft::rt::Select2;
 use openraft::{AsyncRuntime, Instant as _};
+use parking_lot::Mutex;
 
+use crate::backoff::Backoff;
 use crate::control::admin::GroupAdmin;
 use crate::control::health::{Health, volume_health};
 use crate::control::keys::ClusterKeys;
 use crate::control::placement::place;
-use crate::control::registration::{KEEP_ALIVES_PER_TTL, RETRY_MAX, RETRY_MIN};
 use crate::control::repair::{RepairAction, plan_repairs};
 use crate::control::state::{ClusterView, Member, Placement, VolumeRecord};
 use crate::control::store::{
@@ -60,16 +60,11 @@ use crate::control::store::{
     write_volume,
 };
 use crate::env::NodeId;
-use crate::membership::{Leadership, Lease, Membership, MembershipError, TxnOp};
-
-/// The default coordinator lease TTL: a failed coordinator is replaced
-/// within about this long.
-pub const COORDINATOR_LEASE_TTL: Duration = Duration::from_secs(10);
-/// The default pause between two rounds.
-pub const COORDINATOR_INTERVAL: Duration = Duration::from_secs(1);
-/// The default time a placed node must stay unregistered before its
-/// replicas are replaced (long enough for a restart or a rolling upgrade).
-pub const REPAIR_DELAY: Duration = Duration::from_secs(60);
+use crate::limits::{
+    COORDINATOR_INTERVAL_MS, COORDINATOR_LEASE_TTL_MS, KEEP_ALIVES_PER_TTL, REPAIR_DELAY_MS,
+    STORE_RETRY_MAX_MS, STORE_RETRY_MIN_MS,
+};
+use crate::meta::{Leadership, Lease, MetaError, MetaStore, TxnOp};
 
 /// Coordinator settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,11 +83,11 @@ impl CoordinatorConfig {
     pub fn new(node: NodeId) -> Self {
         Self {
             node,
-            lease_ttl: COORDINATOR_LEASE_TTL,
-            interval: COORDINATOR_INTERVAL,
-            repair_delay: REPAIR_DELAY,
-            retry_min: RETRY_MIN,
-            retry_max: RETRY_MAX,
+            lease_ttl: Duration::from_millis(COORDINATOR_LEASE_TTL_MS),
+            interval: Duration::from_millis(COORDINATOR_INTERVAL_MS),
+            repair_delay: Duration::from_millis(REPAIR_DELAY_MS),
+            retry_min: Duration::from_millis(STORE_RETRY_MIN_MS),
+            retry_max: Duration::from_millis(STORE_RETRY_MAX_MS),
         }
     }
 }
@@ -144,7 +139,7 @@ enum Flow {
     Deposed,
 }
 
-type Step = Result<Flow, MembershipError>;
+type Step = Result<Flow, MetaError>;
 
 /// Placed nodes without a registration, since when (ms on the coordinator's
 /// clock).
@@ -172,16 +167,12 @@ impl DownTracker {
     }
 }
 
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The cluster's coordinator candidate on one node (see the module docs).
-pub struct Coordinator<RT: AsyncRuntime, M: Membership, A: GroupAdmin> {
+pub struct Coordinator<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> {
     membership: M,
     admin: A,
     keys: ClusterKeys,
@@ -191,17 +182,17 @@ pub struct Coordinator<RT: AsyncRuntime, M: Membership, A: GroupAdmin> {
     leadership: Mutex<Option<Leadership>>,
 }
 
-impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> std::fmt::Debug for Coordinator<RT, M, A> {
+impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> std::fmt::Debug for Coordinator<RT, M, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator")
             .field("keys", &self.keys)
             .field("config", &self.config)
-            .field("stats", &*lock(&self.stats))
+            .field("stats", &*self.stats.lock())
             .finish_non_exhaustive()
     }
 }
 
-impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
+impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> Coordinator<RT, M, A> {
     pub fn new(membership: M, admin: A, keys: ClusterKeys, config: CoordinatorConfig) -> Self {
         Self {
             membership,
@@ -216,12 +207,12 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
 
     /// The counters now.
     pub fn stats(&self) -> CoordinatorStats {
-        lock(&self.stats).clone()
+        self.stats.lock().clone()
     }
 
     /// The leadership held now, if any.
     pub fn leadership(&self) -> Option<Leadership> {
-        lock(&self.leadership).clone()
+        self.leadership.lock().clone()
     }
 
     /// The group admin (tests inspect their fakes through it).
@@ -230,7 +221,7 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
     }
 
     fn count(&self, change: impl FnOnce(&mut CoordinatorStats)) {
-        change(&mut lock(&self.stats));
+        change(&mut self.stats.lock());
     }
 
     fn note_error(&self, error: &dyn std::fmt::Display) {
@@ -242,8 +233,11 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
         millis(RT::Instant::now() - self.epoch)
     }
 
-    fn backoff(&self, current: Duration) -> Duration {
-        (current * 2).min(self.config.retry_max)
+    /// A store-retry backoff seeded by this node and `purpose`, so that
+    /// coordinators (and one coordinator's loops) never retry in lockstep.
+    fn backoff(&self, purpose: u64) -> Backoff {
+        let seed = self.config.node.rotate_left(16) ^ purpose;
+        Backoff::new(self.config.retry_min, self.config.retry_max, seed)
     }
 
     /// Campaigns, leads while elected, campaigns again; never returns.
@@ -256,7 +250,7 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
                 {
                     Select2::First(end) | Select2::Second(end) => end,
                 };
-            let was_leading = lock(&self.leadership).take().is_some();
+            let was_leading = self.leadership.lock().take().is_some();
             self.count(|s| {
                 s.leading = false;
                 s.terms_ended += u64::from(was_leading);
@@ -272,7 +266,7 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
     /// `previous` if the store still knows it, else a new lease; retries
     /// while the store is unreachable.
     async fn obtain_lease(&self, mut previous: Option<Lease>) -> Lease {
-        let mut backoff = self.config.retry_min;
+        let mut backoff = self.backoff(1);
         loop {
             let attempt = match previous {
                 Some(lease) => self
@@ -284,12 +278,11 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
             };
             match attempt {
                 Ok(lease) => return lease,
-                Err(MembershipError::LeaseNotFound { .. }) => previous = None,
+                Err(MetaError::LeaseNotFound { .. }) => previous = None,
                 Err(error) => {
                     self.count(|s| s.unreachable += u64::from(error.is_unreachable()));
                     self.note_error(&error);
-                    RT::sleep(backoff).await;
-                    backoff = self.backoff(backoff);
+                    backoff.wait::<RT>().await;
                 }
             }
         }
@@ -302,7 +295,7 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
         let lapse_after = lease.ttl - every;
         let mut last_ok = RT::Instant::now();
         let mut wait = every;
-        let mut backoff = self.config.retry_min;
+        let mut backoff = self.backoff(2);
         loop {
             RT::sleep(wait).await;
             let sent = RT::Instant::now();
@@ -310,16 +303,15 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
                 Ok(()) => {
                     last_ok = sent;
                     wait = every;
-                    backoff = self.config.retry_min;
+                    backoff.reset();
                 }
-                Err(MembershipError::LeaseNotFound { .. }) => return End::LeaseLost,
+                Err(MetaError::LeaseNotFound { .. }) => return End::LeaseLost,
                 Err(error) => {
                     self.count(|s| s.unreachable += u64::from(error.is_unreachable()));
                     if RT::Instant::now() - last_ok >= lapse_after {
                         return End::Lapsing;
                     }
-                    wait = backoff.min(every);
-                    backoff = self.backoff(backoff);
+                    wait = backoff.next_delay().min(every);
                 }
             }
         }
@@ -329,7 +321,7 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
     async fn campaign_and_lead(&self, lease: Lease) -> End {
         let election = self.keys.coordinator();
         let value = self.config.node.to_string();
-        let mut backoff = self.config.retry_min;
+        let mut backoff = self.backoff(3);
         let leadership = loop {
             match self
                 .membership
@@ -337,16 +329,15 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
                 .await
             {
                 Ok(leadership) => break leadership,
-                Err(MembershipError::LeaseNotFound { .. }) => return End::LeaseLost,
+                Err(MetaError::LeaseNotFound { .. }) => return End::LeaseLost,
                 Err(error) => {
                     self.count(|s| s.unreachable += u64::from(error.is_unreachable()));
                     self.note_error(&error);
-                    RT::sleep(backoff).await;
-                    backoff = self.backoff(backoff);
+                    backoff.wait::<RT>().await;
                 }
             }
         };
-        *lock(&self.leadership) = Some(leadership.clone());
+        *self.leadership.lock() = Some(leadership.clone());
         self.count(|s| {
             s.leading = true;
             s.terms += 1;
@@ -375,6 +366,10 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
 
     /// One round (see the module docs).
     async fn round(&self, leadership: &Leadership, down: &mut DownTracker) -> Step {
+        assert!(
+            self.leadership.lock().is_some(),
+            "the coordinator acts only while leading"
+        );
         if !still_leader(&self.membership, leadership).await? {
             return Ok(Flow::Deposed);
         }
@@ -575,6 +570,10 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
         if !still_leader(&self.membership, leadership).await? {
             return Ok(Flow::Deposed);
         }
+        assert!(
+            placement.contains(action.dead.node) && !placement.contains(action.replacement),
+            "a repair swaps a member of the placement for a node outside it"
+        );
         let mut status = self.status_of(loaded, &action.volume);
         let replaced = self
             .admin
@@ -667,7 +666,7 @@ impl<RT: AsyncRuntime, M: Membership, A: GroupAdmin> Coordinator<RT, M, A> {
             .map(|name| TxnOp::Delete {
                 key: status_key(&self.keys, name).into_bytes(),
             })
-            .take(crate::membership::TXN_OPS_MAX)
+            .take(crate::limits::TXN_OPS_MAX)
             .collect();
         if ops.is_empty() {
             return Ok(Flow::Continue);

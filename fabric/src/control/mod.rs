@@ -1,5 +1,5 @@
 //! The control plane's deterministic core: the desired-state schema kept in
-//! the [`crate::membership::Membership`] store, and the pure decisions the
+//! the [`crate::meta::MetaStore`] store, and the pure decisions the
 //! coordinator takes from it — where to place a volume's replicas, which
 //! replicas to repair, how healthy a volume is.
 //!
@@ -23,24 +23,17 @@ mod state;
 mod store;
 
 pub use admin::{AdminError, GroupAdmin, voters_after_replace};
-pub use coordinator::{
-    COORDINATOR_INTERVAL, COORDINATOR_LEASE_TTL, Coordinator, CoordinatorConfig, CoordinatorStats,
-    REPAIR_DELAY,
-};
+pub use coordinator::{Coordinator, CoordinatorConfig, CoordinatorStats};
 pub use health::{Health, MemberHealth, volume_health};
 pub use keys::ClusterKeys;
 pub use placement::{PlacementError, place};
-pub use registration::{
-    KEEP_ALIVES_PER_TTL, NODE_LEASE_TTL, NodeRegistration, RegistrationConfig, RegistrationStatus,
-    StatusReceiver,
-};
+pub use registration::{NodeRegistration, RegistrationConfig, RegistrationStatus, StatusReceiver};
 pub use repair::{RepairAction, plan_repairs};
 pub use state::{
     ClusterView, DecodeError, DomainInfo, DomainRole, DomainState, Member, MemberRole, NodeInfo,
     Placement, VolumeRecord, VolumeSpec, decode, encode,
 };
 pub use store::{
-    CasOutcome, DOMAIN_CAS_ATTEMPTS_MAX, LoadedView, StoreError, VolumeStatusRecord, guarded_write,
-    load_view, set_domain_state, status_key, status_prefix, still_leader, write_status,
-    write_volume,
+    CasOutcome, LoadedView, StoreError, VolumeStatusRecord, guarded_write, load_view,
+    set_domain_state, status_key, status_prefix, still_leader, write_status, write_volume,
 };

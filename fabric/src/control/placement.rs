@@ -17,9 +17,7 @@ use crate::control::state::{
     ClusterView, DomainRole, Member, MemberRole, NodeInfo, Placement, VolumeSpec,
 };
 use crate::env::NodeId;
-
-/// The most data replicas a volume may have.
-pub const REPLICAS_MAX: u8 = 5;
+use crate::limits::REPLICAS_MAX;
 
 /// Why a volume cannot be placed now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,7 +69,36 @@ pub fn place(spec: &VolumeSpec, view: &ClusterView) -> Result<Placement, Placeme
             role: MemberRole::Witness,
         });
     }
+    check_placement(spec.replicas, &members);
     Ok(Placement { members })
+}
+
+/// What every placement guarantees: `replicas` data members, one per data
+/// domain, and a witness exactly when the data members are even.
+fn check_placement(replicas: u8, members: &[Member]) {
+    let data: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.role == MemberRole::Data)
+        .collect();
+    let witnesses = members.len() - data.len();
+    assert_eq!(
+        data.len(),
+        usize::from(replicas),
+        "one member per data replica"
+    );
+    let mut domains: Vec<&str> = members.iter().map(|m| m.domain.as_str()).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    assert_eq!(domains.len(), members.len(), "one member per domain");
+    assert_eq!(
+        witnesses,
+        usize::from(replicas.is_multiple_of(2)),
+        "a witness only beside an even number of data domains"
+    );
+    let mut nodes: Vec<NodeId> = members.iter().map(|m| m.node).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(nodes.len(), members.len(), "no node holds two members");
 }
 
 /// For each active domain of `role` with a live node: (domain, its best
@@ -100,6 +127,10 @@ fn candidates(
                 .iter()
                 .min_by_key(|n| (node_load(n.id), n.id))
                 .expect("a listed domain has a node");
+            assert!(
+                nodes.iter().all(|n| n.domain == domain),
+                "nodes grouped by their domain"
+            );
             (domain_load, domain.to_owned(), best.id)
         })
         .collect();

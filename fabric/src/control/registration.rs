@@ -15,31 +15,26 @@
 //!   `leases_lost` + 1, `registered == false`) and registers again under a
 //!   new lease.
 //! - When the store is unreachable the node keeps retrying with backoff
-//!   (from [`RETRY_MIN`] doubling to [`RETRY_MAX`]); its lease survives a
+//!   (from [`STORE_RETRY_MIN_MS`] doubling to [`STORE_RETRY_MAX_MS`]); its lease survives a
 //!   store restart (etcd renews every lease then). Nothing on the data path
 //!   waits for registration: I/O on existing volumes goes on regardless.
 //! - Status is published through the runtime's watch channel
 //!   ([`NodeRegistration::subscribe`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::rt::{Watch, WatchSender};
 use openraft::{AsyncRuntime, Instant as _};
+use parking_lot::Mutex;
 
+use crate::backoff::Backoff;
 use crate::control::keys::ClusterKeys;
 use crate::control::state::{NodeInfo, encode};
-use crate::membership::{Lease, LeaseId, Membership, MembershipError};
-
-/// The default registration lease TTL: a node is seen down this long (at
-/// most, plus the store's expiry slack) after it stops renewing.
-pub const NODE_LEASE_TTL: Duration = Duration::from_secs(10);
-/// Keep-alives per TTL: three, so two may be lost before the lease lapses.
-pub const KEEP_ALIVES_PER_TTL: u32 = 3;
-/// The first backoff after the store was unreachable.
-pub const RETRY_MIN: Duration = Duration::from_millis(100);
-/// The longest backoff while the store is unreachable.
-pub const RETRY_MAX: Duration = Duration::from_secs(2);
+use crate::limits::{
+    KEEP_ALIVES_PER_TTL, NODE_LEASE_TTL_MS, STORE_RETRY_MAX_MS, STORE_RETRY_MIN_MS,
+};
+use crate::meta::{Lease, LeaseId, MetaError, MetaStore};
 
 /// Registration settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,9 +47,9 @@ pub struct RegistrationConfig {
 impl Default for RegistrationConfig {
     fn default() -> Self {
         Self {
-            ttl: NODE_LEASE_TTL,
-            retry_min: RETRY_MIN,
-            retry_max: RETRY_MAX,
+            ttl: Duration::from_millis(NODE_LEASE_TTL_MS),
+            retry_min: Duration::from_millis(STORE_RETRY_MIN_MS),
+            retry_max: Duration::from_millis(STORE_RETRY_MAX_MS),
         }
     }
 }
@@ -79,7 +74,7 @@ type StatusSender<RT> = <<RT as AsyncRuntime>::Watch as Watch>::Sender<Registrat
 pub type StatusReceiver<RT> = <<RT as AsyncRuntime>::Watch as Watch>::Receiver<RegistrationStatus>;
 
 /// A node's registration loop (see the module contract).
-pub struct NodeRegistration<RT: AsyncRuntime, M: Membership> {
+pub struct NodeRegistration<RT: AsyncRuntime, M: MetaStore> {
     membership: M,
     keys: ClusterKeys,
     info: NodeInfo,
@@ -88,7 +83,7 @@ pub struct NodeRegistration<RT: AsyncRuntime, M: Membership> {
     lease: Arc<Mutex<Option<LeaseId>>>,
 }
 
-impl<RT: AsyncRuntime, M: Membership> std::fmt::Debug for NodeRegistration<RT, M> {
+impl<RT: AsyncRuntime, M: MetaStore> std::fmt::Debug for NodeRegistration<RT, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeRegistration")
             .field("node", &self.info.id)
@@ -97,7 +92,7 @@ impl<RT: AsyncRuntime, M: Membership> std::fmt::Debug for NodeRegistration<RT, M
     }
 }
 
-impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
+impl<RT: AsyncRuntime, M: MetaStore> NodeRegistration<RT, M> {
     pub fn new(
         membership: M,
         keys: ClusterKeys,
@@ -134,7 +129,7 @@ impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
     }
 
     fn set_lease(&self, lease: Option<LeaseId>) {
-        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+        *self.lease.lock() = lease;
     }
 
     /// Registers and keeps the registration alive, forever.
@@ -154,7 +149,7 @@ impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
     async fn register(&self) -> Lease {
         let key = self.keys.node(self.info.id);
         let value = encode(&self.info);
-        let mut backoff = self.config.retry_min;
+        let mut backoff = self.backoff(1);
         loop {
             let attempt = async {
                 let lease = self.membership.grant(self.config.ttl).await?;
@@ -162,7 +157,7 @@ impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
                 self.membership
                     .put(key.as_bytes(), &value, Some(lease.id))
                     .await?;
-                Ok::<Lease, MembershipError>(lease)
+                Ok::<Lease, MetaError>(lease)
             };
             match attempt.await {
                 Ok(lease) => {
@@ -176,8 +171,7 @@ impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
                 }
                 Err(error) => {
                     self.update(|s| s.last_error = Some(error.to_string()));
-                    RT::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.retry_max);
+                    backoff.wait::<RT>().await;
                 }
             }
         }
@@ -188,7 +182,7 @@ impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
     /// until a TTL has passed since the start of the last successful one.
     async fn keep_alive(&self, lease: Lease) {
         let every = lease.ttl / KEEP_ALIVES_PER_TTL;
-        let mut backoff = self.config.retry_min;
+        let mut backoff = self.backoff(2);
         let mut wait = every;
         let mut last_ok = RT::Instant::now();
         loop {
@@ -201,30 +195,36 @@ impl<RT: AsyncRuntime, M: Membership> NodeRegistration<RT, M> {
                         s.registered = true;
                         s.last_error = None;
                     });
-                    backoff = self.config.retry_min;
+                    backoff.reset();
                     wait = every;
                 }
-                Err(MembershipError::LeaseNotFound { .. }) => return,
+                Err(MetaError::LeaseNotFound { .. }) => return,
                 Err(error) => {
                     let lapsed = RT::Instant::now() - last_ok >= lease.ttl;
                     self.update(|s| {
                         s.last_error = Some(error.to_string());
                         s.registered &= !lapsed;
                     });
-                    wait = backoff.min(every);
-                    backoff = (backoff * 2).min(self.config.retry_max);
+                    wait = backoff.next_delay().min(every);
                 }
             }
         }
     }
 
+    /// A store-retry backoff seeded by this node and `purpose` (no two
+    /// nodes, nor two loops of one node, retry in lockstep).
+    fn backoff(&self, purpose: u64) -> Backoff {
+        let seed = self.info.id.rotate_left(16) ^ purpose ^ 0x5245_4749;
+        Backoff::new(self.config.retry_min, self.config.retry_max, seed)
+    }
+
     /// Leaves the cluster now: revokes the current lease (deleting the node
     /// key). A running [`Self::run`] registers again; stop it first.
-    pub async fn deregister(&self) -> Result<(), MembershipError> {
-        let lease = *self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+    pub async fn deregister(&self) -> Result<(), MetaError> {
+        let lease = *self.lease.lock();
         if let Some(lease) = lease {
             match self.membership.revoke(lease).await {
-                Ok(()) | Err(MembershipError::LeaseNotFound { .. }) => {}
+                Ok(()) | Err(MetaError::LeaseNotFound { .. }) => {}
                 Err(error) => return Err(error),
             }
         }

@@ -49,6 +49,14 @@ pub fn plan_repairs(view: &ClusterView, now_ms: u64, repair_delay_ms: u64) -> Ve
             .min_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id))
             .map(|n| n.id);
         if let Some(replacement) = replacement {
+            assert!(
+                !view.nodes.contains_key(&dead.node) && placement.contains(dead.node),
+                "a repair replaces only a dead member"
+            );
+            assert!(
+                view.nodes[&replacement].domain == dead.domain && !placement.contains(replacement),
+                "a replacement is a live node of the dead member's domain, new to the group"
+            );
             *load.entry(replacement).or_default() += 1;
             actions.push(RepairAction {
                 volume: name.clone(),

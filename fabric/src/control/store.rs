@@ -1,5 +1,5 @@
 //! Desired-state I/O: reading a [`ClusterView`] out of the
-//! [`Membership`] store and writing records back with compare-and-swap.
+//! [`MetaStore`] store and writing records back with compare-and-swap.
 //!
 //! Contracts:
 //! - Every write of a volume record is a transaction guarded by the record's
@@ -25,18 +25,14 @@ use crate::control::state::{
     ClusterView, DecodeError, DomainInfo, DomainState, NodeInfo, VolumeRecord, decode, encode,
 };
 use crate::env::NodeId;
-use crate::membership::{
-    Compare, KeyValue, Leadership, Membership, MembershipError, Revision, TxnOp,
-};
-
-/// How often [`set_domain_state`] re-reads and retries after a conflict.
-pub const DOMAIN_CAS_ATTEMPTS_MAX: usize = 8;
+use crate::limits::DOMAIN_CAS_ATTEMPTS_MAX;
+use crate::meta::{Compare, KeyValue, Leadership, MetaError, MetaStore, Revision, TxnOp};
 
 /// Errors of the desired-state helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Membership(#[from] MembershipError),
+    Meta(#[from] MetaError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("no domain named {0:?}")]
@@ -96,12 +92,12 @@ pub struct LoadedView {
 }
 
 /// Decodes every value under `prefix` into `T`, keyed by the rest of its key.
-async fn load_prefix<M: Membership, T: for<'de> Deserialize<'de>>(
+async fn load_prefix<M: MetaStore, T: for<'de> Deserialize<'de>>(
     membership: &M,
     prefix: &str,
     what: &'static str,
     malformed: &mut Vec<String>,
-) -> Result<Vec<(String, T, KeyValue)>, MembershipError> {
+) -> Result<Vec<(String, T, KeyValue)>, MetaError> {
     let range = membership.range(prefix.as_bytes()).await?;
     let mut out = Vec::with_capacity(range.kvs.len());
     for kv in range.kvs {
@@ -117,10 +113,10 @@ async fn load_prefix<M: Membership, T: for<'de> Deserialize<'de>>(
 
 /// Reads nodes, domains, volumes and statuses (`down_since_ms` is left
 /// empty: the caller tracks downtime on its own clock).
-pub async fn load_view<M: Membership>(
+pub async fn load_view<M: MetaStore>(
     membership: &M,
     keys: &ClusterKeys,
-) -> Result<LoadedView, MembershipError> {
+) -> Result<LoadedView, MetaError> {
     let mut loaded = LoadedView::default();
     let bad = &mut loaded.malformed;
     let prefix = keys.nodes_prefix();
@@ -165,13 +161,13 @@ fn failed_outcome(fence: Option<&Leadership>, current: &[Option<KeyValue>]) -> C
 
 /// Writes `ops` if `key` is still at `revision` (0: absent) and, if given,
 /// the leadership still holds.
-pub async fn guarded_write<M: Membership>(
+pub async fn guarded_write<M: MetaStore>(
     membership: &M,
     key: &str,
     revision: Revision,
     fence: Option<&Leadership>,
     ops: Vec<TxnOp>,
-) -> Result<CasOutcome, MembershipError> {
+) -> Result<CasOutcome, MetaError> {
     let mut compares = vec![Compare::mod_revision(key.as_bytes().to_vec(), revision)];
     compares.extend(fence.map(Leadership::fence));
     let result = membership.txn(compares, ops).await?;
@@ -184,14 +180,14 @@ pub async fn guarded_write<M: Membership>(
 
 /// Writes a volume record (and optionally its status) if the record is
 /// still at `revision` and `leadership` holds.
-pub async fn write_volume<M: Membership>(
+pub async fn write_volume<M: MetaStore>(
     membership: &M,
     keys: &ClusterKeys,
     leadership: &Leadership,
     revision: Revision,
     record: &VolumeRecord,
     status: Option<&VolumeStatusRecord>,
-) -> Result<CasOutcome, MembershipError> {
+) -> Result<CasOutcome, MetaError> {
     let name = &record.spec.name;
     let key = keys.volume(name);
     let mut ops = vec![put_op(&key, encode(record))];
@@ -202,13 +198,13 @@ pub async fn write_volume<M: Membership>(
 }
 
 /// Publishes a volume's status if `leadership` still holds.
-pub async fn write_status<M: Membership>(
+pub async fn write_status<M: MetaStore>(
     membership: &M,
     keys: &ClusterKeys,
     leadership: &Leadership,
     name: &str,
     status: &VolumeStatusRecord,
-) -> Result<CasOutcome, MembershipError> {
+) -> Result<CasOutcome, MetaError> {
     let ops = vec![put_op(&status_key(keys, name), encode(status))];
     let result = membership.txn(vec![leadership.fence()], ops).await?;
     Ok(if result.succeeded {
@@ -219,10 +215,10 @@ pub async fn write_status<M: Membership>(
 }
 
 /// Whether `leadership` still holds (a fenced no-op transaction).
-pub async fn still_leader<M: Membership>(
+pub async fn still_leader<M: MetaStore>(
     membership: &M,
     leadership: &Leadership,
-) -> Result<bool, MembershipError> {
+) -> Result<bool, MetaError> {
     let result = membership.txn(vec![leadership.fence()], Vec::new()).await?;
     Ok(result.succeeded)
 }
@@ -241,7 +237,7 @@ fn put_op(key: &str, value: Vec<u8>) -> TxnOp {
 /// coordinator honours the new state from its next round: placement skips
 /// inactive domains, repair leaves their members alone, and health counts
 /// them unhealthy.
-pub async fn set_domain_state<M: Membership>(
+pub async fn set_domain_state<M: MetaStore>(
     membership: &M,
     keys: &ClusterKeys,
     name: &str,

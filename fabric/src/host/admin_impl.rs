@@ -2,8 +2,8 @@
 //! openraft groups.
 //!
 //! - `create_group` opens a replica on every member (the witness included:
-//!   witnesses are voters like data members; their "never lead, no data"
-//!   behaviour is future work) and initializes each with the same voter set,
+//!   witnesses are voters like data members, block-less and handing their
+//!   leadership on, see `witness.rs`) and initializes each with the same voter set,
 //!   as [`VolumeHost::create_volume`] does, but asks every member even when
 //!   one fails (a majority that opened is already a live group, which
 //!   repair can complete if the others stay down). It succeeds once every
@@ -16,8 +16,11 @@
 //!   set in one joint-consensus change with `retain = false`, which removes
 //!   the dead voter from the group.
 //! - `in_sync` reads the leader's replication metrics: members whose
-//!   matched log index equals the leader's last log index, the leader
-//!   included.
+//!   matched log index trails the leader's last log index by at most
+//!   [`IN_SYNC_LAG_ENTRIES_MAX`] entries, the leader included. (Requiring
+//!   an exact match made a healthy volume under steady writes read
+//!   `degraded` or `unavailable` whenever a sample caught entries in
+//!   flight.)
 //!
 //! Membership changes and replication metrics are only available where the
 //! leader runs: when the leader is another node, `replace_member` and
@@ -25,7 +28,10 @@
 //! `InSync` requests, nodes only), where they run locally and are never
 //! forwarded again; a node without a replica (a coordinator need not host
 //! one) asks the members in turn; with no leader known they answer
-//! [`AdminError::Retry`].
+//! [`AdminError::Retry`]. A forwarded `replace_member` is waited for
+//! [`REPLACE_MEMBER_CALL_TIMEOUT_MS`], longer than the leader may run it,
+//! with the transport's per-call cap raised to match: the caller never
+//! gives up (and a later round re-issues the repair) while it still runs.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,20 +39,18 @@ use std::time::Duration;
 use openraft::AsyncRuntime;
 use openraft::rt::WatchReceiver as _;
 
-use super::{FORWARD_TIMEOUT_MS, HostError, VolumeHost};
+use super::{HostError, VolumeHost};
 use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec, voters_after_replace};
 use crate::env::{NodeId, Transport};
-use crate::raft::network::forward_client;
+use crate::limits::{
+    CATCH_UP_TIMEOUT_MS, FORWARD_TIMEOUT_MS, IN_SYNC_LAG_ENTRIES_MAX, MEMBERSHIP_CHANGE_TIMEOUT_MS,
+    REPLACE_MEMBER_CALL_TIMEOUT_MS,
+};
+use crate::raft::network::forward_client_within;
 use crate::raft::types::RaftNode;
 use crate::volume::{BLOCK_BYTES, VolumeId};
 use crate::wire::ClientReply;
 use crate::wire::ClientRequest;
-
-/// How long a new learner may take to catch up before the repair is
-/// retried in a later round.
-pub const CATCH_UP_TIMEOUT_MS: u64 = 120_000;
-/// How long one membership change may take to commit.
-pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 30_000;
 
 fn retry(spec: &VolumeSpec, reason: impl std::fmt::Display) -> AdminError {
     AdminError::Retry {
@@ -141,7 +145,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// Asks `leader` to run `request` (a forwarded admin request), bounded
-    /// by `timeout_ms`.
+    /// by `timeout_ms`, which is also the transport's cap for this call.
     async fn forward_admin(
         &self,
         spec: &VolumeSpec,
@@ -149,7 +153,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         request: ClientRequest,
         timeout_ms: u64,
     ) -> Result<ClientReply, AdminError> {
-        let call = forward_client::<T, RT>(self.transport(), leader, VolumeId(spec.id), request);
+        let volume = VolumeId(spec.id);
+        let call =
+            forward_client_within::<T, RT>(self.transport(), leader, volume, request, timeout_ms);
         match RT::timeout(Duration::from_millis(timeout_ms), call).await {
             Ok(Ok(ClientReply::Failed { message })) => Err(retry(
                 spec,
@@ -208,7 +214,13 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             node == self.node()
                 || replication
                     .get(&node)
-                    .is_some_and(|log_id| log_id.as_ref().map(|l| l.index) == last)
+                    .is_some_and(|log_id| match (log_id, last) {
+                        (_, None) => true,
+                        (None, Some(_)) => false,
+                        (Some(matched), Some(last)) => {
+                            last.saturating_sub(matched.index) <= IN_SYNC_LAG_ENTRIES_MAX
+                        }
+                    })
         };
         Ok(placement.nodes().filter(|node| matched(*node)).collect())
     }
@@ -286,9 +298,8 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
             dead,
             replacement,
         };
-        let timeout = CATCH_UP_TIMEOUT_MS + MEMBERSHIP_CHANGE_TIMEOUT_MS;
         match self
-            .forward_admin_any(spec, &targets, &request, timeout)
+            .forward_admin_any(spec, &targets, &request, REPLACE_MEMBER_CALL_TIMEOUT_MS)
             .await?
         {
             (_, ClientReply::Done) => Ok(()),

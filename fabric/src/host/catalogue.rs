@@ -16,7 +16,8 @@ use metro_kvstore::{Namespace, Store, StoreError, WriteBatch};
 use openraft::AsyncRuntime;
 use openraft::rt::{Oneshot, OneshotSender};
 
-use super::{HostError, VOLUMES_MAX};
+use super::HostError;
+use crate::limits::VOLUMES_MAX;
 use crate::storage::GroupNamespaces;
 use crate::storage::namespaces::BLOCK_MAP_SLOTS;
 use crate::volume::VolumeId;
@@ -123,6 +124,7 @@ impl Catalogue {
         batch.drop_namespace(ns.raft_meta());
         batch.drop_namespace(ns.sm_meta());
         batch.drop_namespace(ns.dr_snapshots());
+        batch.drop_namespace(ns.sessions());
         for slot in 0..BLOCK_MAP_SLOTS {
             batch.drop_namespace(ns.block_map(slot));
         }

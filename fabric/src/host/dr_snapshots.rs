@@ -14,9 +14,10 @@ use openraft::AsyncRuntime;
 
 use super::{HostError, VolumeHost};
 use crate::env::{NodeId, Transport};
+use crate::limits::SNAPSHOT_READ_BLOCKS_MAX;
 use crate::storage::{DrCatalogue, StorageError};
 use crate::volume::{BlockData, VolumeCommand, VolumeId};
-use crate::wire::{ClientReply, ClientRequest, SNAPSHOT_READ_BLOCKS_MAX, SnapshotPage};
+use crate::wire::{ClientReply, ClientRequest, SnapshotPage};
 
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// Takes DR snapshot `snapshot_id` of `volume` through its leader; the

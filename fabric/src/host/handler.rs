@@ -26,7 +26,7 @@ use crate::wire::{ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, 
 
 /// Bounds `err`'s text to what a reply field carries.
 fn text(err: impl std::fmt::Display) -> String {
-    let max = crate::wire::TEXT_BYTES_MAX as usize;
+    let max = crate::limits::TEXT_BYTES_MAX as usize;
     let mut message = err.to_string();
     if message.len() > max {
         let mut end = max;

@@ -23,8 +23,10 @@
 //!   leader confirms its leadership (read-index) and waits until it applied
 //!   that index before reading.
 //! - Forwarding: a client request that reaches a follower is forwarded to
-//!   the leader, following at most [`FORWARD_HOPS_MAX`] redirects, each hop
-//!   bounded by [`FORWARD_TIMEOUT_MS`]; when no leader is known the client
+//!   the leader, following at most [`FORWARD_HOPS_MAX`](crate::limits::FORWARD_HOPS_MAX) redirects, each hop
+//!   bounded by [`FORWARD_TIMEOUT_MS`](crate::limits::FORWARD_TIMEOUT_MS) and the whole forward (the
+//!   local serve included) by [`FORWARD_DEADLINE_MS`](crate::limits::FORWARD_DEADLINE_MS), which
+//!   clients outlast per attempt; when no leader is known the client
 //!   gets [`ClientReply::Redirect`](crate::wire::ClientReply::Redirect) and retries. Requests from other nodes
 //!   (forwarded client operations) are answered locally, never forwarded
 //!   again, so forwarding cannot loop.
@@ -53,6 +55,7 @@ mod admin_impl;
 pub mod catalogue;
 mod dr_snapshots;
 mod handler;
+mod session;
 mod status;
 mod volume_host;
 mod witness;
@@ -60,39 +63,20 @@ mod witness;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-pub use admin_impl::{CATCH_UP_TIMEOUT_MS, MEMBERSHIP_CHANGE_TIMEOUT_MS};
 pub use catalogue::{Catalogue, KIND_HOST_CATALOGUE};
 pub use handler::HostHandler;
+pub use session::{RequestId, SessionWindow};
 pub use volume_host::VolumeHost;
-pub use witness::{LOG_FLOOR_TIMEOUT_MS, WITNESS_DUTY_INTERVAL_MS, WitnessPass};
+pub use witness::WitnessPass;
 
 use crate::env::NodeId;
+use crate::limits::{
+    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, VOLUMES_MAX,
+    WITNESS_ELECTION_FACTOR,
+};
 use crate::raft::network::CallError;
 use crate::storage::StorageError;
 use crate::volume::{VolumeId, VolumeResponse};
-
-/// Redirects one client request follows before giving up for this try.
-pub const FORWARD_HOPS_MAX: usize = 4;
-/// How long one forwarded hop may take before the peer counts as
-/// unreachable (a killed leader never answers).
-pub const FORWARD_TIMEOUT_MS: u64 = 1_500;
-/// How long a replica-control request to a peer may take.
-pub const CONTROL_TIMEOUT_MS: u64 = 10_000;
-/// The most volumes one node hosts (bounds the catalogue and the maps).
-pub const VOLUMES_MAX: usize = 4_096;
-/// Blocks read per step while computing a digest.
-pub const DIGEST_CHUNK_BLOCKS: u32 = 1_024;
-/// The most blocks one read may ask for (one reply frame).
-pub const READ_BLOCKS_MAX: u32 = crate::volume::command::WRITE_BLOCKS_MAX;
-
-/// Raft heartbeat interval of every group.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 150;
-/// Raft election timeout range of every group: long enough that a busy
-/// two-core machine does not see spurious elections, short enough for a
-/// failover of a couple of seconds.
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
-/// See [`ELECTION_TIMEOUT_MIN_MS`].
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 2_000;
 
 /// What a node's host needs to know besides its storage and transport.
 #[derive(Debug, Clone)]
@@ -107,9 +91,6 @@ pub struct HostConfig {
     /// a witness's too.
     pub witness: bool,
 }
-
-/// How much later a witness's elections time out than a data replica's.
-pub const WITNESS_ELECTION_FACTOR: u64 = 2;
 
 /// The Raft configuration every group starts from (not yet validated).
 ///

@@ -8,8 +8,9 @@ use openraft::AsyncRuntime;
 use openraft::base::BoxFuture;
 use openraft::rt::WatchReceiver;
 
-use super::{DIGEST_CHUNK_BLOCKS, HostError};
+use super::HostError;
 use crate::env::NodeId;
+use crate::limits::DIGEST_CHUNK_BLOCKS;
 use crate::raft::types::VolumeRaft;
 use crate::storage::{VolumeHandle, VolumeStateMachine};
 use crate::volume::{BLOCK_BYTES, VolumeId};

@@ -3,30 +3,30 @@
 //! volume's leader. See the module docs of [`super`] for the contracts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
 use openraft::base::BoxFuture;
 use openraft::error::{InitializeError, RaftError};
 use openraft::rt::Mutex as _;
+use parking_lot::Mutex;
 
 use super::catalogue::Catalogue;
 use super::status::replica_status;
-use super::{
-    CONTROL_TIMEOUT_MS, FORWARD_HOPS_MAX, FORWARD_TIMEOUT_MS, HostConfig, HostError,
-    READ_BLOCKS_MAX, VOLUMES_MAX,
-};
+use super::{HostConfig, HostError, RequestId};
 use crate::env::{NodeId, Transport};
+use crate::limits::{
+    CONTROL_TIMEOUT_MS, FORWARD_DEADLINE_MS, FORWARD_HOPS_MAX, FORWARD_TIMEOUT_MS, MEMBERS_MAX,
+    READ_BLOCKS_MAX, SUSPECTS_MAX, VOLUMES_MAX,
+};
 use crate::raft::network::{CallError, NetworkFactory, forward_client};
 use crate::raft::router::GroupRouter;
 use crate::raft::types::{RaftNode, VolumeRaft};
 use crate::storage::{NodeStorage, VolumeHandle, VolumeStateMachine};
-use crate::volume::{BlockData, VolumeCommand, VolumeId, VolumeResponse};
-use crate::wire::{
-    ClientReply, ClientRequest, FaultCode, Frame, MEMBERS_MAX, Message, VolumeStatus,
-};
+use crate::volume::{BlockData, OnceCommand, VolumeCommand, VolumeId, VolumeResponse};
+use crate::wire::{ClientReply, ClientRequest, FaultCode, Frame, Message, VolumeStatus};
 
 /// The state machine of every hosted group.
 pub type HostStateMachine<RT> = VolumeStateMachine<RT>;
@@ -61,13 +61,6 @@ impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
             .field("volumes", &self.volumes())
             .finish_non_exhaustive()
     }
-}
-
-/// How many failing peers [`VolumeHost`] remembers to ask last.
-const SUSPECTS_MAX: usize = 64;
-
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn member(id: NodeId) -> RaftNode {
@@ -151,7 +144,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
 
     /// The volumes with a replica here, in order.
     pub fn volumes(&self) -> Vec<VolumeId> {
-        lock(&self.replicas).keys().copied().collect()
+        self.replicas.lock().keys().copied().collect()
     }
 
     /// The `Raft` handle of `volume`'s replica here.
@@ -165,7 +158,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         let _guard = self.lifecycle.lock().await;
         let recorded = self.catalogue.load()?;
         for (volume, size_blocks) in &recorded {
-            if !lock(&self.replicas).contains_key(volume) {
+            if !self.replicas.lock().contains_key(volume) {
                 self.start_group(*volume, *size_blocks).await?;
             }
         }
@@ -187,7 +180,13 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         .await
         .map_err(|err| failed(volume, format!("starting the group: {err}")))?;
         self.router.insert(volume, raft);
-        lock(&self.replicas).insert(volume, size_blocks);
+        let mut replicas = self.replicas.lock();
+        replicas.insert(volume, size_blocks);
+        assert!(
+            replicas.len() <= VOLUMES_MAX,
+            "hosted replicas stay bounded"
+        );
+        drop(replicas);
         Ok(())
     }
 
@@ -266,7 +265,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// Records and starts `volume`'s replica unless it is open already.
     async fn ensure_open(&self, volume: VolumeId, size_blocks: u64) -> Result<(), HostError> {
         let _guard = self.lifecycle.lock().await;
-        let existing = lock(&self.replicas).get(&volume).copied();
+        let existing = self.replicas.lock().get(&volume).copied();
         match existing {
             Some(size) if size == size_blocks => {}
             Some(size) => {
@@ -275,7 +274,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 )));
             }
             None => {
-                if lock(&self.replicas).len() >= VOLUMES_MAX {
+                if self.replicas.lock().len() >= VOLUMES_MAX {
                     return Err(HostError::Full);
                 }
                 self.catalogue.record::<RT>(volume, size_blocks).await?;
@@ -345,7 +344,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             // its storage goes below either way.
             let _ = raft.shutdown().await;
         }
-        lock(&self.replicas).remove(&volume);
+        self.replicas.lock().remove(&volume);
         self.catalogue.drop_replica::<RT>(volume).await
     }
 
@@ -359,7 +358,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 first_error.get_or_insert(err);
             }
         }
-        lock(&self.leader_hints).remove(&volume);
+        self.leader_hints.lock().remove(&volume);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -372,7 +371,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 let _ = raft.shutdown().await;
             }
         }
-        lock(&self.replicas).clear();
+        self.replicas.lock().clear();
     }
 
     /// A read handle on this node's replica of `volume` (taken from the
@@ -401,8 +400,8 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         if self.router.get(volume).is_some() {
             return vec![self.config.node];
         }
-        let hint = lock(&self.leader_hints).get(&volume).copied();
-        let suspects = lock(&self.suspects).clone();
+        let hint = self.leader_hints.lock().get(&volume).copied();
+        let suspects = self.suspects.lock().clone();
         let mut targets: Vec<NodeId> = hint.into_iter().collect();
         targets.extend(
             self.config
@@ -421,7 +420,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// Records that `peer` failed a forwarded request (it goes last) or
     /// answered one (it is trusted again).
     fn note_peer(&self, peer: NodeId, answered: bool) {
-        let mut suspects = lock(&self.suspects);
+        let mut suspects = self.suspects.lock();
         suspects.retain(|s| *s != peer);
         if !answered {
             suspects.push(peer);
@@ -484,8 +483,10 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// Runs a client operation on `volume`'s leader, wherever it is:
-    /// follows up to [`FORWARD_HOPS_MAX`] redirects. Returns the leader's
-    /// answer, or `Redirect { leader: None }` when no leader is known now.
+    /// follows up to [`FORWARD_HOPS_MAX`] redirects, all within
+    /// [`FORWARD_DEADLINE_MS`] (past it the outcome is unknown: `Failed`).
+    /// Returns the leader's answer, or `Redirect { leader: None }` when no
+    /// leader is known now.
     pub async fn execute(
         &self,
         volume: VolumeId,
@@ -499,11 +500,29 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             // witness still forwards; it only never serves as leader).
             return Err(HostError::NoLeader(volume));
         }
+        let deadline = Duration::from_millis(FORWARD_DEADLINE_MS);
+        // Boxed: keeps the futures of callers nesting `execute` shallow.
+        let forward = Box::pin(self.forward(volume, &request));
+        match RT::timeout(deadline, forward).await {
+            Ok(answer) => answer,
+            Err(_) => Err(failed(
+                volume,
+                format!("no answer within {FORWARD_DEADLINE_MS} ms"),
+            )),
+        }
+    }
+
+    /// [`Self::execute`]'s hops, without its deadline.
+    async fn forward(
+        &self,
+        volume: VolumeId,
+        request: &ClientRequest,
+    ) -> Result<ClientReply, HostError> {
         let mut last_error = HostError::UnknownVolume(volume);
         for start in self.targets(volume) {
             let mut target = start;
             for _ in 0..FORWARD_HOPS_MAX {
-                let reply = match self.hop(target, volume, &request).await {
+                let reply = match self.hop(target, volume, request).await {
                     Ok(reply) => reply,
                     Err(HostError::UnknownVolume(_)) if target == start => break,
                     Err(err) => {
@@ -511,7 +530,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                         // forget it, so that the caller's retry asks the
                         // other nodes instead of it forever. The error is
                         // returned as is: the request may have been applied.
-                        let mut hints = lock(&self.leader_hints);
+                        let mut hints = self.leader_hints.lock();
                         if hints.get(&volume) == Some(&target) {
                             hints.remove(&volume);
                         }
@@ -525,7 +544,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                     ClientReply::Redirect { .. } => return Ok(reply),
                     other => {
                         if target != self.config.node {
-                            lock(&self.leader_hints).insert(volume, target);
+                            self.leader_hints.lock().insert(volume, target);
                         }
                         return Ok(other);
                     }
@@ -553,6 +572,29 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             ClientReply::Applied { response, .. } => Err(HostError::Refused { volume, response }),
             other => Err(unanswered(volume, other)),
         }
+    }
+
+    /// Registers a client session on `volume` through its log; the
+    /// session's id (see `storage/sessions.rs` and [`SessionWindow`](super::SessionWindow)).
+    pub async fn register_session(&self, volume: VolumeId) -> Result<u64, HostError> {
+        self.command(volume, VolumeCommand::RegisterSession).await
+    }
+
+    /// Runs the block command `command` as request `id` of its session:
+    /// however often it is called with the same `id` (retries through any
+    /// node included), the volume applies it at most once. A session the
+    /// volume no longer knows is refused with `SessionExpired`, a request
+    /// below its window with `RequestStale` (both [`HostError::Refused`]).
+    pub async fn command_once(
+        &self,
+        volume: VolumeId,
+        id: RequestId,
+        command: VolumeCommand,
+    ) -> Result<u64, HostError> {
+        let once = OnceCommand::new(id.session, id.request, command).ok_or_else(|| {
+            HostError::Invalid("only block commands of a registered session run once".into())
+        })?;
+        self.command(volume, VolumeCommand::Once(once)).await
     }
 
     /// Writes whole blocks at `offset_blocks`; the log index once applied.

@@ -28,7 +28,7 @@
 //!   transfers leadership to that voter.
 //!
 //! [`VolumeHost::witness_duties`] is one pass of those duties over every
-//! group; the node calls it every [`WITNESS_DUTY_INTERVAL_MS`].
+//! group; the node calls it every [`WITNESS_DUTY_INTERVAL_MS`](crate::limits::WITNESS_DUTY_INTERVAL_MS).
 //!
 //! A data node whose domain is deactivated
 //! ([`VolumeHost::set_io_allowed`]`(false)`, from the control plane) keeps
@@ -42,14 +42,10 @@ use openraft::rt::WatchReceiver as _;
 
 use super::{HostError, VolumeHost};
 use crate::env::{NodeId, Transport};
+use crate::limits::LOG_FLOOR_TIMEOUT_MS;
 use crate::raft::network::forward_client;
 use crate::volume::VolumeId;
 use crate::wire::{ClientReply, ClientRequest};
-
-/// How often a witness node runs [`VolumeHost::witness_duties`].
-pub const WITNESS_DUTY_INTERVAL_MS: u64 = 500;
-/// How long a witness waits for the leader's log floor.
-pub const LOG_FLOOR_TIMEOUT_MS: u64 = 2_000;
 
 /// What one pass of [`VolumeHost::witness_duties`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

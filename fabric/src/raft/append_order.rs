@@ -29,20 +29,16 @@
 //! requests wait per (volume, leader); more go at once.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
+use parking_lot::Mutex;
 
 use super::types::{LogId, Vote};
 use crate::env::NodeId;
+use crate::limits::{APPEND_ORDER_WAIT_MS, APPEND_ORDER_WAITERS_MAX};
 use crate::volume::VolumeId;
-
-/// Longest a request waits for its predecessors from the same leader.
-pub const APPEND_ORDER_WAIT_MS: u64 = 20;
-/// Most requests waiting per (volume, leader node).
-pub const APPEND_ORDER_WAITERS_MAX: usize = 64;
 
 /// What the follower last handed to a group from one leader node.
 #[derive(Debug)]
@@ -60,10 +56,6 @@ pub struct AppendOrder {
 }
 
 impl AppendOrder {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<(VolumeId, NodeId), Cursor>> {
-        self.cursors.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Whether a request (`vote`, `prev`) from `from` may go now; if not,
     /// registers `waker` (unless too many wait: then it goes).
     fn ready(
@@ -73,7 +65,7 @@ impl AppendOrder {
         prev: Option<LogId>,
         waker: &Waker,
     ) -> bool {
-        let mut cursors = self.lock();
+        let mut cursors = self.cursors.lock();
         let Some(cursor) = cursors.get_mut(&key) else {
             return true;
         };
@@ -87,6 +79,10 @@ impl AppendOrder {
             return true;
         }
         cursor.waiters.push(waker.clone());
+        assert!(
+            cursor.waiters.len() <= APPEND_ORDER_WAITERS_MAX,
+            "waiters per leader stay bounded"
+        );
         false
     }
 
@@ -114,7 +110,7 @@ impl AppendOrder {
     /// Records that a request from `from` for `volume` with `vote`, ending
     /// at `last`, was handed to the group; wakes the waiting requests.
     pub fn handed(&self, volume: VolumeId, from: NodeId, vote: &Vote, last: Option<LogId>) {
-        let mut cursors = self.lock();
+        let mut cursors = self.cursors.lock();
         let cursor = cursors.entry((volume, from)).or_insert_with(|| Cursor {
             vote: *vote,
             last,
@@ -129,8 +125,14 @@ impl AppendOrder {
             return;
         }
         if *vote == cursor.vote {
+            let before = cursor.last;
             cursor.last = cursor.last.max(last);
+            assert!(
+                before <= cursor.last,
+                "a cursor moves only forward within a vote"
+            );
         } else {
+            assert!(*vote > cursor.vote, "a cursor's vote only grows");
             cursor.vote = *vote;
             cursor.last = last;
         }
@@ -143,7 +145,7 @@ impl AppendOrder {
 
     /// Forgets `volume`'s cursors (its group left this node).
     pub fn forget(&self, volume: VolumeId) {
-        let mut cursors = self.lock();
+        let mut cursors = self.cursors.lock();
         let waiters: Vec<Waker> = cursors
             .iter_mut()
             .filter(|((v, _), _)| *v == volume)

@@ -6,7 +6,7 @@
 //! group's [`VolumeId`], so that the peer's [`super::router::GroupRouter`]
 //! hands it to the right `Raft` handle. Raft RPCs travel on [`Lane::Raft`],
 //! snapshots on [`Lane::Bulk`] one piece per chunk (at most
-//! [`crate::wire::SNAPSHOT_CHUNK_BYTES`], read from kvstore as it is sent),
+//! [`crate::limits::SNAPSHOT_CHUNK_BYTES`], read from kvstore as it is sent),
 //! forwarded client operations on [`Lane::Client`].
 //!
 //! Errors: [`TransportError::Unreachable`] and the peer's "no such group /
@@ -95,8 +95,24 @@ pub async fn call_peer<T: Transport, RT: AsyncRuntime>(
     volume: VolumeId,
     message: Message<RT>,
 ) -> Result<Message<RT>, CallError> {
+    call_peer_within(transport, peer, lane, volume, message, None).await
+}
+
+/// [`call_peer`], with the transport's per-call cap set to `timeout_ms`
+/// when given (see [`Transport::call_within`]).
+async fn call_peer_within<T: Transport, RT: AsyncRuntime>(
+    transport: &T,
+    peer: NodeId,
+    lane: Lane,
+    volume: VolumeId,
+    message: Message<RT>,
+    timeout_ms: Option<u64>,
+) -> Result<Message<RT>, CallError> {
     let request = encode(&Frame { volume, message })?;
-    let reply = transport.call(peer, lane, request).await?;
+    let reply = match timeout_ms {
+        Some(ms) => transport.call_within(peer, lane, request, ms).await?,
+        None => transport.call(peer, lane, request).await?,
+    };
     let frame = decode::<RT>(&reply)?;
     if frame.volume != volume {
         return Err(CallError::UnexpectedReply {
@@ -120,6 +136,31 @@ pub async fn forward_client<T: Transport, RT: AsyncRuntime>(
 ) -> Result<ClientReply, CallError> {
     let message = Message::<RT>::Client(request);
     match call_peer(transport, peer, Lane::Client, volume, message).await? {
+        Message::ClientReply(reply) => Ok(reply),
+        other => Err(unexpected("client request", &other)),
+    }
+}
+
+/// [`forward_client`] for an operation that runs up to `timeout_ms` on the
+/// peer: the transport's per-call cap is `timeout_ms` for this call.
+pub async fn forward_client_within<T: Transport, RT: AsyncRuntime>(
+    transport: &T,
+    peer: NodeId,
+    volume: VolumeId,
+    request: ClientRequest,
+    timeout_ms: u64,
+) -> Result<ClientReply, CallError> {
+    let message = Message::<RT>::Client(request);
+    match call_peer_within(
+        transport,
+        peer,
+        Lane::Client,
+        volume,
+        message,
+        Some(timeout_ms),
+    )
+    .await?
+    {
         Message::ClientReply(reply) => Ok(reply),
         other => Err(unexpected("client request", &other)),
     }
@@ -268,7 +309,7 @@ impl<T: Transport, RT: AsyncRuntime> GroupNetwork<T, RT> {
 impl<T: Transport, RT: AsyncRuntime> RaftNetworkV2<TypeConfig<RT>> for GroupNetwork<T, RT> {
     type SnapshotData = SnapshotData;
 
-    /// Pipelined: up to [`super::pipeline::APPEND_WINDOW_MAX`] requests in flight, results in
+    /// Pipelined: up to [`crate::limits::APPEND_WINDOW_MAX`] requests in flight, results in
     /// order (see [`super::pipeline`]).
     fn stream_append<'s, S>(
         &'s mut self,

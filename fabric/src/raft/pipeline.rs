@@ -41,9 +41,7 @@ use openraft::error::RPCError;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendResult};
 
 use super::types::{LogId, TypeConfig};
-
-/// Most AppendEntries requests in flight per (volume, peer).
-pub const APPEND_WINDOW_MAX: usize = 8;
+use crate::limits::APPEND_WINDOW_MAX;
 
 /// One in-flight call: the response, or why there is none.
 pub type AppendCall<RT> = Pin<
@@ -66,6 +64,13 @@ struct Range {
 impl Range {
     fn of<RT: AsyncRuntime>(rpc: &AppendEntriesRequest<TypeConfig<RT>>) -> Self {
         let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
+        let first = rpc.prev_log_id.map_or(0, |p| p.index + 1);
+        for (expected, entry) in (first..).zip(&rpc.entries) {
+            assert_eq!(
+                entry.log_id.index, expected,
+                "a request's entries follow its prev log id"
+            );
+        }
         Self {
             prev: rpc.prev_log_id,
             last,
@@ -130,6 +135,15 @@ where
                     self.ranges.push_back(Range::of::<RT>(&rpc));
                     let call = (self.send)(rpc);
                     self.in_flight.push_back(call);
+                    assert!(
+                        self.in_flight.len() <= APPEND_WINDOW_MAX,
+                        "the append window stays bounded"
+                    );
+                    assert_eq!(
+                        self.ranges.len(),
+                        self.in_flight.len(),
+                        "a range per call in flight"
+                    );
                 }
                 Poll::Ready(None) => self.input = None,
                 Poll::Pending => return,

@@ -21,13 +21,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Mutex, PoisonError, RwLock};
 use std::task::Poll;
 
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use openraft::storage::RaftStateMachine;
 use openraft::{AsyncRuntime, ReadPolicy};
+use parking_lot::{Mutex, RwLock};
 
 use super::append_order::AppendOrder;
 use super::types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig, VolumeRaft};
@@ -100,7 +100,7 @@ impl RouterError {
             Self::Unsupported(_) => FaultCode::Unsupported,
         };
         let mut message = self.to_string();
-        message.truncate(crate::wire::TEXT_BYTES_MAX as usize);
+        message.truncate(crate::limits::TEXT_BYTES_MAX as usize);
         Fault { code, message }
     }
 }
@@ -130,7 +130,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupRouter")
-            .field("groups", &self.groups.read().map(|g| g.len()).unwrap_or(0))
+            .field("groups", &self.groups.read().len())
             .finish()
     }
 }
@@ -163,32 +163,29 @@ where
 
     /// Hosts `raft` as the group of `volume`; returns the handle it replaces.
     pub fn insert(&self, volume: VolumeId, raft: VolumeRaft<RT, SM>) -> Option<VolumeRaft<RT, SM>> {
-        let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        let mut groups = self.groups.write();
         groups.insert(volume, raft)
     }
 
     /// Stops routing to the group of `volume`; returns its handle.
     pub fn remove(&self, volume: VolumeId) -> Option<VolumeRaft<RT, SM>> {
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut snapshots = self.snapshots.lock();
         snapshots.remove(&volume);
         drop(snapshots);
         self.append_order.forget(volume);
-        let mut groups = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        let mut groups = self.groups.write();
         groups.remove(&volume)
     }
 
     /// The group of `volume`, if hosted here.
     pub fn get(&self, volume: VolumeId) -> Option<VolumeRaft<RT, SM>> {
-        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        let groups = self.groups.read();
         groups.get(&volume).cloned()
     }
 
     /// The volumes hosted here, in order.
     pub fn volumes(&self) -> Vec<VolumeId> {
-        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        let groups = self.groups.read();
         groups.keys().copied().collect()
     }
 
@@ -274,12 +271,6 @@ where
         }
     }
 
-    fn lock_snapshots(&self) -> std::sync::MutexGuard<'_, BTreeMap<VolumeId, Assembly>> {
-        self.snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Writes one received piece to the staging area; installs the snapshot
     /// after the last one.
     async fn take_chunk(
@@ -298,7 +289,7 @@ where
         let piece = piece_number(&chunk.data).map_err(|e| fail(e.to_string()))?;
         let mut assembly = if piece == 0 {
             // A (re)started transfer replaces any partial one.
-            self.lock_snapshots().remove(&volume);
+            self.snapshots.lock().remove(&volume);
             let data = raft
                 .with_state_machine(|sm: &mut SM| {
                     Box::pin(sm.begin_receive())
@@ -313,7 +304,7 @@ where
                 data,
             }
         } else {
-            match self.lock_snapshots().remove(&volume) {
+            match self.snapshots.lock().remove(&volume) {
                 Some(assembly) if assembly.from == from && assembly.meta == chunk.meta => assembly,
                 _ => return Err(fail(format!("piece {piece} of no transfer in progress"))),
             }
@@ -324,7 +315,7 @@ where
             .await
             .map_err(|e| fail(e.to_string()))?;
         if !chunk.done {
-            self.lock_snapshots().insert(volume, assembly);
+            self.snapshots.lock().insert(volume, assembly);
             return Ok(Message::SnapshotReply(None));
         }
         let snapshot = Snapshot {
@@ -414,7 +405,7 @@ where
 
 fn failed(err: impl std::fmt::Display) -> ClientReply {
     let mut message = err.to_string();
-    message.truncate(crate::wire::TEXT_BYTES_MAX as usize);
+    message.truncate(crate::limits::TEXT_BYTES_MAX as usize);
     ClientReply::Failed { message }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! Snapshot data ([`SnapshotData`]) is a cursor over a pinned (or staged)
 //! kvstore view of the volume's block map, read and written in pieces of at
-//! most [`crate::wire::SNAPSHOT_CHUNK_BYTES`] (see [`crate::storage::snapshot`]);
+//! most [`crate::limits::SNAPSHOT_CHUNK_BYTES`] (see [`crate::storage::snapshot`]);
 //! a snapshot is never whole in memory.
 
 use std::cmp::Ordering;

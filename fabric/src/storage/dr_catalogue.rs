@@ -26,9 +26,7 @@ use std::collections::BTreeMap;
 use metro_kvstore::{Namespace, Store};
 
 use super::StorageError;
-
-/// The most snapshots one volume keeps.
-pub const DR_SNAPSHOTS_MAX: usize = 64;
+use crate::limits::DR_SNAPSHOTS_MAX;
 
 /// Bytes of one persisted record: log index, size, pinned flag, pinned seq.
 pub(crate) const DR_RECORD_BYTES: usize = 25;
@@ -120,7 +118,10 @@ impl DrCatalogue {
     pub fn from_records(snapshots: impl IntoIterator<Item = DrSnapshot>) -> Self {
         let snapshots: BTreeMap<u64, DrSnapshot> =
             snapshots.into_iter().map(|s| (s.id, s)).collect();
-        debug_assert!(snapshots.len() <= DR_SNAPSHOTS_MAX);
+        assert!(
+            snapshots.len() <= DR_SNAPSHOTS_MAX,
+            "a catalogue holds at most DR_SNAPSHOTS_MAX records"
+        );
         Self { snapshots }
     }
 
@@ -180,7 +181,10 @@ impl DrCatalogue {
             "snapshot {} recorded twice",
             snapshot.id
         );
-        assert!(self.snapshots.len() <= DR_SNAPSHOTS_MAX);
+        assert!(
+            self.snapshots.len() <= DR_SNAPSHOTS_MAX,
+            "a catalogue holds at most DR_SNAPSHOTS_MAX records"
+        );
     }
 
     /// Removes snapshot `id`; what it was, or a refusal if unknown.

@@ -6,10 +6,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use metro_kvstore::{Store, StoreError, WriteBatch};
+use parking_lot::Mutex;
 
 #[derive(Default)]
 struct Slot {
@@ -32,7 +33,7 @@ impl std::fmt::Debug for Durable {
 impl Durable {
     /// Whether the completion has run (the future would be ready).
     pub(crate) fn is_done(&self) -> bool {
-        let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = self.slot.lock();
         slot.result.is_some()
     }
 }
@@ -41,7 +42,7 @@ impl Future for Durable {
     type Output = Result<u64, StoreError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.slot.lock();
         match slot.result.take() {
             Some(result) => Poll::Ready(result),
             None => {
@@ -73,7 +74,7 @@ pub(crate) fn submit_then(
         Box::new(move |result| {
             hook(&result);
             let waker = {
-                let mut slot = filler.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut slot = filler.lock();
                 slot.result = Some(result);
                 slot.waker.take()
             };

@@ -36,11 +36,12 @@ use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use metro_kvstore::{Store, WriteBatch};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{AsyncRuntime, OptionalSend, RaftLogReader};
+use parking_lot::{Mutex, MutexGuard};
 
 use super::StorageError;
 use super::codec::{decode_entry, decode_log_id, decode_vote, encode_entry};
@@ -48,19 +49,11 @@ use super::codec::{encode_log_id, encode_vote};
 use super::durable::{Durable, submit_then};
 use super::namespaces::{GroupNamespaces, RAFT_KEY_COMMITTED, RAFT_KEY_LAST_PURGED, RAFT_KEY_VOTE};
 use super::state_machine::ApplyRider;
+use crate::limits::{
+    LOG_READ_BYTES_MAX, LOG_SCAN_PAGE_ENTRIES, RECENT_BYTES_MAX, RECENT_ENTRIES_MAX,
+};
 use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 use crate::volume::VolumeId;
-
-/// Entries read from kvstore per scan.
-const LOG_SCAN_PAGE: usize = 16;
-/// Bytes `limited_get_log_entries` returns, about, at most (at least one
-/// entry is always returned).
-pub const LOG_READ_BYTES_MAX: u64 = 32 << 20;
-/// Durable entries kept in memory per group, at most.
-pub const RECENT_ENTRIES_MAX: usize = 1024;
-/// Encoded bytes of the durable entries kept in memory per group, about
-/// (the newest entry is kept even if larger).
-pub const RECENT_BYTES_MAX: u64 = 4 << 20;
 
 /// An entry held in memory, with its encoded size.
 #[derive(Debug, Clone)]
@@ -121,6 +114,10 @@ impl LogMemory {
                 }
             }
         }
+        assert!(
+            self.tail.values().all(|(t, _)| *t != ticket),
+            "a durable batch leaves the tail"
+        );
         while self.recent.len() > RECENT_ENTRIES_MAX
             || (self.recent_bytes > RECENT_BYTES_MAX && self.recent.len() > 1)
         {
@@ -142,6 +139,10 @@ impl LogMemory {
             kept
         });
         self.recent_bytes -= freed;
+        assert!(
+            self.recent.len() <= RECENT_ENTRIES_MAX,
+            "the recent cache stays bounded"
+        );
     }
 
     /// The first index from which every entry up to the log's end is held
@@ -180,7 +181,7 @@ struct LogShared {
 
 impl LogShared {
     fn memory(&self) -> MutexGuard<'_, LogMemory> {
-        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+        self.memory.lock()
     }
 
     /// Submits the ops `fill` adds (about `fill_bytes` bytes) in one batch,
@@ -327,6 +328,7 @@ fn find_last<RT: AsyncRuntime>(
     // Invariant: key `low` exists (its value in `value`); no key >= `high`.
     let mut high = u64::MAX;
     while high - low > 1 {
+        assert!(low < high, "the search interval is never empty");
         let mid = low + (high - low) / 2;
         match first_at(mid)? {
             Some((key, found)) => {
@@ -384,10 +386,10 @@ impl LogShared {
         // below it.
         let end_scan = end.min(held_from);
         while from < end_scan && bytes <= bytes_max {
-            let page = self
-                .store
-                .scan(self.ns.raft_log(), from..end_scan, LOG_SCAN_PAGE)?;
-            let full = page.len() == LOG_SCAN_PAGE;
+            let page =
+                self.store
+                    .scan(self.ns.raft_log(), from..end_scan, LOG_SCAN_PAGE_ENTRIES)?;
+            let full = page.len() == LOG_SCAN_PAGE_ENTRIES;
             for (index, value) in page {
                 from = index + 1;
                 if hide_above.is_some_and(|above| index > above) {
@@ -408,6 +410,7 @@ impl LogShared {
             if index != expected {
                 break;
             }
+            assert_eq!(entry.log_id.index, index, "an entry sits at its own index");
             out.push(entry);
         }
         Ok(out)
@@ -491,7 +494,14 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             )
             .await
             .map_err(StorageError::from)?;
-        self.shared.memory().vote = Some(*vote);
+        let mut memory = self.shared.memory();
+        assert!(
+            memory
+                .vote
+                .is_none_or(|old| old.leader_id().term <= vote.leader_id().term),
+            "vote terms never decrease"
+        );
+        memory.vote = Some(*vote);
         Ok(())
     }
 
@@ -499,6 +509,23 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
         self.shared.check()?;
         // Written with the next write: see the module docs.
         let mut memory = self.shared.memory();
+        assert!(
+            memory
+                .committed
+                .is_none_or(|old| committed.is_some_and(|c| old.index <= c.index)),
+            "committed never moves back"
+        );
+        let end = memory.last.or(memory.last_purged);
+        assert!(
+            committed.is_none_or(|c| end.is_some_and(|e| c.index <= e.index)),
+            "committed within the log"
+        );
+        assert!(
+            memory
+                .last_purged
+                .is_none_or(|p| committed.is_some_and(|c| p.index <= c.index)),
+            "purged entries are committed"
+        );
         memory.unsaved_committed = Some(committed);
         memory.committed = committed;
         Ok(())
@@ -543,10 +570,22 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             let mut memory = self.shared.memory();
             let ticket = memory.next_ticket;
             memory.next_ticket += 1;
+            let mut prev = memory.last.or(memory.last_purged);
             for (entry, bytes) in entries.into_iter().zip(sizes) {
+                let id = entry.log_id;
+                if let Some(prev) = prev {
+                    assert_eq!(id.index, prev.index + 1, "log appends are contiguous");
+                    assert!(id.leader_id >= prev.leader_id, "log terms never decrease");
+                }
+                assert!(
+                    memory.committed.is_none_or(|c| c.index < id.index),
+                    "an append never rewrites a committed entry"
+                );
+                prev = Some(id);
                 let held = Held { entry, bytes };
                 memory.tail.insert(held.entry.log_id.index, (ticket, held));
             }
+            assert_eq!(prev, Some(last), "the batch ends at its last entry");
             memory.last = Some(last);
             ticket
         };
@@ -576,6 +615,10 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
         let from = last.map_or(0, |id| id.index + 1);
         let ticket = {
             let mut memory = self.shared.memory();
+            assert!(
+                memory.committed.is_none_or(|c| c.index < from),
+                "truncation never removes a committed entry"
+            );
             let ticket = memory.next_ticket;
             memory.next_ticket += 1;
             memory.retain_held(|index| index < from);
@@ -615,6 +658,10 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
         };
         {
             let mut memory = self.shared.memory();
+            assert!(
+                memory.last_purged.is_none_or(|p| p.index <= log_id.index),
+                "purges move forward"
+            );
             memory.retain_held(|index| index > log_id.index);
             memory.last_purged = Some(log_id);
             if memory.last.is_some_and(|last| last.index <= log_id.index) {

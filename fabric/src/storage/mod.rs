@@ -30,7 +30,7 @@
 //! any batch being durable implies every batch submitted before it is too;
 //! the storage relies on this ordering throughout. `Store::submit` blocks
 //! while kvstore's queue is full; the state machine keeps at most
-//! [`APPLY_IN_FLIGHT_MAX`] of its batches queued so that one group cannot
+//! [`APPLY_IN_FLIGHT_MAX`](crate::limits::APPLY_IN_FLIGHT_MAX) of its batches queued so that one group cannot
 //! fill it.
 
 pub mod codec;
@@ -39,6 +39,7 @@ mod durable;
 pub mod log_store;
 pub mod namespaces;
 mod overlay;
+pub mod sessions;
 pub mod snapshot;
 pub mod state_machine;
 
@@ -47,16 +48,13 @@ use std::sync::Arc;
 
 use metro_kvstore::{Store, StoreError};
 
-pub use dr_catalogue::{DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
+pub use dr_catalogue::{DrCatalogue, DrSnapshot};
 pub use log_store::{LogReader, LogStore};
 pub use namespaces::GroupNamespaces;
 pub use snapshot::{PIECE_RECORDS_MAX, SnapshotData};
 pub use state_machine::{DrSnapshotPage, VolumeHandle, VolumeStateMachine};
 
 use crate::volume::VolumeId;
-
-/// Apply batches one state machine keeps queued in kvstore, at most.
-pub const APPLY_IN_FLIGHT_MAX: usize = 64;
 
 /// Errors of the kvstore-backed storage; openraft sees them as `io::Error`.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +113,9 @@ impl From<StorageError> for io::Error {
 pub struct NodeStorage {
     store: Store,
     witness: bool,
+    /// A planted bug for the simulator's checkers: apply a session's
+    /// duplicate requests again (see [`Self::plant_ignore_request_numbers`]).
+    ignore_request_numbers: std::sync::atomic::AtomicBool,
 }
 
 impl NodeStorage {
@@ -123,6 +124,7 @@ impl NodeStorage {
         Arc::new(Self {
             store,
             witness: false,
+            ignore_request_numbers: Default::default(),
         })
     }
 
@@ -131,12 +133,28 @@ impl NodeStorage {
         Arc::new(Self {
             store,
             witness: true,
+            ignore_request_numbers: Default::default(),
         })
     }
 
     /// Whether this is a witness node's storage (no volume data).
     pub fn is_witness(&self) -> bool {
         self.witness
+    }
+
+    /// Plants a bug: the state machines on this storage apply duplicate
+    /// session requests again, as if there were no sessions. Only for the
+    /// simulator's `--bug no-dedup`, to show its checker catches the lost
+    /// write that follows; never call it in a real node.
+    pub fn plant_ignore_request_numbers(&self) {
+        self.ignore_request_numbers
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::plant_ignore_request_numbers`] was called.
+    pub fn ignores_request_numbers(&self) -> bool {
+        self.ignore_request_numbers
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The underlying store.

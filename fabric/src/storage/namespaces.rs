@@ -7,6 +7,7 @@
 //! | [`KIND_RAFT_META`] | volume | [`RAFT_KEY_VOTE`], [`RAFT_KEY_COMMITTED`], [`RAFT_KEY_LAST_PURGED`] | fixed width |
 //! | [`KIND_SM_META`] | volume | `SM_KEY_*` | fixed width, membership as a wire frame |
 //! | [`KIND_DR_SNAPSHOTS`] | volume | snapshot id | one DR snapshot record (see `dr_catalogue.rs`) |
+//! | [`KIND_SESSIONS`] | volume | session id | one session record (see `sessions.rs`) |
 //! | [`KIND_BLOCK_MAP_BASE`] + slot | volume | block index | one 4 KiB block |
 //!
 //! A volume's block map lives in one of [`BLOCK_MAP_SLOTS`] slot namespaces;
@@ -27,6 +28,8 @@ pub const KIND_RAFT_META: u8 = 2;
 pub const KIND_SM_META: u8 = 3;
 /// A volume's DR snapshot catalogue: key = snapshot id.
 pub const KIND_DR_SNAPSHOTS: u8 = 4;
+/// A volume's client sessions: key = session id (see `sessions.rs`).
+pub const KIND_SESSIONS: u8 = 5;
 /// The first of the block-map slot kinds; slot `s` is kind `BASE + s`.
 pub const KIND_BLOCK_MAP_BASE: u8 = 16;
 /// How many block-map slots a volume has: the live one, one being received,
@@ -54,6 +57,10 @@ pub const SM_KEY_SNAPSHOT: u64 = 5;
 /// State-machine key: the current Raft snapshot's metadata (a wire frame).
 pub const SM_KEY_SNAPSHOT_META: u64 = 6;
 
+/// State-machine key: the session table as of the current Raft snapshot
+/// (`SessionTable::encode_all`), written with [`SM_KEY_SNAPSHOT`].
+pub const SM_KEY_SNAPSHOT_SESSIONS: u64 = 7;
+
 /// The namespaces of one volume's group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupNamespaces {
@@ -79,6 +86,10 @@ impl GroupNamespaces {
 
     pub const fn dr_snapshots(&self) -> Namespace {
         Namespace::new(KIND_DR_SNAPSHOTS, self.volume.0)
+    }
+
+    pub const fn sessions(&self) -> Namespace {
+        Namespace::new(KIND_SESSIONS, self.volume.0)
     }
 
     /// The block map in `slot` (`slot < BLOCK_MAP_SLOTS`).

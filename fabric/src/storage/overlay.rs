@@ -7,7 +7,7 @@
 //! are dropped: kvstore now shows the same thing. A lookup returns the
 //! newest record covering the block, or [`Lookup::Miss`] (read kvstore).
 //! Size: bounded by the apply batches in flight
-//! ([`super::APPLY_IN_FLIGHT_MAX`] per volume).
+//! ([`crate::limits::APPLY_IN_FLIGHT_MAX`] per volume).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -45,6 +45,14 @@ impl BlockOverlay {
 
     /// Records that batch `ticket` writes `data` from block `offset`.
     pub(crate) fn write(&mut self, ticket: u64, offset: u64, data: &BlockData) {
+        assert!(
+            0 < ticket && ticket <= self.next_ticket,
+            "a write's ticket was handed out"
+        );
+        assert!(
+            self.written.keys().next_back().is_none_or(|t| *t < ticket),
+            "overlay writes come in ticket order"
+        );
         let blocks = self.written.entry(ticket).or_default();
         for i in 0..data.block_count() {
             let block = offset + u64::from(i);
@@ -55,11 +63,24 @@ impl BlockOverlay {
 
     /// Records that batch `ticket` zeroes `range`.
     pub(crate) fn zero(&mut self, ticket: u64, range: Range<u64>) {
+        assert!(
+            0 < ticket && ticket <= self.next_ticket,
+            "a zeroing's ticket was handed out"
+        );
+        assert!(
+            self.zeroed.keys().next_back().is_none_or(|t| *t < ticket),
+            "overlay zeroings come in ticket order"
+        );
+        assert!(range.start <= range.end, "a zeroed range is not reversed");
         self.zeroed.insert(ticket, range);
     }
 
     /// Batch `ticket` is durable: forget what kvstore now shows.
     pub(crate) fn durable(&mut self, ticket: u64) {
+        assert!(
+            ticket <= self.next_ticket,
+            "only handed-out tickets turn durable"
+        );
         self.zeroed.remove(&ticket);
         for block in self.written.remove(&ticket).unwrap_or_default() {
             if self
@@ -70,6 +91,11 @@ impl BlockOverlay {
                 self.blocks.remove(&block);
             }
         }
+    }
+
+    /// Whether nothing is pending.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.zeroed.is_empty() && self.written.is_empty()
     }
 
     /// Forgets everything (the block map was replaced wholesale).
@@ -93,6 +119,7 @@ impl BlockOverlay {
             .filter(|(wrote, _, _)| zeroed_at.is_none_or(|z| z < *wrote));
         match (newest_write, zeroed_at) {
             (Some((_, data, i)), _) => {
+                debug_assert!(*i < data.block_count(), "the block lies within its payload");
                 let at = *i as usize * BLOCK_BYTES;
                 Lookup::Data(&data.as_bytes()[at..at + BLOCK_BYTES])
             }

@@ -13,13 +13,20 @@
 //!
 //! ```text
 //! 0   4  magic "MSNP"          4  1  version (PIECE_VERSION)
-//! 5   1  kind: 0 blocks, 1 catalogue, 2 deletes, 3 pin         6  2  zero
+//! 5   1  kind: 0 blocks, 1 catalogue, 2 deletes, 3 pin, 4 sessions
+//! 6   2  zero
 //! 8   8  piece number (0..)    16 8  volume size in blocks
 //! 24  4  record count          28 4  zero
 //! 32  records. Blocks: block index u64, then the 4096-byte block.
 //!     Deletes: block index u64. Pin: one DR snapshot id u64. Catalogue:
-//!     snapshot id, log index, size in blocks (u64 each).
+//!     snapshot id, log index, size in blocks (u64 each). Sessions:
+//!     session id, then its record (`sessions.rs`, 40 bytes in all).
 //! ```
+//!
+//! Piece 1 is the sessions piece: the volume's client session table exactly
+//! as of the snapshot's last applied entry (taken when the snapshot was
+//! pinned), because the receiver replays the entries after it and must
+//! treat each as the sender's state machine did.
 //!
 //! Piece 0 is the catalogue piece: the volume's DR snapshot records (see
 //! `dr_catalogue.rs`) as the sender knows them when the transfer starts (a
@@ -61,17 +68,18 @@ use std::sync::Arc;
 use metro_kvstore::{Namespace, WriteBatch};
 
 use super::codec::{SnapshotRecord, check_block};
-use super::dr_catalogue::{DR_SNAPSHOTS_MAX, DrCatalogue, DrSnapshot};
+use super::dr_catalogue::{DrCatalogue, DrSnapshot};
 use super::durable::submit;
 use super::namespaces::GroupNamespaces;
+use super::sessions::{SESSION_ENTRY_BYTES, SessionTable};
 use super::{NodeStorage, StorageError};
+use crate::limits::{DR_SNAPSHOTS_MAX, SESSIONS_MAX, SNAPSHOT_CHUNK_BYTES};
 use crate::volume::{BLOCK_BYTES, VolumeId};
-use crate::wire::SNAPSHOT_CHUNK_BYTES;
 
 /// The first four bytes of every piece.
 pub const PIECE_MAGIC: [u8; 4] = *b"MSNP";
 /// The piece layout this build writes and accepts.
-pub const PIECE_VERSION: u8 = 2;
+pub const PIECE_VERSION: u8 = 3;
 /// Piece kind byte: blocks.
 const KIND_BLOCKS: u8 = 0;
 /// Piece kind byte: the DR snapshot catalogue (piece 0 only).
@@ -80,6 +88,8 @@ const KIND_CATALOGUE: u8 = 1;
 const KIND_DELETES: u8 = 2;
 /// Piece kind byte: the view streamed so far is DR snapshot (id).
 const KIND_PIN: u8 = 3;
+/// Piece kind byte: the client session table (piece 1 only).
+const KIND_SESSION_TABLE: u8 = 4;
 /// Block indexes one deletes piece carries, at most.
 const DELETES_MAX: usize = (SNAPSHOT_CHUNK_BYTES as usize - PIECE_HEADER_BYTES) / 8;
 /// Bytes of one catalogue record: id, log index, size.
@@ -156,6 +166,9 @@ pub struct SnapshotData {
     /// Write side: the DR snapshot records of the catalogue piece, with
     /// the pins the transfer made in the staging slot.
     received_catalogue: DrCatalogue,
+    /// The session table: as of the pinned snapshot (read side), or as
+    /// received in the sessions piece (write side).
+    sessions: Arc<SessionTable>,
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -206,10 +219,11 @@ fn parse_header(bytes: &[u8]) -> Result<PieceHeader, StorageError> {
     let kind = bytes[5];
     let piece = u64_at(bytes, 8);
     let (records_max, record_bytes) = match kind {
-        KIND_BLOCKS if piece > 0 => (PIECE_RECORDS_MAX, PIECE_RECORD_BYTES),
+        KIND_BLOCKS if piece > 1 => (PIECE_RECORDS_MAX, PIECE_RECORD_BYTES),
         KIND_CATALOGUE if piece == 0 => (DR_SNAPSHOTS_MAX, CATALOGUE_RECORD_BYTES),
-        KIND_DELETES if piece > 0 => (DELETES_MAX, 8),
-        KIND_PIN if piece > 0 => (1, 8),
+        KIND_DELETES if piece > 1 => (DELETES_MAX, 8),
+        KIND_PIN if piece > 1 => (1, 8),
+        KIND_SESSION_TABLE if piece == 1 => (SESSIONS_MAX, SESSION_ENTRY_BYTES),
         _ => return Err(bad(format!("piece {piece} of kind {kind}"))),
     };
     let records = u32_at(bytes, 24) as usize;
@@ -252,15 +266,23 @@ pub fn piece_number(bytes: &[u8]) -> Result<u64, StorageError> {
 }
 
 impl SnapshotData {
-    /// A cursor over the snapshot pinned as `record` in `node`'s store.
-    pub(crate) fn pinned(node: Arc<NodeStorage>, volume: VolumeId, record: SnapshotRecord) -> Self {
-        Self::new(
+    /// A cursor over the snapshot pinned as `record` in `node`'s store,
+    /// whose session table was `sessions`.
+    pub(crate) fn pinned(
+        node: Arc<NodeStorage>,
+        volume: VolumeId,
+        record: SnapshotRecord,
+        sessions: Arc<SessionTable>,
+    ) -> Self {
+        let mut data = Self::new(
             node,
             volume,
             record.slot,
             Source::Pinned { seq: record.seq },
             record.size_blocks,
-        )
+        );
+        data.sessions = sessions;
+        data
     }
 
     /// An empty staging area in block-map `slot` of `volume` (the caller
@@ -283,7 +305,27 @@ impl SnapshotData {
             last_written: None,
             last_deleted: None,
             received_catalogue: DrCatalogue::default(),
+            sessions: Arc::default(),
         }
+    }
+
+    /// The session table received with this data.
+    pub(crate) fn received_sessions(&self) -> SessionTable {
+        SessionTable::clone(&self.sessions)
+    }
+
+    /// The sessions piece (piece 1).
+    fn sessions_piece(&self) -> Vec<u8> {
+        let table = self.sessions.encode_all();
+        let mut piece = piece_header(
+            KIND_SESSION_TABLE,
+            1,
+            self.size_blocks,
+            self.sessions.len(),
+            SESSION_ENTRY_BYTES,
+        );
+        piece.extend_from_slice(&table);
+        piece
     }
 
     /// The DR snapshot records received with this data, with the content
@@ -438,6 +480,11 @@ impl SnapshotData {
             self.read_piece = 1;
             return Ok(Some((piece, false)));
         };
+        if self.read_piece == 1 {
+            self.plan = Some(plan);
+            self.read_piece = 2;
+            return Ok(Some((self.sessions_piece(), false)));
+        }
         let piece = self.plan_piece(&mut plan)?;
         let last = plan.views.is_empty();
         if last {
@@ -579,6 +626,16 @@ impl SnapshotData {
         }
         if header.piece == 0 {
             return Err(bad("the first piece must be the catalogue"));
+        }
+        if header.kind == KIND_SESSION_TABLE {
+            let table = SessionTable::decode_all(&bytes[PIECE_HEADER_BYTES..])
+                .ok_or_else(|| bad("malformed session table"))?;
+            self.sessions = Arc::new(table);
+            self.written_pieces += 1;
+            return Ok(());
+        }
+        if header.piece == 1 {
+            return Err(bad("the second piece must be the session table"));
         }
         // Blocks of a DR snapshot may lie past a since-shrunk volume end.
         let end = self

@@ -11,10 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{BLOCK_BYTES, BLOCK_BYTES_U64};
-
-/// The most blocks one [`VolumeCommand::Write`] may carry (16 MiB), so that
-/// one log entry always fits a transport frame with room to spare.
-pub const WRITE_BLOCKS_MAX: u32 = 4096;
+use crate::limits::WRITE_BLOCKS_MAX;
 
 /// Errors building a [`BlockData`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +92,58 @@ pub enum VolumeCommand {
     CreateSnapshot { snapshot_id: u64 },
     /// Deletes the snapshot `snapshot_id`.
     DeleteSnapshot { snapshot_id: u64 },
+    /// Opens a client session; its id is this entry's log index (the
+    /// `log_index` the client is answered with). See `storage/sessions.rs`.
+    RegisterSession,
+    /// A block command of a client session, applied at most once.
+    Once(OnceCommand),
+}
+
+/// A block command (`Write`, `Trim`, `WriteZeroes`) tagged with its client
+/// session and request number, so that the state machine applies it at
+/// most once however often it is delivered (see `storage/sessions.rs`).
+///
+/// Invariant (checked by [`OnceCommand::new`]): the session id and request
+/// number are positive and the command is a block command (never a nested
+/// `Once`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnceCommand {
+    session: u64,
+    request: u64,
+    command: Box<VolumeCommand>,
+}
+
+impl OnceCommand {
+    /// Tags `command`; `None` unless it is a block command and both ids are
+    /// positive.
+    pub fn new(session: u64, request: u64, command: VolumeCommand) -> Option<Self> {
+        let block = matches!(
+            command,
+            VolumeCommand::Write { .. }
+                | VolumeCommand::Trim { .. }
+                | VolumeCommand::WriteZeroes { .. }
+        );
+        (block && session > 0 && request > 0).then(|| Self {
+            session,
+            request,
+            command: Box::new(command),
+        })
+    }
+
+    /// The session (the log index that registered it).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// The request number within the session (from 1).
+    pub fn request(&self) -> u64 {
+        self.request
+    }
+
+    /// The block command.
+    pub fn command(&self) -> &VolumeCommand {
+        &self.command
+    }
 }
 
 impl VolumeCommand {
@@ -114,7 +163,11 @@ impl VolumeCommand {
                 offset_blocks,
                 len_blocks,
             } => Some((*offset_blocks, *len_blocks)),
-            Self::Resize { .. } | Self::CreateSnapshot { .. } | Self::DeleteSnapshot { .. } => None,
+            Self::Once(once) => once.command.block_range(),
+            Self::Resize { .. }
+            | Self::CreateSnapshot { .. }
+            | Self::DeleteSnapshot { .. }
+            | Self::RegisterSession => None,
         }
     }
 }
@@ -137,6 +190,8 @@ impl fmt::Display for VolumeCommand {
             Self::Resize { size_blocks } => write!(f, "resize({size_blocks})"),
             Self::CreateSnapshot { snapshot_id } => write!(f, "create-snapshot({snapshot_id})"),
             Self::DeleteSnapshot { snapshot_id } => write!(f, "delete-snapshot({snapshot_id})"),
+            Self::RegisterSession => write!(f, "register-session"),
+            Self::Once(once) => write!(f, "{}#{}.{}", once.command, once.session, once.request),
         }
     }
 }
@@ -155,4 +210,11 @@ pub enum VolumeResponse {
     SnapshotConflict { snapshot_id: u64 },
     /// The volume already has `max` snapshots (create).
     SnapshotLimit { max: u64 },
+    /// The session is unknown here (evicted, or never registered): nothing
+    /// was applied; the client registers a new session, and the outcome of
+    /// its requests still in flight under the old one is unknown.
+    SessionExpired { session: u64 },
+    /// The request is older than the session's window of remembered
+    /// requests: a stale duplicate, not applied.
+    RequestStale { session: u64, request: u64 },
 }

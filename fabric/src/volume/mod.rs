@@ -7,7 +7,7 @@
 
 pub mod command;
 
-pub use command::{BlockData, BlockDataError, VolumeCommand, VolumeResponse};
+pub use command::{BlockData, BlockDataError, OnceCommand, VolumeCommand, VolumeResponse};
 
 /// The size of one volume block; every offset and length on a volume counts
 /// these.

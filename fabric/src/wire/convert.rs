@@ -5,16 +5,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::WireError;
 use super::header::{
-    WireCommand, WireEntry, WireLogId, WireMembership, WireNode, WirePayload, WireResponse,
-    WireSnapshotMeta, WireVote,
+    WireBlockCommand, WireCommand, WireEntry, WireLogId, WireMembership, WireNode, WirePayload,
+    WireResponse, WireSnapshotMeta, WireVote,
 };
-use super::{MEMBERS_MAX, TEXT_BYTES_MAX, WireError};
+use crate::limits::{MEMBERS_MAX, TEXT_BYTES_MAX};
 use crate::raft::types::{
     Entry, EntryPayload, LeaderId, LogId, Membership, RaftNode, SnapshotMeta, StoredMembership,
     Vote,
 };
-use crate::volume::{BLOCK_BYTES, BlockData, VolumeCommand, VolumeResponse};
+use crate::volume::{BLOCK_BYTES, BlockData, OnceCommand, VolumeCommand, VolumeResponse};
 
 pub(crate) fn malformed(what: impl Into<String>) -> WireError {
     WireError::Malformed(what.into())
@@ -189,7 +190,68 @@ pub(crate) fn command_to_wire<'a>(
         VolumeCommand::DeleteSnapshot { snapshot_id } => WireCommand::DeleteSnapshot {
             snapshot_id: *snapshot_id,
         },
+        VolumeCommand::RegisterSession => WireCommand::RegisterSession,
+        VolumeCommand::Once(once) => WireCommand::Once {
+            session: once.session(),
+            request: once.request(),
+            command: match command_to_wire(once.command(), blocks) {
+                WireCommand::Write {
+                    offset_blocks,
+                    block_count,
+                } => WireBlockCommand::Write {
+                    offset_blocks,
+                    block_count,
+                },
+                WireCommand::Trim {
+                    offset_blocks,
+                    len_blocks,
+                } => WireBlockCommand::Trim {
+                    offset_blocks,
+                    len_blocks,
+                },
+                WireCommand::WriteZeroes {
+                    offset_blocks,
+                    len_blocks,
+                } => WireBlockCommand::WriteZeroes {
+                    offset_blocks,
+                    len_blocks,
+                },
+                other => unreachable!("a Once carries a block command, not {other:?}"),
+            },
+        },
     }
+}
+
+fn block_command_from_wire(
+    wire: WireBlockCommand,
+    blocks: &mut BlockCursor<'_>,
+) -> Result<VolumeCommand, WireError> {
+    command_from_wire(
+        match wire {
+            WireBlockCommand::Write {
+                offset_blocks,
+                block_count,
+            } => WireCommand::Write {
+                offset_blocks,
+                block_count,
+            },
+            WireBlockCommand::Trim {
+                offset_blocks,
+                len_blocks,
+            } => WireCommand::Trim {
+                offset_blocks,
+                len_blocks,
+            },
+            WireBlockCommand::WriteZeroes {
+                offset_blocks,
+                len_blocks,
+            } => WireCommand::WriteZeroes {
+                offset_blocks,
+                len_blocks,
+            },
+        },
+        blocks,
+    )
 }
 
 pub(crate) fn command_from_wire(
@@ -228,6 +290,18 @@ pub(crate) fn command_from_wire(
         }
         WireCommand::DeleteSnapshot { snapshot_id } => {
             VolumeCommand::DeleteSnapshot { snapshot_id }
+        }
+        WireCommand::RegisterSession => VolumeCommand::RegisterSession,
+        WireCommand::Once {
+            session,
+            request,
+            command,
+        } => {
+            let command = block_command_from_wire(command, blocks)?;
+            VolumeCommand::Once(
+                OnceCommand::new(session, request, command)
+                    .ok_or_else(|| malformed("a session request numbered 0"))?,
+            )
         }
     })
 }
@@ -273,6 +347,13 @@ pub(crate) fn response_to_wire(response: &VolumeResponse) -> WireResponse {
         VolumeResponse::SnapshotConflict { snapshot_id } => WireResponse::SnapshotConflict {
             snapshot_id: *snapshot_id,
         },
+        VolumeResponse::SessionExpired { session } => {
+            WireResponse::SessionExpired { session: *session }
+        }
+        VolumeResponse::RequestStale { session, request } => WireResponse::RequestStale {
+            session: *session,
+            request: *request,
+        },
     }
 }
 
@@ -283,6 +364,10 @@ pub(crate) fn response_from_wire(wire: WireResponse) -> VolumeResponse {
         WireResponse::SnapshotLimit { max } => VolumeResponse::SnapshotLimit { max },
         WireResponse::SnapshotConflict { snapshot_id } => {
             VolumeResponse::SnapshotConflict { snapshot_id }
+        }
+        WireResponse::SessionExpired { session } => VolumeResponse::SessionExpired { session },
+        WireResponse::RequestStale { session, request } => {
+            VolumeResponse::RequestStale { session, request }
         }
     }
 }

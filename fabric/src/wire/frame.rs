@@ -23,11 +23,12 @@
 use rkyv::util::AlignedVec;
 
 use super::WireError;
+use crate::limits::{FRAME_BLOCKS_MAX, HEADER_BYTES_MAX};
 use crate::volume::BLOCK_BYTES;
 
 /// The version of the wire format this build speaks. Bump on any change of
 /// layout; a frame of another version is refused, never guessed at.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Bytes in the fixed prelude before the header.
 pub const PRELUDE_BYTES: usize = 16;
@@ -35,13 +36,6 @@ pub const PRELUDE_BYTES: usize = 16;
 /// Alignment of the header, the CRC table and the blocks inside a frame, and
 /// of the buffer the header is validated in.
 pub const HEADER_ALIGN: usize = 16;
-
-/// The largest archived header a frame may carry.
-pub const HEADER_BYTES_MAX: u32 = 1 << 20;
-
-/// The most 4 KiB blocks one frame may carry (32 MiB, half the transport's
-/// frame limit).
-pub const FRAME_BLOCKS_MAX: u32 = 8192;
 
 /// A 16-byte aligned buffer holding an archived header.
 pub type HeaderBuf = AlignedVec<HEADER_ALIGN>;
@@ -81,8 +75,16 @@ pub fn encode_frame(header: &[u8], blocks: &[&[u8]]) -> Result<Vec<u8>, WireErro
             bad.len()
         )));
     }
+    assert!(
+        header_len <= HEADER_BYTES_MAX && block_count <= FRAME_BLOCKS_MAX,
+        "an encoded frame is within its limits after the checks"
+    );
     let header_padded = padded(header.len());
     let table_padded = padded(blocks.len() * 4);
+    assert!(
+        header_padded.is_multiple_of(HEADER_ALIGN) && table_padded.is_multiple_of(HEADER_ALIGN),
+        "blocks start aligned"
+    );
     let total = PRELUDE_BYTES + header_padded + table_padded + blocks.len() * BLOCK_BYTES;
     let mut frame = Vec::with_capacity(total);
     frame.extend_from_slice(&[WIRE_VERSION, 0, 0, 0]);
@@ -100,7 +102,7 @@ pub fn encode_frame(header: &[u8], blocks: &[&[u8]]) -> Result<Vec<u8>, WireErro
     for block in blocks {
         frame.extend_from_slice(block);
     }
-    debug_assert_eq!(frame.len(), total);
+    assert_eq!(frame.len(), total, "the frame is as long as planned");
     Ok(frame)
 }
 

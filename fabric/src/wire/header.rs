@@ -87,6 +87,29 @@ pub enum WireCommand {
     DeleteSnapshot {
         snapshot_id: u64,
     },
+    RegisterSession,
+    Once {
+        session: u64,
+        request: u64,
+        command: WireBlockCommand,
+    },
+}
+
+/// The block command a session's `Once` carries.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireBlockCommand {
+    Write {
+        offset_blocks: u64,
+        block_count: u32,
+    },
+    Trim {
+        offset_blocks: u64,
+        len_blocks: u64,
+    },
+    WriteZeroes {
+        offset_blocks: u64,
+        len_blocks: u64,
+    },
 }
 
 /// A log entry's payload.
@@ -239,6 +262,8 @@ pub enum WireResponse {
     OutOfRange { size_blocks: u64 },
     SnapshotConflict { snapshot_id: u64 },
     SnapshotLimit { max: u64 },
+    SessionExpired { session: u64 },
+    RequestStale { session: u64, request: u64 },
 }
 
 /// The leader's answer to a client operation; read data follows as blocks.

@@ -12,6 +12,7 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 
+use super::WireError;
 use super::convert::{
     BlockCursor, command_from_wire, command_to_wire, entry_from_wire, entry_to_wire,
     log_id_from_wire, malformed, opt_log_id_from_wire, opt_log_id_to_wire, response_from_wire,
@@ -24,8 +25,11 @@ use super::header::{
     ClientReplyHeader, Envelope, FaultHeader, SnapshotChunkHeader, SnapshotPageHeader,
     TransferLeaderHeader, TransferReplyHeader, VolumeStatusHeader, VoteHeader, VoteReplyHeader,
 };
-use super::{APPEND_ENTRIES_MAX, MEMBERS_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES, WireError};
 use crate::env::NodeId;
+use crate::limits::{
+    APPEND_ENTRIES_MAX, MEMBERS_MAX, SNAPSHOT_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
+    SNAPSHOT_READ_BLOCKS_MAX,
+};
 use crate::raft::types::{SnapshotMeta, TypeConfig, Vote};
 use crate::volume::{BLOCK_BYTES, BlockData, VolumeCommand, VolumeId, VolumeResponse};
 
@@ -126,9 +130,6 @@ pub enum ClientRequest {
         max_blocks: u32,
     },
 }
-
-/// The most blocks one [`ClientRequest::ReadSnapshot`] answer carries.
-pub const SNAPSHOT_READ_BLOCKS_MAX: u32 = 256;
 
 /// One page of a DR snapshot's non-zero blocks, as read by one replica.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,33 +14,18 @@
 //! checks every semantic limit before building a message; any failure is a
 //! [`WireError`], never a panic.
 
+use crate::limits::{FRAME_BLOCKS_MAX, HEADER_BYTES_MAX};
+
 mod convert;
 pub mod frame;
 pub mod header;
 pub mod message;
 
-pub use frame::{FRAME_BLOCKS_MAX, HEADER_BYTES_MAX, WIRE_VERSION};
+pub use frame::WIRE_VERSION;
 pub use message::{
-    ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SNAPSHOT_READ_BLOCKS_MAX,
-    SnapshotChunk, SnapshotPage, VolumeStatus, decode, encode,
+    ClientReply, ClientRequest, Fault, FaultCode, Frame, Message, SnapshotChunk, SnapshotPage,
+    VolumeStatus, decode, encode,
 };
-
-/// The most snapshot bytes one [`SnapshotChunk`] carries (1 MiB).
-pub const SNAPSHOT_CHUNK_BYTES: u32 = 1 << 20;
-
-/// The largest snapshot a receiver assembles in memory (1 GiB); bounded
-/// because snapshot data is, for now, a whole in-memory buffer.
-pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 30;
-
-/// The most entries one AppendEntries frame carries; the sender splits
-/// larger batches (openraft's `max_payload_entries` should stay below it).
-pub const APPEND_ENTRIES_MAX: u32 = 4096;
-
-/// The most voters or learners a membership on the wire may name.
-pub const MEMBERS_MAX: u32 = 64;
-
-/// The most bytes of free text (addresses, error messages) in one field.
-pub const TEXT_BYTES_MAX: u32 = 4096;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,7 +14,7 @@ use crate::raft::types::{
     Entry, EntryPayload, LeaderId, LogId, Membership, RaftNode, SnapshotMeta, StoredMembership,
     Vote,
 };
-use crate::volume::{BLOCK_BYTES, BlockData, VolumeCommand, VolumeId, VolumeResponse};
+use crate::volume::{BLOCK_BYTES, BlockData, OnceCommand, VolumeCommand, VolumeId, VolumeResponse};
 
 type Rt = TokioRuntime;
 
@@ -75,15 +75,39 @@ fn entries() -> Vec<Entry> {
         }),
         EntryPayload::Normal(VolumeCommand::CreateSnapshot { snapshot_id: 4 }),
         EntryPayload::Normal(VolumeCommand::DeleteSnapshot { snapshot_id: 4 }),
+        EntryPayload::Normal(VolumeCommand::RegisterSession),
     ];
     payloads
         .into_iter()
+        .chain(once_commands().map(EntryPayload::Normal))
         .enumerate()
         .map(|(i, payload)| Entry {
             log_id: log_id(3, 10 + i as u64),
             payload,
         })
         .collect()
+}
+
+/// A session's request of every block command kind.
+fn once_commands() -> impl Iterator<Item = VolumeCommand> {
+    let commands = [
+        VolumeCommand::Write {
+            offset_blocks: 12,
+            data: blocks(2, 9),
+        },
+        VolumeCommand::Trim {
+            offset_blocks: 3,
+            len_blocks: 5,
+        },
+        VolumeCommand::WriteZeroes {
+            offset_blocks: 8,
+            len_blocks: 1,
+        },
+    ];
+    commands.into_iter().enumerate().map(|(i, command)| {
+        let once = OnceCommand::new(17, 64 + i as u64, command).expect("a block command");
+        VolumeCommand::Once(once)
+    })
 }
 
 fn snapshot_meta() -> SnapshotMeta {
@@ -209,6 +233,7 @@ fn every_message() -> Vec<Message<Rt>> {
         AppendEntriesResponse::HigherVote(vote(9, 3, true)),
     ];
     messages.extend(replies.into_iter().map(Message::AppendEntriesReply));
+    messages.extend(session_refusals());
     for (data_len, done) in [(0, true), (5000, false), (BLOCK_BYTES * 2, true)] {
         messages.push(Message::SnapshotChunk(SnapshotChunk {
             vote: vote(3, 2, true),
@@ -229,6 +254,26 @@ fn every_message() -> Vec<Message<Rt>> {
         messages.push(Message::Client(ClientRequest::Command(command)));
     }
     messages
+}
+
+/// The state machine's answers particular to client sessions.
+fn session_refusals() -> Vec<Message<Rt>> {
+    let refusals = [
+        VolumeResponse::SessionExpired { session: 17 },
+        VolumeResponse::RequestStale {
+            session: 17,
+            request: 3,
+        },
+    ];
+    refusals
+        .into_iter()
+        .map(|response| {
+            Message::ClientReply(ClientReply::Applied {
+                log_index: 9,
+                response,
+            })
+        })
+        .collect()
 }
 
 fn frame(message: Message<Rt>) -> Frame<Rt> {
@@ -275,6 +320,57 @@ fn block_payloads_survive_byte_for_byte() {
             assert_eq!(got.as_bytes(), data.as_bytes());
         }
         other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A client command frame whose header is `command` as given (no check of
+/// the sender's), with `block_count` zero blocks after it.
+fn raw_command_frame(command: header::WireCommand, block_count: usize) -> Vec<u8> {
+    let envelope = header::Envelope {
+        volume: 42,
+        body: header::Body::Client(header::ClientOpHeader::Command(command)),
+    };
+    let header = rkyv::to_bytes::<rkyv::rancor::Error>(&envelope).expect("archives");
+    let block = vec![0u8; BLOCK_BYTES];
+    let blocks: Vec<&[u8]> = (0..block_count).map(|_| block.as_slice()).collect();
+    frame::encode_frame(&header, &blocks).expect("encodes")
+}
+
+#[test]
+fn a_once_numbered_zero_is_refused() {
+    use header::{WireBlockCommand, WireCommand};
+    let write = WireBlockCommand::Write {
+        offset_blocks: 4,
+        block_count: 1,
+    };
+    let trim = WireBlockCommand::Trim {
+        offset_blocks: 4,
+        len_blocks: 1,
+    };
+    let once = |session, request, command| WireCommand::Once {
+        session,
+        request,
+        command,
+    };
+    // Built by hand correctly, the frames decode: what is refused below is
+    // the zero alone.
+    for (command, blocks) in [(once(3, 1, write), 1), (once(3, 1, trim), 0)] {
+        let decoded = decode::<Rt>(&raw_command_frame(command, blocks)).expect("decodes");
+        assert!(matches!(
+            decoded.message,
+            Message::Client(ClientRequest::Command(VolumeCommand::Once(_)))
+        ));
+    }
+    for (command, blocks) in [
+        (once(3, 0, write), 1),
+        (once(3, 0, trim), 0),
+        (once(0, 1, trim), 0),
+    ] {
+        let refused = decode::<Rt>(&raw_command_frame(command, blocks));
+        assert!(
+            matches!(refused, Err(WireError::Malformed(_))),
+            "{command:?}: {refused:?}"
+        );
     }
 }
 

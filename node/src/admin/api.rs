@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     /// A stable machine-readable code (`bad_request`, `not_found`,
-    /// `conflict`, `unavailable`, `not_implemented`, `internal`).
+    /// `conflict`, `unavailable`, `method_not_allowed`, `internal`).
     pub error: String,
     /// What went wrong, for a person.
     pub message: String,

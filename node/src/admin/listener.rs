@@ -1,6 +1,6 @@
 //! [`BoundedListener`]: the admin endpoint's TCP listener with a bound on
-//! open connections ([`CONNECTIONS_MAX`]; further clients wait in the
-//! kernel's accept backlog) and an idle timeout ([`IDLE_TIMEOUT`]): a
+//! open connections ([`ADMIN_CONNECTIONS_MAX`](crate::limits::ADMIN_CONNECTIONS_MAX); further clients wait in the
+//! kernel's accept backlog) and an idle timeout ([`ADMIN_IDLE_TIMEOUT_MS`](crate::limits::ADMIN_IDLE_TIMEOUT_MS)): a
 //! connection on which nothing is read or written for that long fails, so
 //! idle or stalled clients cannot hold every slot. (axum's server has
 //! neither by itself.)
@@ -12,17 +12,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::limits::ADMIN_ACCEPT_RETRY_MS;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-
-/// Most admin connections open at once.
-pub const CONNECTIONS_MAX: usize = 64;
-/// A connection idle this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Pause after a failed accept (out of file descriptors, ...).
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// See the module docs.
 #[derive(Debug)]
@@ -135,7 +129,7 @@ impl axum::serve::Listener for BoundedListener {
                 }
                 Err(error) => {
                     tracing::debug!(%error, "admin accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    tokio::time::sleep(Duration::from_millis(ADMIN_ACCEPT_RETRY_MS)).await;
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! [`NodeMetrics`]: what a node measures for Prometheus `/metrics`.
 //!
-//! - **I/O** ([`VolumeIo`]): the NBD frontend ([`crate::nbd_host`]) records
+//! - **I/O** ([`VolumeIo`]): the NBD frontend ([`crate::nbd::host`]) records
 //!   every read and write it serves — operations, bytes, errors and a
 //!   latency histogram per volume — with a few relaxed atomic adds on the
 //!   hot path (the per-volume entry is resolved once, when the export is
@@ -12,34 +12,36 @@
 //!   (the leader's last log index minus the follower's matched index).
 //! - **Leader changes**: [`NodeMetrics::observe_leaders`] compares each
 //!   hosted group's current leader with the last one seen and counts the
-//!   changes; the admin server calls it every [`LEADER_SAMPLE_MS`] and on
+//!   changes; the admin server calls it every [`LEADER_SAMPLE_MS`](crate::limits::LEADER_SAMPLE_MS) and on
 //!   every scrape, so a change is missed only when two elections complete
 //!   within one sampling period.
 //! - **Control plane** ([`render_control`]): whether this node is
 //!   registered and whether it is the coordinator, and the coordinator's
 //!   counters (placements, repairs, CAS conflicts, store outages, ...).
+//! - **NBD server** ([`NodeMetrics::nbd`]): the node's NBD listener counts
+//!   connections, sessions, requests and error replies into these
+//!   counters (across listener restarts), rendered as `metro_nbd_*`.
 //! - **RTT**: QUIC's smoothed path RTT to each peer
 //!   ([`QuicTransport::peer_rtts`]), plus the transport's counters.
 //!
 //! Every map is bounded by the host's volume limit ([`VOLUMES_MAX`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use metro_fabric::env::NodeId;
-use metro_fabric::host::VOLUMES_MAX;
+use metro_fabric::limits::VOLUMES_MAX;
 use metro_fabric::volume::VolumeId;
 use openraft::rt::WatchReceiver as _;
+use parking_lot::Mutex;
 
 use super::exposition::{Exposition, Kind};
-use crate::control_plane::ControlPlane;
 use crate::daemon::NodeHost;
-use crate::quic_transport::QuicTransport;
-
-/// How often the admin server samples leaders between scrapes.
-pub const LEADER_SAMPLE_MS: u64 = 100;
+use crate::daemon::control_plane::ControlStatus;
+use crate::nbd::NbdStats;
+use crate::transport::QuicTransport;
 
 /// Upper bounds of the latency buckets, in microseconds (`+Inf` follows).
 pub const LATENCY_BUCKETS_US: [u64; 16] = [
@@ -125,10 +127,7 @@ struct LeaderTrack {
 pub struct NodeMetrics {
     io: Mutex<BTreeMap<VolumeId, Arc<VolumeIo>>>,
     leaders: Mutex<BTreeMap<VolumeId, LeaderTrack>>,
-}
-
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    nbd: Arc<NbdStats>,
 }
 
 /// Failures to record: a node past its volume limit shares one entry.
@@ -141,7 +140,7 @@ impl NodeMetrics {
 
     /// The I/O counters of `volume` (created on first use).
     pub fn volume(&self, volume: VolumeId) -> Arc<VolumeIo> {
-        let mut io = lock(&self.io);
+        let mut io = self.io.lock();
         let key = if io.len() >= VOLUMES_MAX && !io.contains_key(&volume) {
             OVERFLOW
         } else {
@@ -150,10 +149,16 @@ impl NodeMetrics {
         Arc::clone(io.entry(key).or_default())
     }
 
+    /// The NBD server counters: a node's listener counts into them
+    /// ([`NbdServer::with_stats`](crate::nbd::NbdServer::with_stats)).
+    pub fn nbd(&self) -> Arc<NbdStats> {
+        Arc::clone(&self.nbd)
+    }
+
     /// Compares each hosted group's leader with the last one seen and
     /// counts changes (a group seen for the first time counts none).
     pub fn observe_leaders(&self, host: &NodeHost) {
-        let mut leaders = lock(&self.leaders);
+        let mut leaders = self.leaders.lock();
         let hosted = host.volumes();
         leaders.retain(|volume, _| hosted.contains(volume));
         for volume in hosted {
@@ -183,7 +188,7 @@ impl NodeMetrics {
 
     /// The leader changes counted for `volume`.
     pub fn leader_changes(&self, volume: VolumeId) -> u64 {
-        lock(&self.leaders).get(&volume).map_or(0, |t| t.changes)
+        self.leaders.lock().get(&volume).map_or(0, |t| t.changes)
     }
 
     /// The whole scrape.
@@ -196,6 +201,7 @@ impl NodeMetrics {
             e.sample("metro_node_info", &[("node", &node)], 1.0);
         }
         self.render_io(&mut e);
+        render_nbd(&mut e, &self.nbd);
         if let Some(host) = host {
             self.render_raft(&mut e, host);
         }
@@ -206,7 +212,9 @@ impl NodeMetrics {
     }
 
     fn render_io(&self, e: &mut Exposition) {
-        let io: Vec<(VolumeId, Arc<VolumeIo>)> = lock(&self.io)
+        let io: Vec<(VolumeId, Arc<VolumeIo>)> = self
+            .io
+            .lock()
             .iter()
             .map(|(v, io)| (*v, Arc::clone(io)))
             .collect();
@@ -363,7 +371,7 @@ fn op_stats<'a>(io: &'a VolumeIo, op: &str) -> &'a OpStats {
 
 /// The control plane's counters on this node: its registration and its
 /// coordinator candidate (a scrape of its own, appended to the rest).
-pub fn render_control(control: &ControlPlane) -> String {
+pub fn render_control(control: &dyn ControlStatus) -> String {
     let mut e = Exposition::new();
     let registration = control.registration_status();
     let stats = control.coordinator_stats();
@@ -457,6 +465,45 @@ pub fn render_control(control: &ControlPlane) -> String {
     e.finish()
 }
 
+fn render_nbd(e: &mut Exposition, stats: &NbdStats) {
+    let counters = [
+        (
+            "metro_nbd_connections_total",
+            "NBD TCP connections accepted.",
+            &stats.connections,
+        ),
+        (
+            "metro_nbd_rejected_connections_total",
+            "NBD connections refused because the connection limit was reached.",
+            &stats.rejected_connections,
+        ),
+        (
+            "metro_nbd_sessions_total",
+            "NBD connections that completed the handshake.",
+            &stats.sessions,
+        ),
+        (
+            "metro_nbd_connection_errors_total",
+            "NBD connections ended by a protocol or socket error.",
+            &stats.connection_errors,
+        ),
+        (
+            "metro_nbd_requests_total",
+            "NBD transmission requests received (disconnects excluded).",
+            &stats.requests,
+        ),
+        (
+            "metro_nbd_error_replies_total",
+            "NBD replies carrying an error.",
+            &stats.error_replies,
+        ),
+    ];
+    for (name, help, value) in counters {
+        e.family(name, Kind::Counter, help);
+        e.sample(name, &[], value.load(Ordering::Relaxed) as f64);
+    }
+}
+
 fn render_transport(e: &mut Exposition, transport: &QuicTransport) {
     let rtt = "metro_peer_rtt_seconds";
     e.family(
@@ -483,6 +530,16 @@ fn render_transport(e: &mut Exposition, transport: &QuicTransport) {
             "metro_transport_rejected_connections_total",
             "Incoming connections refused.",
             stats.rejected_connections,
+        ),
+        (
+            "metro_transport_handlers_cancelled_total",
+            "Request handlers cancelled because their caller went away.",
+            stats.handlers_cancelled,
+        ),
+        (
+            "metro_transport_rejected_busy_total",
+            "Requests answered busy: the node-wide in-flight bounds were reached.",
+            stats.rejected_busy,
         ),
     ];
     for (name, help, value) in counters {

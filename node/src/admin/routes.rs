@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use metro_fabric::control::DomainState;
-use metro_fabric::membership::Membership;
+use metro_fabric::meta::MetaStore;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,7 +24,7 @@ use super::service::{AdminService, ServiceError};
 
 /// What every handler shares.
 #[derive(Debug)]
-pub struct AdminState<M: Membership> {
+pub struct AdminState<M: MetaStore> {
     pub service: AdminService<M>,
     pub metrics: Arc<NodeMetrics>,
 }
@@ -44,7 +44,6 @@ fn status_of(error: &ServiceError) -> StatusCode {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict(_) => StatusCode::CONFLICT,
         ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ServiceError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -76,7 +75,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
 }
 
 /// The admin API router over `state`.
-pub fn router<M: Membership>(state: Arc<AdminState<M>>) -> Router {
+pub fn router<M: MetaStore>(state: Arc<AdminState<M>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::<M>))
@@ -114,44 +113,44 @@ pub fn router<M: Membership>(state: Arc<AdminState<M>>) -> Router {
         .with_state(state)
 }
 
-async fn metrics<M: Membership>(State(state): Shared<M>) -> Response {
+async fn metrics<M: MetaStore>(State(state): Shared<M>) -> Response {
     let node = state.service.node_slot();
     let host = node.host.upgrade();
     let transport = node.transport.upgrade();
     let mut text = state.metrics.render(host.as_deref(), transport.as_deref());
     if let Some(control) = node.control.upgrade() {
-        text.push_str(&super::metrics::render_control(&control));
+        text.push_str(&super::metrics::render_control(control.as_ref()));
     }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-async fn cluster<M: Membership>(State(state): Shared<M>) -> Response {
+async fn cluster<M: MetaStore>(State(state): Shared<M>) -> Response {
     reply(StatusCode::OK, state.service.cluster_status().await)
 }
 
-async fn nodes<M: Membership>(State(state): Shared<M>) -> Response {
+async fn nodes<M: MetaStore>(State(state): Shared<M>) -> Response {
     reply(StatusCode::OK, state.service.list_nodes().await)
 }
 
-async fn domains<M: Membership>(State(state): Shared<M>) -> Response {
+async fn domains<M: MetaStore>(State(state): Shared<M>) -> Response {
     reply(StatusCode::OK, state.service.list_domains().await)
 }
 
-async fn activate<M: Membership>(State(state): Shared<M>, Path(name): Path<String>) -> Response {
+async fn activate<M: MetaStore>(State(state): Shared<M>, Path(name): Path<String>) -> Response {
     let result = state.service.set_domain(&name, DomainState::Active).await;
     reply(StatusCode::OK, result)
 }
 
-async fn deactivate<M: Membership>(State(state): Shared<M>, Path(name): Path<String>) -> Response {
+async fn deactivate<M: MetaStore>(State(state): Shared<M>, Path(name): Path<String>) -> Response {
     let result = state.service.set_domain(&name, DomainState::Inactive).await;
     reply(StatusCode::OK, result)
 }
 
-async fn list_volumes<M: Membership>(State(state): Shared<M>) -> Response {
+async fn list_volumes<M: MetaStore>(State(state): Shared<M>) -> Response {
     reply(StatusCode::OK, state.service.list_volumes().await)
 }
 
-async fn create_volume<M: Membership>(State(state): Shared<M>, body: Bytes) -> Response {
+async fn create_volume<M: MetaStore>(State(state): Shared<M>, body: Bytes) -> Response {
     let result = match parse::<CreateVolume>(&body) {
         Ok(request) => state.service.create_volume(&request).await,
         Err(error) => Err(error),
@@ -159,28 +158,28 @@ async fn create_volume<M: Membership>(State(state): Shared<M>, body: Bytes) -> R
     reply(StatusCode::CREATED, result)
 }
 
-async fn inspect_volume<M: Membership>(
+async fn inspect_volume<M: MetaStore>(
     State(state): Shared<M>,
     Path(name): Path<String>,
 ) -> Response {
     reply(StatusCode::OK, state.service.inspect_volume(&name).await)
 }
 
-async fn delete_volume<M: Membership>(
+async fn delete_volume<M: MetaStore>(
     State(state): Shared<M>,
     Path(name): Path<String>,
 ) -> Response {
     reply(StatusCode::OK, state.service.delete_volume(&name).await)
 }
 
-async fn list_snapshots<M: Membership>(
+async fn list_snapshots<M: MetaStore>(
     State(state): Shared<M>,
     Path(name): Path<String>,
 ) -> Response {
     reply(StatusCode::OK, state.service.list_snapshots(&name).await)
 }
 
-async fn delete_snapshot<M: Membership>(
+async fn delete_snapshot<M: MetaStore>(
     State(state): Shared<M>,
     Path((name, snapshot)): Path<(String, String)>,
 ) -> Response {
@@ -188,14 +187,14 @@ async fn delete_snapshot<M: Membership>(
     reply(StatusCode::OK, result)
 }
 
-async fn clones<M: Membership>(State(state): Shared<M>) -> Response {
+async fn clones<M: MetaStore>(State(state): Shared<M>) -> Response {
     reply(
         StatusCode::OK,
         Ok::<_, ServiceError>(state.service.clone_jobs()),
     )
 }
 
-async fn snapshot<M: Membership>(
+async fn snapshot<M: MetaStore>(
     State(state): Shared<M>,
     Path(name): Path<String>,
     body: Bytes,
@@ -212,7 +211,7 @@ async fn snapshot<M: Membership>(
     reply(StatusCode::CREATED, result)
 }
 
-async fn clone<M: Membership>(
+async fn clone<M: MetaStore>(
     State(state): Shared<M>,
     Path(name): Path<String>,
     body: Bytes,

@@ -1,5 +1,5 @@
 //! [`AdminService`]: the admin API's operations over the desired-state
-//! store ([`Membership`]) and this node's [`VolumeHost`](metro_fabric::host::VolumeHost).
+//! store ([`MetaStore`]) and this node's [`VolumeHost`](metro_fabric::host::VolumeHost).
 //!
 //! Model: the store holds what an operator asked for; the coordinator
 //! places volumes and creates their groups, and publishes each volume's
@@ -31,7 +31,7 @@
 //!   unreachable) means retry; 4xx means the request is wrong as asked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Weak};
 
 use metro_fabric::control::{
     ClusterKeys, DomainInfo, DomainRole, DomainState, Health, LoadedView, Member, StoreError,
@@ -40,9 +40,11 @@ use metro_fabric::control::{
 };
 use metro_fabric::env::NodeId;
 use metro_fabric::host::HostError;
-use metro_fabric::membership::{Compare, Membership, MembershipError, TxnOp};
+use metro_fabric::limits::REPLICAS_MAX;
+use metro_fabric::meta::{Compare, MetaError, MetaStore, TxnOp};
 use metro_fabric::volume::{BLOCK_BYTES_U64, VolumeId};
 use openraft::rt::WatchReceiver as _;
+use parking_lot::RwLock;
 
 use super::api::{
     ClusterStatus, CreateVolume, Deleted, DomainView, LocalReplica, NodeView, ReplicaProgress,
@@ -50,18 +52,10 @@ use super::api::{
 };
 use super::metrics::replication_lags;
 use super::snapshots::CloneJobs;
-use crate::control_plane::ControlPlane;
+use crate::daemon::control_plane::{ControlPlane, ControlStatus, NodeMetaStore};
 use crate::daemon::{Node, NodeHost};
-use crate::quic_transport::QuicTransport;
-
-/// The most data replicas a volume may ask for.
-pub const REPLICAS_MAX: u32 = 7;
-/// The largest volume (1 PiB).
-pub const VOLUME_BYTES_MAX: u64 = 1 << 50;
-/// Longest volume, domain or snapshot name (an NBD export name fits).
-pub const NAME_BYTES_MAX: usize = 63;
-/// How often create re-reads the id counter after losing a race.
-pub const ID_CAS_ATTEMPTS_MAX: usize = 16;
+use crate::limits::{ID_CAS_ATTEMPTS_MAX, NAME_BYTES_MAX, VOLUME_BYTES_MAX};
+use crate::transport::QuicTransport;
 
 /// Why an admin operation failed, by what the caller should do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,8 +70,6 @@ pub enum ServiceError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
-    NotImplemented(String),
-    #[error("{0}")]
     Internal(String),
 }
 
@@ -89,14 +81,13 @@ impl ServiceError {
             ServiceError::NotFound(_) => "not_found",
             ServiceError::Conflict(_) => "conflict",
             ServiceError::Unavailable(_) => "unavailable",
-            ServiceError::NotImplemented(_) => "not_implemented",
             ServiceError::Internal(_) => "internal",
         }
     }
 }
 
-impl From<MembershipError> for ServiceError {
-    fn from(error: MembershipError) -> Self {
+impl From<MetaError> for ServiceError {
+    fn from(error: MetaError) -> Self {
         if error.is_unreachable() {
             ServiceError::Unavailable(error.to_string())
         } else {
@@ -108,7 +99,7 @@ impl From<MembershipError> for ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Membership(e) => e.into(),
+            StoreError::Meta(e) => e.into(),
             StoreError::UnknownDomain(name) => {
                 ServiceError::NotFound(format!("no domain named {name:?}"))
             }
@@ -165,12 +156,22 @@ pub fn health_word(health: &Health) -> &'static str {
 }
 
 /// The node an admin endpoint answers for, held weakly.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeSlot {
     pub host: Weak<NodeHost>,
     pub transport: Weak<QuicTransport>,
     /// For the control plane's counters in `/metrics`.
-    pub control: Weak<ControlPlane>,
+    pub control: Weak<dyn ControlStatus>,
+}
+
+impl Default for NodeSlot {
+    fn default() -> Self {
+        Self {
+            host: Weak::new(),
+            transport: Weak::new(),
+            control: Weak::<ControlPlane>::new(),
+        }
+    }
 }
 
 impl NodeSlot {
@@ -178,23 +179,24 @@ impl NodeSlot {
         Self {
             host: Arc::downgrade(host),
             transport: transport.map(Arc::downgrade).unwrap_or_default(),
-            control: Weak::new(),
+            control: Weak::<ControlPlane>::new(),
         }
     }
 
     /// Everything of a running node.
-    pub fn of(node: &Node) -> Self {
+    pub fn of<M: NodeMetaStore>(node: &Node<M>) -> Self {
+        let control: Arc<dyn ControlStatus> = node.control.clone();
         Self {
             host: Arc::downgrade(&node.host),
             transport: Arc::downgrade(&node.transport),
-            control: Arc::downgrade(&node.control),
+            control: Arc::downgrade(&control),
         }
     }
 }
 
 /// The admin operations of one node. See the module docs.
 #[derive(Debug)]
-pub struct AdminService<M: Membership> {
+pub struct AdminService<M: MetaStore> {
     membership: M,
     keys: ClusterKeys,
     cluster: String,
@@ -202,7 +204,7 @@ pub struct AdminService<M: Membership> {
     clones: CloneJobs,
 }
 
-impl<M: Membership> AdminService<M> {
+impl<M: MetaStore> AdminService<M> {
     pub fn new(membership: M, cluster: &str, node: NodeSlot) -> Self {
         Self {
             membership,
@@ -227,15 +229,12 @@ impl<M: Membership> AdminService<M> {
 
     /// Answers for `node` from now on.
     pub fn set_node(&self, node: NodeSlot) {
-        *self.node.write().unwrap_or_else(PoisonError::into_inner) = node;
+        *self.node.write() = node;
     }
 
     /// The node answered for, if it still runs.
     pub fn node_slot(&self) -> NodeSlot {
-        self.node
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.node.read().clone()
     }
 
     /// This node's host, if it still runs.
@@ -323,12 +322,7 @@ impl<M: Membership> AdminService<M> {
                 "size {size} bytes: a volume is 1..={VOLUME_BYTES_MAX} bytes in whole {BLOCK_BYTES_U64}-byte blocks"
             )));
         }
-        if request.replicas == 0 || request.replicas > REPLICAS_MAX {
-            return Err(ServiceError::BadRequest(format!(
-                "replicas {}: a volume has 1..={REPLICAS_MAX} data replicas",
-                request.replicas
-            )));
-        }
+        check_replicas(request.replicas)?;
         let loaded = self.load().await?;
         let data_domains = loaded
             .view
@@ -652,6 +646,17 @@ fn domain_views(loaded: &LoadedView, nodes: &[NodeView]) -> Vec<DomainView> {
         .collect()
 }
 
+/// Refuses a replica count placement cannot satisfy (it would be accepted
+/// here and stay pending forever): one limit, [`REPLICAS_MAX`], for both.
+fn check_replicas(replicas: u32) -> Result<()> {
+    if replicas == 0 || replicas > u32::from(REPLICAS_MAX) {
+        return Err(ServiceError::BadRequest(format!(
+            "replicas {replicas}: a volume has 1..={REPLICAS_MAX} data replicas"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,5 +680,20 @@ mod tests {
         assert!(check_domain_name("Site-A.1").is_ok());
         assert!(check_domain_name("a b").is_err());
         assert!(check_domain_name("").is_err());
+    }
+
+    #[test]
+    fn replica_counts_placement_cannot_meet_are_refused() {
+        for good in 1..=u32::from(REPLICAS_MAX) {
+            assert!(check_replicas(good).is_ok(), "{good}");
+        }
+        for bad in [0, u32::from(REPLICAS_MAX) + 1, 7] {
+            let err = check_replicas(bad).unwrap_err();
+            assert_eq!(err.code(), "bad_request", "{bad}");
+            assert!(
+                err.to_string().contains(&format!("1..={REPLICAS_MAX}")),
+                "{err}"
+            );
+        }
     }
 }

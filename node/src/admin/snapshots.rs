@@ -25,28 +25,24 @@
 //!   and clone again.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metro_fabric::control::{decode, encode};
 use metro_fabric::host::HostError;
-use metro_fabric::membership::{Compare, Membership, TxnOp};
-use metro_fabric::volume::{BLOCK_BYTES_U64, BlockData, VolumeId, VolumeResponse};
-use metro_fabric::wire::SNAPSHOT_READ_BLOCKS_MAX;
+use metro_fabric::limits::SNAPSHOT_READ_BLOCKS_MAX;
+use metro_fabric::meta::{Compare, MetaStore, TxnOp};
+use metro_fabric::volume::{BLOCK_BYTES_U64, BlockData, VolumeCommand, VolumeId, VolumeResponse};
+use parking_lot::Mutex;
 
 use super::api::{CloneProgress, CreateVolume, SnapshotView, VolumeSummary};
 use super::service::{AdminService, ServiceError, check_name};
+use crate::client::session::SessionSlot;
+use crate::limits::{
+    CLONE_CREATE_WAIT_MS, CLONE_JOBS_MAX, STEP_RETRY_PAUSE_MS, STEP_RETRY_WAIT_MS,
+};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 type HostResult<T> = std::result::Result<T, HostError>;
-
-/// Clone jobs a node remembers (running ones and the latest finished).
-pub const CLONE_JOBS_MAX: usize = 32;
-/// How long a clone waits for its new volume's group to accept writes.
-pub const CLONE_CREATE_WAIT: Duration = Duration::from_secs(120);
-/// How long one step (a page read, a write) is retried on transient errors.
-pub const STEP_RETRY_WAIT: Duration = Duration::from_secs(60);
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The group-level id of snapshot `name` (FNV-1a 64 of the name).
 pub fn snapshot_id(name: &str) -> u64 {
@@ -87,7 +83,7 @@ where
         match op().await {
             Err(error) if transient(&error) && tokio::time::Instant::now() < deadline => {
                 tracing::debug!(%error, "{what}: retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(Duration::from_millis(STEP_RETRY_PAUSE_MS)).await;
             }
             other => return other,
         }
@@ -111,7 +107,7 @@ pub struct CloneJobs {
 
 impl CloneJobs {
     fn update(&self, progress: &CloneProgress) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut jobs = self.jobs.lock();
         if let Some(job) = jobs.iter_mut().find(|j| j.target == progress.target) {
             *job = progress.clone();
             return;
@@ -132,18 +128,18 @@ impl CloneJobs {
 
     /// Every remembered job, oldest first.
     pub fn list(&self) -> Vec<CloneProgress> {
-        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let jobs = self.jobs.lock();
         jobs.iter().cloned().collect()
     }
 
     fn running(&self, target: &str) -> bool {
-        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let jobs = self.jobs.lock();
         jobs.iter()
             .any(|j| j.target == target && (j.state == "creating" || j.state == "copying"))
     }
 }
 
-impl<M: Membership> AdminService<M> {
+impl<M: MetaStore> AdminService<M> {
     /// The snapshots of `volume`, by name.
     pub async fn list_snapshots(&self, volume: &str) -> Result<Vec<SnapshotView>> {
         self.record(volume).await?;
@@ -186,9 +182,11 @@ impl<M: Membership> AdminService<M> {
         let host = self.running_host()?;
         let vid = VolumeId(record.spec.id);
         let id = snapshot_id(name);
-        let taken = retry_host("taking the snapshot", STEP_RETRY_WAIT, || {
-            host.create_snapshot(vid, id)
-        })
+        let taken = retry_host(
+            "taking the snapshot",
+            Duration::from_millis(STEP_RETRY_WAIT_MS),
+            || host.create_snapshot(vid, id),
+        )
         .await;
         let log_index = match taken {
             Ok(index) => index,
@@ -267,9 +265,11 @@ impl<M: Membership> AdminService<M> {
         })?;
         let host = self.running_host()?;
         let vid = VolumeId(record.spec.id);
-        match retry_host("deleting the snapshot", STEP_RETRY_WAIT, || {
-            host.delete_snapshot(vid, view.id)
-        })
+        match retry_host(
+            "deleting the snapshot",
+            Duration::from_millis(STEP_RETRY_WAIT_MS),
+            || host.delete_snapshot(vid, view.id),
+        )
         .await
         {
             Ok(_) => {}
@@ -315,9 +315,11 @@ impl<M: Membership> AdminService<M> {
         let source = VolumeId(record.spec.id);
         // The snapshot's size, and a check that some replica holds it,
         // before anything is created.
-        let first = retry_host("reading the snapshot", STEP_RETRY_WAIT, || {
-            host.read_snapshot(source, view.id, 0, SNAPSHOT_READ_BLOCKS_MAX)
-        })
+        let first = retry_host(
+            "reading the snapshot",
+            Duration::from_millis(STEP_RETRY_WAIT_MS),
+            || host.read_snapshot(source, view.id, 0, SNAPSHOT_READ_BLOCKS_MAX),
+        )
         .await
         .map_err(|e| service_error("reading the snapshot", e))?;
         let total_blocks = first.size_blocks;
@@ -389,20 +391,39 @@ impl<M: Membership> AdminService<M> {
         // The new group must accept writes: wait for it.
         let mut page = first;
         let mut created = false;
+        // Exactly-once writes: a late copy of a clone write never lands on
+        // a block the user wrote since (see `client::session`).
+        let session = SessionSlot::new();
+        let register = || {
+            retry_host(
+                "registering the clone's session",
+                Duration::from_millis(CLONE_CREATE_WAIT_MS),
+                || host.register_session(target),
+            )
+        };
         loop {
             let runs = runs_of(&page)?;
             for (offset, data) in runs {
                 let wait = if created {
-                    STEP_RETRY_WAIT
+                    STEP_RETRY_WAIT_MS
                 } else {
-                    CLONE_CREATE_WAIT
+                    CLONE_CREATE_WAIT_MS
                 };
                 let blocks = u64::from(data.block_count());
-                retry_host("writing the clone", wait, || {
-                    host.write(target, offset, data.clone())
+                let id = session
+                    .begin(register)
+                    .await
+                    .map_err(|e| service_error("registering the clone's session", e))?;
+                let written = retry_host("writing the clone", Duration::from_millis(wait), || {
+                    let command = VolumeCommand::Write {
+                        offset_blocks: offset,
+                        data: data.clone(),
+                    };
+                    host.command_once(target, id, command)
                 })
-                .await
-                .map_err(|e| service_error("writing the clone", e))?;
+                .await;
+                session.finish(id);
+                written.map_err(|e| service_error("writing the clone", e))?;
                 if !created {
                     created = true;
                     progress.state = "copying".into();
@@ -414,18 +435,22 @@ impl<M: Membership> AdminService<M> {
             let Some(next) = page.next else {
                 break;
             };
-            page = retry_host("reading the snapshot", STEP_RETRY_WAIT, || {
-                host.read_snapshot(source, id, next, SNAPSHOT_READ_BLOCKS_MAX)
-            })
+            page = retry_host(
+                "reading the snapshot",
+                Duration::from_millis(STEP_RETRY_WAIT_MS),
+                || host.read_snapshot(source, id, next, SNAPSHOT_READ_BLOCKS_MAX),
+            )
             .await
             .map_err(|e| service_error("reading the snapshot", e))?;
         }
         if !created {
             // An all-zero snapshot: still wait until the group serves, so
             // that the clone is usable when this call answers.
-            retry_host("waiting for the clone's group", CLONE_CREATE_WAIT, || {
-                host.read(target, 0, 1)
-            })
+            retry_host(
+                "waiting for the clone's group",
+                Duration::from_millis(CLONE_CREATE_WAIT_MS),
+                || host.read(target, 0, 1),
+            )
             .await
             .map_err(|e| service_error("waiting for the clone's group", e))?;
         }

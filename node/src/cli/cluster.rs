@@ -1,7 +1,7 @@
 //! `metro cluster status` and `metro node list` over the admin API.
 
 use metro_node::admin::api::{ClusterStatus, NodeView};
-use metro_node::admin::client::method;
+use metro_node::client::admin_http::method;
 
 use super::domain::domains_table;
 use super::table::{Table, or_dash};

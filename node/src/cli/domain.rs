@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use metro_node::admin::api::DomainView;
-use metro_node::admin::client::method;
+use metro_node::client::admin_http::method;
 
 use super::table::Table;
 use super::{AdminArgs, show};

@@ -5,6 +5,7 @@
 //! `--output human|json`: human tables by default, or the API's JSON
 //! answer as is (for scripts). Errors exit non-zero with the API's message.
 
+pub mod client;
 pub mod cluster;
 pub mod domain;
 pub mod table;
@@ -12,7 +13,7 @@ pub mod volume;
 
 use anyhow::Context;
 use clap::Args;
-use metro_node::admin::client::AdminClient;
+use metro_node::client::admin_http::AdminClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

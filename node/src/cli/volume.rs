@@ -12,17 +12,12 @@ use metro_node::admin::api::{
     CloneProgress, CloneVolume, CreateSnapshot, CreateVolume, Deleted, SnapshotView, VolumeDetail,
     VolumeSummary,
 };
-use metro_node::admin::client::method;
-use metro_node::admin::size::{format_size, parse_size};
+use metro_node::client::admin_http::method;
+use metro_node::client::size::{format_size, parse_size};
 
 use super::table::{Table, or_dash};
 use super::{AdminArgs, Output, block_on, show};
-
-/// How long `volume clone` waits for the copy (a clone of a large volume
-/// takes a while; progress shows meanwhile).
-pub const CLONE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// How often `volume clone` polls the progress.
-const CLONE_POLL: Duration = Duration::from_secs(1);
+use metro_node::limits::{CLONE_POLL_MS, CLONE_TIMEOUT_MS};
 
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
@@ -248,14 +243,16 @@ pub fn clone_progress_line(p: &CloneProgress) -> String {
 /// `volume clone`: the POST on one connection, the progress polled on
 /// others and shown on stderr (human output only) until it answers.
 fn run_clone(a: &AdminArgs, name: &str, body: CloneVolume) -> anyhow::Result<()> {
-    let client = a.client()?.with_timeout(CLONE_TIMEOUT);
+    let client = a
+        .client()?
+        .with_timeout(Duration::from_millis(CLONE_TIMEOUT_MS));
     let poller = a.client()?;
     let path = format!("/v1/volumes/{name}/clone");
     let target = body.target.clone();
     let human = a.output == Output::Human;
     let value: serde_json::Value = block_on(async {
         let call = client.call::<serde_json::Value>(
-            metro_node::admin::client::method::POST,
+            metro_node::client::admin_http::method::POST,
             &path,
             Some(&body),
         );
@@ -269,7 +266,7 @@ fn run_clone(a: &AdminArgs, name: &str, body: CloneVolume) -> anyhow::Result<()>
                     }
                     return Ok(answer?);
                 }
-                () = tokio::time::sleep(CLONE_POLL), if human => {
+                () = tokio::time::sleep(Duration::from_millis(CLONE_POLL_MS)), if human => {
                     if let Ok(jobs) = poller.get::<Vec<CloneProgress>>("/v1/clones").await
                         && let Some(job) = jobs.iter().find(|j| j.target == target)
                     {

@@ -28,25 +28,21 @@ use metro_fabric::volume::BLOCK_BYTES_U64;
 use metro_fabric::wire::VolumeStatus;
 
 use super::{EXPORT, Topology, VOLUME};
+use crate::limits::{DEMO_CLUSTER_POLL_MS, DEMO_REBIND_TIMEOUT_MS, DEMO_RELEASE_TIMEOUT_MS};
 use metro_fabric::control::{
     ClusterKeys, DomainRole, Member, MemberRole, Placement, VolumeRecord, VolumeSpec, encode,
 };
-use metro_fabric::membership::{MemMembership, Membership as _};
+use metro_fabric::meta::prelude::*;
 
 use crate::admin::{AdminServer, AdminService, AdminState, NodeMetrics, NodeSlot};
-use crate::config::NodeConfig;
-use crate::control_plane::{AnyMembership, ControlConfig};
+use crate::daemon::config::NodeConfig;
+use crate::daemon::control_plane::{ControlConfig, EmbeddedStore};
 use crate::daemon::{self, DaemonError, Frontends, Node, NodeHost};
-use crate::nbd_host::{HostBackend, NbdListener};
-use crate::tls::ClusterCa;
+use crate::nbd::host::{HostBackend, NbdListener};
+use crate::pki::ClusterCa;
 
 /// The demo cluster's name (in every node certificate).
 const CLUSTER_NAME: &str = "demo";
-/// How long a stopped node's host may stay referenced (draining tasks).
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a restarted node may wait for its old UDP port to be free.
-const REBIND_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(50);
 
 /// A directory removed when dropped unless kept.
 #[derive(Debug)]
@@ -85,14 +81,14 @@ struct Running {
 #[derive(Debug)]
 pub struct DemoCluster {
     pub dir: TempDir,
-    membership: AnyMembership,
+    membership: EmbeddedStore,
     topology: Topology,
     configs: BTreeMap<NodeId, NodeConfig>,
     running: BTreeMap<NodeId, Running>,
     nbd_addrs: BTreeMap<NodeId, SocketAddr>,
     size_bytes: u64,
     metrics: Arc<NodeMetrics>,
-    admin: Option<(AdminServer, Arc<AdminState<AnyMembership>>)>,
+    admin: Option<(AdminServer, Arc<AdminState<EmbeddedStore>>)>,
 }
 
 /// Free loopback UDP addresses, one per node (bound, noted, released).
@@ -180,7 +176,7 @@ impl DemoCluster {
         }
         Ok(Self {
             dir,
-            membership: AnyMembership::Mem(MemMembership::new()),
+            membership: EmbeddedStore::new(),
             topology,
             configs,
             running: BTreeMap::new(),
@@ -225,14 +221,14 @@ impl DemoCluster {
             nbd: Some(wanted).filter(|a| a.port() != 0),
             admin: None,
         };
-        let deadline = Instant::now() + REBIND_TIMEOUT;
+        let deadline = Instant::now() + Duration::from_millis(DEMO_REBIND_TIMEOUT_MS);
         let node = loop {
-            let membership = Some(self.membership.clone());
+            let membership = self.membership.clone();
             match daemon::start_with(config, membership, &frontends).await {
                 Ok(node) => break node,
                 Err(DaemonError::Quic(err)) if Instant::now() < deadline => {
                     tracing::debug!(node = id, "QUIC bind: {err}; retrying");
-                    tokio::time::sleep(POLL).await;
+                    tokio::time::sleep(Duration::from_millis(DEMO_CLUSTER_POLL_MS)).await;
                 }
                 Err(err) => return Err(err).with_context(|| format!("starting node {id}")),
             }
@@ -354,7 +350,7 @@ impl DemoCluster {
     }
 
     /// The control-plane store the demo's nodes share.
-    pub fn membership(&self) -> &AnyMembership {
+    pub fn membership(&self) -> &EmbeddedStore {
         &self.membership
     }
 
@@ -417,15 +413,15 @@ impl DemoCluster {
 /// Waits until `node`'s host is referenced only by `node`, then drops it,
 /// which releases its kvstore.
 async fn release(id: NodeId, node: Node) -> anyhow::Result<()> {
-    let deadline = Instant::now() + RELEASE_TIMEOUT;
+    let deadline = Instant::now() + Duration::from_millis(DEMO_RELEASE_TIMEOUT_MS);
     while Arc::strong_count(&node.host) > 1 {
         if Instant::now() >= deadline {
             bail!(
                 "node {id}: its host is still in use {} s after stopping",
-                RELEASE_TIMEOUT.as_secs()
+                DEMO_RELEASE_TIMEOUT_MS / 1_000
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(Duration::from_millis(DEMO_CLUSTER_POLL_MS)).await;
     }
     drop(node);
     Ok(())

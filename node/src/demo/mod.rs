@@ -13,7 +13,7 @@
 //!
 //! The tour ([`tour`]):
 //! 1. write unique 4 KiB patterns through NBD (the same protocol qemu
-//!    speaks) at queue depth [`workload::QUEUE_DEPTH`], recording latencies
+//!    speaks) at queue depth [`workload::DEMO_QUEUE_DEPTH`], recording latencies
 //!    and which writes were acknowledged;
 //! 2. find the volume's leader and kill its whole domain while the writes
 //!    continue through another domain's NBD endpoint; measure the failover
@@ -34,6 +34,9 @@ pub mod report;
 mod tour;
 pub mod workload;
 
+use crate::limits::{
+    DEMO_DOMAINS_MAX, DEMO_NODES_PER_DOMAIN_MAX, DEMO_RTT_MAX_MS, DEMO_VOLUME_MAX_MIB, PEERS_MAX,
+};
 use anyhow::bail;
 use metro_fabric::env::NodeId;
 use metro_fabric::volume::{BLOCK_BYTES_U64, VolumeId};
@@ -41,20 +44,10 @@ use metro_fabric::volume::{BLOCK_BYTES_U64, VolumeId};
 pub use cluster::DemoCluster;
 pub use report::Report;
 
-use crate::config::{DELAY_MS_MAX, PEERS_MAX};
-
 /// The demo volume's id and NBD export name.
 pub const VOLUME: VolumeId = VolumeId(1);
 /// See [`VOLUME`].
 pub const EXPORT: &str = "demo";
-/// Most data domains (one replica each).
-pub const DOMAINS_MAX: usize = 9;
-/// Most nodes per data domain.
-pub const NODES_PER_DOMAIN_MAX: usize = 8;
-/// Largest demo volume.
-pub const VOLUME_MIB_MAX: u64 = 4096;
-/// Largest injected round trip between domains.
-pub const RTT_MS_MAX: u64 = 2 * DELAY_MS_MAX;
 const MIB: u64 = 1024 * 1024;
 
 /// How the final result is printed.
@@ -183,20 +176,20 @@ pub fn check(args: &DemoArgs) -> anyhow::Result<Topology> {
              holds one of two voters and a majority needs both. Add --witness (a third site \
              that only votes) or use --domains 3"
         ),
-        (d, _) if d > DOMAINS_MAX => bail!("--domains must be at most {DOMAINS_MAX}"),
+        (d, _) if d > DEMO_DOMAINS_MAX => bail!("--domains must be at most {DEMO_DOMAINS_MAX}"),
         _ => {}
     }
-    if !(1..=NODES_PER_DOMAIN_MAX).contains(&args.nodes_per_domain) {
-        bail!("--nodes-per-domain must be 1..={NODES_PER_DOMAIN_MAX}");
+    if !(1..=DEMO_NODES_PER_DOMAIN_MAX).contains(&args.nodes_per_domain) {
+        bail!("--nodes-per-domain must be 1..={DEMO_NODES_PER_DOMAIN_MAX}");
     }
     if topology.nodes().len() > PEERS_MAX + 1 {
         bail!("at most {} nodes in all", PEERS_MAX + 1);
     }
-    if args.rtt_ms > RTT_MS_MAX {
-        bail!("--rtt-ms must be at most {RTT_MS_MAX}");
+    if args.rtt_ms > DEMO_RTT_MAX_MS {
+        bail!("--rtt-ms must be at most {DEMO_RTT_MAX_MS}");
     }
-    if !(1..=VOLUME_MIB_MAX).contains(&args.volume_mib) {
-        bail!("--volume-mib must be 1..={VOLUME_MIB_MAX}");
+    if !(1..=DEMO_VOLUME_MAX_MIB).contains(&args.volume_mib) {
+        bail!("--volume-mib must be 1..={DEMO_VOLUME_MAX_MIB}");
     }
     let blocks = args.volume_mib * MIB / BLOCK_BYTES_U64;
     if !(1..=blocks).contains(&args.writes) {

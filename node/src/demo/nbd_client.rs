@@ -14,25 +14,19 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
+use crate::limits::{NBD_CLIENT_CONNECT_TIMEOUT_MS, OPTION_REPLIES_MAX, OPTION_REPLY_BYTES_MAX};
 use crate::nbd::proto::{
     CLIENT_FLAG_FIXED_NEWSTYLE, CLIENT_FLAG_NO_ZEROES, CMD_DISC, CMD_READ, CMD_WRITE,
     FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, INFO_EXPORT, NBD_MAGIC, OPT_GO,
     OPTION_REPLY_MAGIC, REP_ACK, REP_FLAG_ERROR, REP_INFO, RequestHeader, SIMPLE_REPLY_MAGIC,
 };
 
-/// Longest option reply accepted during the handshake.
-pub const OPTION_REPLY_MAX: u32 = 64 * 1024;
-/// Option replies accepted before `NBD_REP_ACK`.
-pub const OPTION_REPLIES_MAX: usize = 16;
-/// How long connecting plus the handshake may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Why an NBD operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NbdClientError {
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("connecting timed out after {CONNECT_TIMEOUT:?}")]
+    #[error("connecting timed out after {NBD_CLIENT_CONNECT_TIMEOUT_MS:?}")]
     Timeout,
     #[error("protocol: {0}")]
     Protocol(String),
@@ -70,9 +64,12 @@ pub struct NbdClient {
 impl NbdClient {
     /// Connects to `addr` and opens `export` with `NBD_OPT_GO`.
     pub async fn connect(addr: SocketAddr, export: &str) -> Result<Self, NbdClientError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_now(addr, export))
-            .await
-            .map_err(|_| NbdClientError::Timeout)?
+        tokio::time::timeout(
+            Duration::from_millis(NBD_CLIENT_CONNECT_TIMEOUT_MS),
+            Self::connect_now(addr, export),
+        )
+        .await
+        .map_err(|_| NbdClientError::Timeout)?
     }
 
     async fn connect_now(addr: SocketAddr, export: &str) -> Result<Self, NbdClientError> {
@@ -188,7 +185,7 @@ async fn read_go_replies(
         let option = stream.read_u32().await?;
         let kind = stream.read_u32().await?;
         let len = stream.read_u32().await?;
-        if option != OPT_GO || len > OPTION_REPLY_MAX {
+        if option != OPT_GO || len > OPTION_REPLY_BYTES_MAX {
             return Err(protocol(format!("unexpected reply to option {option}")));
         }
         let mut data = vec![0u8; len as usize];

@@ -11,24 +11,15 @@ use metro_fabric::env::NodeId;
 use metro_fabric::wire::VolumeStatus;
 
 use super::report::Report;
-use super::workload::{QUEUE_DEPTH, Workload, read_back};
+use super::workload::{Workload, read_back};
 use super::{DemoArgs, DemoCluster, EXPORT, Output};
+use crate::limits::{
+    DEMO_CONVERGE_TIMEOUT_MS, DEMO_FAILOVER_TIMEOUT_MS, DEMO_LEADER_TIMEOUT_MS, DEMO_POLL_MS,
+    DEMO_PROGRESS_INTERVAL_MS, DEMO_QUEUE_DEPTH, DEMO_STALL_TIMEOUT_MS, DEMO_STATUS_POLL_MS,
+};
 
 /// The leader's domain is killed once this share of the writes is acknowledged.
 const KILL_AT_PERCENT: u64 = 35;
-/// How long the volume may go without a leader.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the failover may take before the tour gives up.
-const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the writes may go without one completing (beyond the NBD
-/// backend's own retry budget).
-const STALL_TIMEOUT: Duration = Duration::from_secs(45);
-/// How long the restarted replicas may take to catch up.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Interval of the progress lines.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-const POLL: Duration = Duration::from_millis(20);
-const STATUS_POLL: Duration = Duration::from_millis(200);
 
 /// Where progress lines go: stdout for humans, stderr beside JSON.
 #[derive(Debug)]
@@ -73,7 +64,7 @@ pub async fn tour(cluster: &mut DemoCluster, args: &DemoArgs, out: &Out) -> anyh
     let work = Workload::new(args.writes, target)?;
     let uri = format!("nbd://{target}/{EXPORT}");
     out.say(format!(
-        "[1/4] writing {} unique 4 KiB blocks through {uri} at queue depth {QUEUE_DEPTH}",
+        "[1/4] writing {} unique 4 KiB blocks through {uri} at queue depth {DEMO_QUEUE_DEPTH}",
         args.writes
     ));
     let started = Instant::now();
@@ -185,7 +176,7 @@ fn endpoint_outside(cluster: &DemoCluster, leader: NodeId) -> anyhow::Result<Soc
 
 /// Waits until every running member names the same running leader.
 async fn wait_leader(cluster: &DemoCluster, members: &[NodeId]) -> anyhow::Result<NodeId> {
-    let deadline = Instant::now() + LEADER_TIMEOUT;
+    let deadline = Instant::now() + Duration::from_millis(DEMO_LEADER_TIMEOUT_MS);
     loop {
         let leaders: Vec<Option<NodeId>> = cluster
             .statuses(members)
@@ -203,12 +194,12 @@ async fn wait_leader(cluster: &DemoCluster, members: &[NodeId]) -> anyhow::Resul
         if Instant::now() >= deadline {
             bail!("the volume has no agreed leader: {leaders:?}");
         }
-        tokio::time::sleep(STATUS_POLL).await;
+        tokio::time::sleep(Duration::from_millis(DEMO_STATUS_POLL_MS)).await;
     }
 }
 
-/// Prints progress every [`PROGRESS_EVERY`] until `done` holds; fails
-/// when no write completed (either way) for [`STALL_TIMEOUT`].
+/// Prints progress every [`DEMO_PROGRESS_INTERVAL_MS`] until `done` holds; fails
+/// when no write completed (either way) for [`DEMO_STALL_TIMEOUT_MS`].
 async fn watch(
     work: &Workload,
     writes: u64,
@@ -217,15 +208,15 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let completed = |w: &Workload| w.acked_count() + w.unacked().len() as u64;
     let mut last = (completed(work), Instant::now());
-    let mut next_line = Instant::now() + PROGRESS_EVERY;
+    let mut next_line = Instant::now() + Duration::from_millis(DEMO_PROGRESS_INTERVAL_MS);
     while !done(work) {
         let now = Instant::now();
         if completed(work) != last.0 {
             last = (completed(work), now);
-        } else if now >= last.1 + STALL_TIMEOUT {
+        } else if now >= last.1 + Duration::from_millis(DEMO_STALL_TIMEOUT_MS) {
             bail!(
                 "no write completed for {} s ({} of {writes} acknowledged)",
-                STALL_TIMEOUT.as_secs(),
+                DEMO_STALL_TIMEOUT_MS / 1_000,
                 work.acked_count()
             );
         }
@@ -235,9 +226,9 @@ async fn watch(
                 "  {acked}/{writes} writes acknowledged, {failed} failed, {} in flight",
                 work.issued().saturating_sub(acked + failed)
             ));
-            next_line += PROGRESS_EVERY;
+            next_line += Duration::from_millis(DEMO_PROGRESS_INTERVAL_MS);
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(Duration::from_millis(DEMO_POLL_MS)).await;
     }
     Ok(())
 }
@@ -282,7 +273,7 @@ async fn kill_leader_domain(
 
 /// Waits for the first acknowledgement of a write issued after the kill.
 async fn wait_failover(work: &Workload, kill: &Kill, out: &Out) -> anyhow::Result<Option<u64>> {
-    let deadline = kill.at + FAILOVER_TIMEOUT;
+    let deadline = kill.at + Duration::from_millis(DEMO_FAILOVER_TIMEOUT_MS);
     loop {
         if let Some(first) = work.first_after_kill() {
             let ms = first.duration_since(kill.at).as_millis() as u64;
@@ -298,10 +289,10 @@ async fn wait_failover(work: &Workload, kill: &Kill, out: &Out) -> anyhow::Resul
         if Instant::now() >= deadline {
             bail!(
                 "no write was acknowledged within {} s of the kill",
-                FAILOVER_TIMEOUT.as_secs()
+                DEMO_FAILOVER_TIMEOUT_MS / 1_000
             );
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(Duration::from_millis(DEMO_POLL_MS)).await;
     }
 }
 
@@ -345,7 +336,7 @@ async fn restart_and_converge(
     ));
     let restarted = Instant::now();
     cluster.restart(&kill.nodes).await?;
-    let deadline = restarted + CONVERGE_TIMEOUT;
+    let deadline = restarted + Duration::from_millis(DEMO_CONVERGE_TIMEOUT_MS);
     // A witness keeps no blocks: it must reach the same applied index only.
     let witnesses: Vec<NodeId> = cluster
         .topology()
@@ -395,7 +386,7 @@ async fn restart_and_converge(
             out.say(format!("  replicas did NOT converge: {statuses:?}"));
             return Ok(None);
         }
-        tokio::time::sleep(STATUS_POLL).await;
+        tokio::time::sleep(Duration::from_millis(DEMO_STATUS_POLL_MS)).await;
     }
 }
 

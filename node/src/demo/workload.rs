@@ -1,4 +1,4 @@
-//! The demo's workload over real NBD connections: [`QUEUE_DEPTH`] writers,
+//! The demo's workload over real NBD connections: [`DEMO_QUEUE_DEPTH`] writers,
 //! each with its own [`NbdClient`], write block `i` of the demo export with
 //! its own 4 KiB pattern ([`pattern`]), once each, and record which writes
 //! were acknowledged and how long they took. Writers talk to the current
@@ -15,29 +15,20 @@
 //! (never foreign data).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use metro_fabric::volume::{BLOCK_BYTES, BLOCK_BYTES_U64};
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use super::EXPORT;
 use super::nbd_client::NbdClient;
-
-/// Concurrent writers (and readers), each with one NBD connection.
-pub const QUEUE_DEPTH: usize = 16;
-/// Pause after a failed connection before trying again.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// Highest latency the histogram tracks (µs).
-const LATENCY_MAX_US: u64 = 120_000_000;
-/// Attempts to read one block back before it counts as unreadable.
-const READ_ATTEMPTS: usize = 3;
-
-fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::limits::{
+    DEMO_LATENCY_MAX_US, DEMO_QUEUE_DEPTH, DEMO_READ_ATTEMPTS_MAX, DEMO_RECONNECT_PAUSE_MS,
+};
 
 /// Block `index`'s unique content: its index, then a stream seeded by it.
 pub fn pattern(index: u64) -> Vec<u8> {
@@ -73,7 +64,7 @@ pub struct Workload {
 impl Workload {
     /// `writes` writes (blocks `0..writes`) through `target`.
     pub fn new(writes: u64, target: SocketAddr) -> anyhow::Result<Arc<Self>> {
-        let histogram = Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?;
+        let histogram = Histogram::new_with_bounds(1, DEMO_LATENCY_MAX_US, 3)?;
         Ok(Arc::new(Self {
             writes,
             next: AtomicU64::new(0),
@@ -91,25 +82,25 @@ impl Workload {
 
     /// Starts the writers; they end when every write was tried.
     pub fn spawn_writers(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        (0..QUEUE_DEPTH)
+        (0..DEMO_QUEUE_DEPTH)
             .map(|_| tokio::spawn(writer(Arc::clone(self))))
             .collect()
     }
 
     /// Sends the following writes to `target`.
     pub fn set_target(&self, target: SocketAddr) {
-        *lock(&self.target) = target;
+        *self.target.lock() = target;
     }
 
     /// The endpoint writes go to.
     pub fn target(&self) -> SocketAddr {
-        *lock(&self.target)
+        *self.target.lock()
     }
 
     /// Records the moment of the kill (now).
     pub fn mark_kill(&self) -> Instant {
         let now = Instant::now();
-        *lock(&self.kill_at) = Some(now);
+        *self.kill_at.lock() = Some(now);
         now
     }
 
@@ -125,28 +116,28 @@ impl Workload {
 
     /// Whether every writer has finished.
     pub fn writers_done(&self) -> bool {
-        self.writers_done.load(Ordering::Acquire) == QUEUE_DEPTH as u64
+        self.writers_done.load(Ordering::Acquire) == DEMO_QUEUE_DEPTH as u64
     }
 
     /// When the first write issued after the kill was acknowledged.
     pub fn first_after_kill(&self) -> Option<Instant> {
-        *lock(&self.first_after_kill)
+        *self.first_after_kill.lock()
     }
 
     /// The acknowledged blocks.
     pub fn acked(&self) -> Vec<u64> {
-        lock(&self.acked).clone()
+        self.acked.lock().clone()
     }
 
     /// The blocks whose write was not acknowledged.
     pub fn unacked(&self) -> Vec<u64> {
-        lock(&self.unacked).clone()
+        self.unacked.lock().clone()
     }
 
     /// The write latency at `quantile` (0..=1) in µs, outside the
     /// failover window.
     pub fn latency_us(&self, quantile: f64) -> u64 {
-        lock(&self.latencies_us).value_at_quantile(quantile)
+        self.latencies_us.lock().value_at_quantile(quantile)
     }
 
     /// Records an acknowledgement. Latencies count only writes outside the
@@ -154,10 +145,10 @@ impl Workload {
     /// acknowledgement after it); [`Self::failover_writes`] counts the rest.
     fn ack(&self, index: u64, issued: Instant) {
         let now = Instant::now();
-        lock(&self.acked).push(index);
+        self.acked.lock().push(index);
         self.acked_count.fetch_add(1, Ordering::Relaxed);
-        let killed = *lock(&self.kill_at);
-        let mut first = lock(&self.first_after_kill);
+        let killed = *self.kill_at.lock();
+        let mut first = self.first_after_kill.lock();
         if killed.is_some_and(|kill| issued >= kill) {
             first.get_or_insert(now);
         }
@@ -168,7 +159,10 @@ impl Workload {
             return;
         }
         let us = now.duration_since(issued).as_micros() as u64;
-        let _ = lock(&self.latencies_us).record(us.clamp(1, LATENCY_MAX_US));
+        let _ = self
+            .latencies_us
+            .lock()
+            .record(us.clamp(1, DEMO_LATENCY_MAX_US));
     }
 
     /// Acknowledged writes that overlapped the failover window.
@@ -194,8 +188,8 @@ async fn writer(work: Arc<Workload>) {
                 Ok(client) => conn = Some(client),
                 Err(err) => {
                     tracing::debug!(%target, "demo writer cannot connect: {err}");
-                    lock(&work.unacked).push(index);
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    work.unacked.lock().push(index);
+                    tokio::time::sleep(Duration::from_millis(DEMO_RECONNECT_PAUSE_MS)).await;
                     continue;
                 }
             }
@@ -208,7 +202,7 @@ async fn writer(work: Arc<Workload>) {
             Ok(()) => work.ack(index, issued),
             Err(err) => {
                 tracing::debug!(index, "demo write failed: {err}");
-                lock(&work.unacked).push(index);
+                work.unacked.lock().push(index);
                 if !err.connection_ok() {
                     conn = None;
                 }
@@ -231,7 +225,7 @@ pub struct ReadBack {
 }
 
 /// Reads `acked` and `unacked` blocks back through `addr` at
-/// [`QUEUE_DEPTH`] and compares them with their patterns.
+/// [`DEMO_QUEUE_DEPTH`] and compares them with their patterns.
 pub async fn read_back(addr: SocketAddr, acked: Vec<u64>, unacked: Vec<u64>) -> ReadBack {
     let queue: Vec<(u64, bool)> = acked
         .into_iter()
@@ -239,7 +233,7 @@ pub async fn read_back(addr: SocketAddr, acked: Vec<u64>, unacked: Vec<u64>) -> 
         .chain(unacked.into_iter().map(|i| (i, false)))
         .collect();
     let queue = Arc::new(Mutex::new(queue));
-    let readers: Vec<JoinHandle<ReadBack>> = (0..QUEUE_DEPTH)
+    let readers: Vec<JoinHandle<ReadBack>> = (0..DEMO_QUEUE_DEPTH)
         .map(|_| tokio::spawn(reader(addr, Arc::clone(&queue))))
         .collect();
     let mut total = ReadBack::default();
@@ -255,7 +249,7 @@ pub async fn read_back(addr: SocketAddr, acked: Vec<u64>, unacked: Vec<u64>) -> 
     // Whatever a failed reader left unchecked cannot be vouched for.
     total
         .lost
-        .extend(lock(&queue).drain(..).filter(|(_, a)| *a).map(|(i, _)| i));
+        .extend(queue.lock().drain(..).filter(|(_, a)| *a).map(|(i, _)| i));
     total.lost.sort_unstable();
     total.foreign.sort_unstable();
     total
@@ -265,7 +259,7 @@ async fn reader(addr: SocketAddr, queue: Arc<Mutex<Vec<(u64, bool)>>>) -> ReadBa
     let mut found = ReadBack::default();
     let mut conn: Option<NbdClient> = None;
     loop {
-        let Some((index, acked)) = lock(&queue).pop() else {
+        let Some((index, acked)) = queue.lock().pop() else {
             break;
         };
         let data = read_block(addr, &mut conn, index).await;
@@ -289,13 +283,13 @@ async fn reader(addr: SocketAddr, queue: Arc<Mutex<Vec<(u64, bool)>>>) -> ReadBa
 
 /// Reads block `index`, reconnecting as needed; `None` if it cannot.
 async fn read_block(addr: SocketAddr, conn: &mut Option<NbdClient>, index: u64) -> Option<Vec<u8>> {
-    for _ in 0..READ_ATTEMPTS {
+    for _ in 0..DEMO_READ_ATTEMPTS_MAX {
         if conn.is_none() {
             match NbdClient::connect(addr, EXPORT).await {
                 Ok(client) => *conn = Some(client),
                 Err(err) => {
                     tracing::warn!(%addr, "demo reader cannot connect: {err}");
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    tokio::time::sleep(Duration::from_millis(DEMO_RECONNECT_PAUSE_MS)).await;
                     continue;
                 }
             }

@@ -16,16 +16,19 @@
 //! - unaligned `WRITE_ZEROES` zeroes its partial blocks by RMW and the whole
 //!   blocks through [`Volume::write_zeroes`];
 //! - `TRIM` (only a hint) discards just the whole blocks inside the range;
-//! - reads and writes longer than [`VOLUME_IO_MAX_BYTES`] are split.
+//! - reads and writes longer than [`VOLUME_IO_BYTES_MAX`] are split.
 //!
 //! Callers must have checked that the range is non-empty and inside the
 //! export (whose size is a whole number of blocks).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
+
+use super::BLOCK_SIZE;
 use super::backend::{BackendError, Volume};
-use super::{BLOCK_SIZE, VOLUME_IO_MAX_BYTES};
+use crate::limits::VOLUME_IO_BYTES_MAX;
 
 /// One read-modify-write lock per export name, shared by every connection
 /// of a server. Entries are created on first use and kept (one per export).
@@ -38,7 +41,7 @@ impl RmwLocks {
     /// The lock for `export`.
     pub(crate) fn get(&self, export: &str) -> Arc<tokio::sync::Mutex<()>> {
         // A poisoned map is still a valid map: keep serving.
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.locks.lock();
         locks.entry(export.to_owned()).or_default().clone()
     }
 }
@@ -150,7 +153,7 @@ impl AlignedIo {
         let mut out = Vec::with_capacity(len as usize);
         let mut at = offset;
         while at < offset + len {
-            let piece = (offset + len - at).min(VOLUME_IO_MAX_BYTES) as u32;
+            let piece = (offset + len - at).min(VOLUME_IO_BYTES_MAX) as u32;
             let data = self.volume.read(at, piece).await?;
             if data.len() != piece as usize {
                 return Err(BackendError::Io(format!(
@@ -167,7 +170,7 @@ impl AlignedIo {
     /// Writes an aligned range, split into backend-sized pieces.
     async fn write_blocks(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let mut at = offset;
-        for piece in data.chunks(VOLUME_IO_MAX_BYTES as usize) {
+        for piece in data.chunks(VOLUME_IO_BYTES_MAX as usize) {
             self.volume.write(at, piece).await?;
             at += piece.len() as u64;
         }

@@ -8,9 +8,9 @@
 //! [`super::aligned`]): every range it passes is non-empty, lies inside
 //! `0..size_bytes()`, starts and ends on a [`BLOCK_SIZE`](super::BLOCK_SIZE)
 //! boundary, and reads and writes are at most
-//! [`VOLUME_IO_MAX_BYTES`](super::VOLUME_IO_MAX_BYTES) long. Requests on one
+//! [`VOLUME_IO_BYTES_MAX`](crate::limits::VOLUME_IO_BYTES_MAX) long. Requests on one
 //! volume arrive concurrently (several connections, up to
-//! [`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT) each) and may complete in any order;
+//! [`NBD_IN_FLIGHT_MAX`](crate::limits::NBD_IN_FLIGHT_MAX) each) and may complete in any order;
 //! a write's future resolving means the write is applied (later reads see it),
 //! and `flush` resolving means every write that resolved before `flush` was
 //! called is durable.
@@ -27,7 +27,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportInfo {
     /// The name clients ask for (UTF-8, at most
-    /// [`EXPORT_NAME_MAX`](super::EXPORT_NAME_MAX) bytes).
+    /// [`EXPORT_NAME_BYTES_MAX`](crate::limits::EXPORT_NAME_BYTES_MAX) bytes).
     pub name: String,
     /// Size in bytes; the server advertises it rounded down to a whole
     /// [`BLOCK_SIZE`](super::BLOCK_SIZE).

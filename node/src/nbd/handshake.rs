@@ -15,10 +15,13 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::BLOCK_SIZE;
 use super::backend::{BlockBackend, Volume};
 use super::error::NbdError;
 use super::proto::*;
-use super::{BLOCK_SIZE, EXPORT_NAME_MAX, MAX_PAYLOAD_BYTES, OPTION_DATA_MAX, OPTIONS_MAX};
+use crate::limits::{
+    EXPORT_NAME_BYTES_MAX, NBD_PAYLOAD_BYTES_MAX, OPTION_DATA_BYTES_MAX, OPTIONS_MAX,
+};
 
 /// Bytes of zero padding after the `NBD_OPT_EXPORT_NAME` reply unless the
 /// client negotiated `NO_ZEROES`.
@@ -78,7 +81,7 @@ async fn read_option<S: AsyncRead + Unpin>(io: &mut S) -> Result<(u32, Vec<u8>),
     }
     let option = io.read_u32().await?;
     let len = io.read_u32().await?;
-    if len > OPTION_DATA_MAX {
+    if len > OPTION_DATA_BYTES_MAX {
         return Err(NbdError::OptionTooLong(len));
     }
     let mut data = vec![0u8; len as usize];
@@ -188,7 +191,7 @@ where
         send_reply(io, option, REP_INFO, &item).await?;
     }
     let mut sizes = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-    for value in [BLOCK_SIZE as u32, BLOCK_SIZE as u32, MAX_PAYLOAD_BYTES] {
+    for value in [BLOCK_SIZE as u32, BLOCK_SIZE as u32, NBD_PAYLOAD_BYTES_MAX] {
         sizes.extend_from_slice(&value.to_be_bytes());
     }
     send_reply(io, option, REP_INFO, &sizes).await?;
@@ -205,7 +208,7 @@ where
 fn parse_info_request(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
     let (name_len, rest) = data.split_first_chunk::<4>()?;
     let name_len = u32::from_be_bytes(*name_len) as usize;
-    if name_len > rest.len() || name_len > EXPORT_NAME_MAX {
+    if name_len > rest.len() || name_len > EXPORT_NAME_BYTES_MAX {
         return None;
     }
     let (name, rest) = rest.split_at(name_len);
@@ -223,7 +226,7 @@ fn parse_info_request(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
 
 /// Opens an export by its raw name; invalid UTF-8 names do not exist.
 async fn open(backend: &dyn BlockBackend, name: &[u8]) -> Option<Arc<dyn Volume>> {
-    if name.len() > EXPORT_NAME_MAX {
+    if name.len() > EXPORT_NAME_BYTES_MAX {
         return None;
     }
     let name = std::str::from_utf8(name).ok()?;

@@ -5,8 +5,10 @@
 //! every request (see [`MemVolume::set_failing`]) to exercise error paths.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 
 use super::BLOCK_SIZE;
 use super::backend::{BackendError, BlockBackend, BoxFuture, ExportInfo, Volume};
@@ -33,19 +35,21 @@ impl MemBackend {
             blocks: Mutex::default(),
             failing: AtomicBool::new(false),
         });
-        lock(&self.exports).insert(name.to_owned(), volume.clone());
+        self.exports.lock().insert(name.to_owned(), volume.clone());
         volume
     }
 
     /// The export called `name`, for inspection by tests.
     pub fn volume(&self, name: &str) -> Option<Arc<MemVolume>> {
-        lock(&self.exports).get(name).cloned()
+        self.exports.lock().get(name).cloned()
     }
 }
 
 impl BlockBackend for MemBackend {
     fn exports(&self) -> BoxFuture<'_, Vec<ExportInfo>> {
-        let list = lock(&self.exports)
+        let list = self
+            .exports
+            .lock()
             .iter()
             .map(|(name, v)| ExportInfo {
                 name: name.clone(),
@@ -58,7 +62,7 @@ impl BlockBackend for MemBackend {
     /// The empty name (the protocol's "default export") opens the only
     /// export when there is exactly one.
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Option<Arc<dyn Volume>>> {
-        let exports = lock(&self.exports);
+        let exports = self.exports.lock();
         let found = match (name, exports.len()) {
             ("", 1) => exports.values().next().cloned(),
             _ => exports.get(name).cloned(),
@@ -84,12 +88,12 @@ impl MemVolume {
 
     /// Blocks currently holding data (not all zeroes).
     pub fn allocated_blocks(&self) -> usize {
-        lock(&self.blocks).len()
+        self.blocks.lock().len()
     }
 
     /// Reads any byte range inside the volume, for tests (no alignment needed).
     pub fn read_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
-        let blocks = lock(&self.blocks);
+        let blocks = self.blocks.lock();
         let mut out = vec![0u8; len];
         for (i, byte) in out.iter_mut().enumerate() {
             let at = offset + i as u64;
@@ -120,7 +124,7 @@ impl MemVolume {
 
     fn read_now(&self, offset: u64, len: u32) -> Result<Vec<u8>, BackendError> {
         self.check(offset, u64::from(len))?;
-        let blocks = lock(&self.blocks);
+        let blocks = self.blocks.lock();
         let mut out = vec![0u8; len as usize];
         for (i, chunk) in out.chunks_mut(BLOCK).enumerate() {
             if let Some(block) = blocks.get(&(offset / BLOCK_SIZE + i as u64)) {
@@ -132,7 +136,7 @@ impl MemVolume {
 
     fn write_now(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         self.check(offset, data.len() as u64)?;
-        let mut blocks = lock(&self.blocks);
+        let mut blocks = self.blocks.lock();
         for (i, chunk) in data.chunks(BLOCK).enumerate() {
             let index = offset / BLOCK_SIZE + i as u64;
             if chunk.iter().all(|&b| b == 0) {
@@ -148,7 +152,7 @@ impl MemVolume {
         self.check(offset, len)?;
         let first = offset / BLOCK_SIZE;
         let end = first + len / BLOCK_SIZE;
-        let mut blocks = lock(&self.blocks);
+        let mut blocks = self.blocks.lock();
         let doomed: Vec<u64> = blocks.range(first..end).map(|(k, _)| *k).collect();
         for index in doomed {
             blocks.remove(&index);
@@ -187,10 +191,4 @@ impl Volume for MemVolume {
             }
         })
     }
-}
-
-/// Locks a mutex, ignoring poisoning (the maps stay consistent: every
-/// critical section is a plain insert/remove/copy).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -13,10 +13,10 @@
 //!   yet promise cross-connection flush semantics).
 //! - Commands `READ`, `WRITE`, `FLUSH`, `TRIM`, `WRITE_ZEROES` (with `FUA`,
 //!   and `NO_HOLE` as a hint), `DISC`; simple replies only, sent as requests
-//!   complete (out of order), up to [`MAX_IN_FLIGHT`] per connection. See
+//!   complete (out of order), up to [`NBD_IN_FLIGHT_MAX`](crate::limits::NBD_IN_FLIGHT_MAX) per connection. See
 //!   [`transmission`] for the error mapping.
 //! - Block sizes (`NBD_INFO_BLOCK_SIZE`): minimum and preferred
-//!   [`BLOCK_SIZE`] (4 KiB, metro's block), maximum [`MAX_PAYLOAD_BYTES`].
+//!   [`BLOCK_SIZE`] (4 KiB, metro's block), maximum [`NBD_PAYLOAD_BYTES_MAX`](crate::limits::NBD_PAYLOAD_BYTES_MAX).
 //!   Unaligned requests are still served correctly (see [`aligned`]).
 //!
 //! # Contracts
@@ -27,12 +27,11 @@
 //!   [`backend`]). [`MemBackend`] is the in-memory implementation.
 //! - Start with [`NbdServer::bind`] and run [`NbdServer::serve`] on a task.
 
-use std::time::Duration;
-
 mod aligned;
 pub mod backend;
 mod error;
 mod handshake;
+pub mod host;
 mod mem;
 pub mod proto;
 mod server;
@@ -48,29 +47,3 @@ pub use stats::NbdStats;
 /// The block size of metro volumes; advertised as minimum and preferred
 /// block size. Every [`Volume`] request is aligned to it.
 pub const BLOCK_SIZE: u64 = metro_fabric::volume::BLOCK_BYTES_U64;
-/// Largest read or write payload a client may send (advertised as the
-/// maximum block size); larger reads get `EINVAL`, larger writes end the
-/// connection.
-pub const MAX_PAYLOAD_BYTES: u32 = 32 * 1024 * 1024;
-/// Largest read or write the server passes to a [`Volume`] in one call
-/// (4096 blocks, the volume host's per-command limit); bigger requests are
-/// split.
-pub const VOLUME_IO_MAX_BYTES: u64 = 4096 * BLOCK_SIZE;
-/// Requests of one connection being served at once; the reader stops
-/// reading while this many await their replies.
-pub const MAX_IN_FLIGHT: usize = 32;
-/// Read and write payload bytes of one connection being served at once.
-pub const MAX_IN_FLIGHT_BYTES: u32 = 64 * 1024 * 1024;
-/// Open connections per server; further connections are closed at once.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// Time a client has to finish the handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest option data accepted in the handshake (an export name of at most
-/// [`EXPORT_NAME_MAX`] bytes plus info requests fits easily).
-pub const OPTION_DATA_MAX: u32 = 8 * 1024;
-/// Longest export name (the protocol's limit for strings).
-pub const EXPORT_NAME_MAX: usize = 4096;
-/// Options one handshake may send before the server gives up on it.
-pub const OPTIONS_MAX: usize = 64;
-/// Pause after a failed `accept` (e.g. out of file descriptors).
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);

@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,7 +16,7 @@ use super::error::NbdError;
 use super::handshake::negotiate;
 use super::stats::NbdStats;
 use super::transmission::Transmission;
-use super::{ACCEPT_RETRY, HANDSHAKE_TIMEOUT, MAX_CONNECTIONS};
+use crate::limits::{NBD_ACCEPT_RETRY_MS, NBD_CONNECTIONS_MAX, NBD_HANDSHAKE_TIMEOUT_MS};
 
 /// An NBD server bound to a TCP address, serving the exports of one
 /// [`BlockBackend`].
@@ -72,24 +73,34 @@ impl NbdServer {
         self.shared.stats.clone()
     }
 
+    /// The same server counting into `stats` instead of counters of its
+    /// own (a node's, which `/metrics` renders and which outlive one
+    /// listener).
+    pub fn with_stats(mut self, stats: Arc<NbdStats>) -> Self {
+        let shared = Arc::get_mut(&mut self.shared);
+        // Only `serve` (which consumes the server) shares `shared`.
+        shared.expect("an unserved NbdServer owns its state").stats = stats;
+        self
+    }
+
     /// Accepts connections forever, each on its own task. Stop it by
     /// aborting the task running it (open connections then finish on their
     /// own when their clients disconnect).
     pub async fn serve(self) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limit = Arc::new(Semaphore::new(NBD_CONNECTIONS_MAX));
         loop {
             let (stream, peer) = match self.listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("NBD accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    tokio::time::sleep(Duration::from_millis(NBD_ACCEPT_RETRY_MS)).await;
                     continue;
                 }
             };
             self.shared.stats.connections.fetch_add(1, Relaxed);
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "refusing NBD connection: {MAX_CONNECTIONS} open");
+                tracing::warn!(%peer, "refusing NBD connection: {NBD_CONNECTIONS_MAX} open");
                 self.shared.stats.rejected_connections.fetch_add(1, Relaxed);
                 continue;
             };
@@ -117,7 +128,7 @@ async fn serve_connection(
 async fn connection(shared: &Shared, mut stream: TcpStream) -> Result<(), NbdError> {
     stream.set_nodelay(true)?;
     let negotiated = timeout(
-        HANDSHAKE_TIMEOUT,
+        Duration::from_millis(NBD_HANDSHAKE_TIMEOUT_MS),
         negotiate(&mut stream, shared.backend.as_ref()),
     )
     .await

@@ -1,5 +1,6 @@
-//! Counters of one [`NbdServer`](super::NbdServer), for logs, tests and
-//! (later) the metrics endpoint.
+//! Counters of an [`NbdServer`](super::NbdServer), for logs and tests; a
+//! node's listener counts into its [`NodeMetrics`](crate::admin::NodeMetrics),
+//! which renders them on `/metrics` as `metro_nbd_*`.
 
 use std::sync::atomic::AtomicU64;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 pub struct NbdStats {
     /// TCP connections accepted.
     pub connections: AtomicU64,
-    /// Connections refused because [`MAX_CONNECTIONS`](super::MAX_CONNECTIONS) were open.
+    /// Connections refused because [`NBD_CONNECTIONS_MAX`](crate::limits::NBD_CONNECTIONS_MAX) were open.
     pub rejected_connections: AtomicU64,
     /// Connections that entered the transmission phase.
     pub sessions: AtomicU64,

@@ -1,19 +1,19 @@
 //! The transmission phase of one connection.
 //!
 //! One reader (this task) decodes requests; each valid request runs on its
-//! own task, at most [`MAX_IN_FLIGHT`] at once and at most
-//! [`MAX_IN_FLIGHT_BYTES`] of payload, and hands its reply to the single
+//! own task, at most [`NBD_IN_FLIGHT_MAX`] at once and at most
+//! [`NBD_IN_FLIGHT_BYTES_MAX`] of payload, and hands its reply to the single
 //! writer task, so replies go out in completion order (clients match them by
 //! cookie). Simple replies only.
 //!
 //! Per request: unknown commands and flags get `EINVAL`; reads past the end
-//! or longer than [`MAX_PAYLOAD_BYTES`] get `EINVAL`; writes and
+//! or longer than [`NBD_PAYLOAD_BYTES_MAX`] get `EINVAL`; writes and
 //! write-zeroes past the end get `ENOSPC`; trims past the end `EINVAL`;
 //! zero-length requests succeed without touching the volume; backend
 //! failures (and backend panics) get `EIO` (`ENOSPC` for
 //! [`BackendError::NoSpace`]). `FUA` is honoured by flushing the volume after
 //! the command. A wrong request magic or a write payload over
-//! [`MAX_PAYLOAD_BYTES`] ends the connection. `NBD_CMD_DISC`, EOF or a socket
+//! [`NBD_PAYLOAD_BYTES_MAX`] ends the connection. `NBD_CMD_DISC`, EOF or a socket
 //! error stop the reader; outstanding requests still complete and are
 //! answered before the socket closes.
 
@@ -33,16 +33,10 @@ use super::backend::BackendError;
 use super::error::NbdError;
 use super::proto::*;
 use super::stats::NbdStats;
-use super::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, MAX_PAYLOAD_BYTES};
-
-/// Bytes the writer buffers before a flush (replies are also flushed
-/// whenever no further reply is ready).
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
-
-/// Longest wait for the client to close after the server finished.
-const LINGER: Duration = Duration::from_secs(2);
-/// Most bytes discarded while lingering.
-const LINGER_BYTES: usize = 1024 * 1024;
+use crate::limits::{
+    LINGER_BYTES_MAX, LINGER_MS, NBD_IN_FLIGHT_BYTES_MAX, NBD_IN_FLIGHT_MAX, NBD_PAYLOAD_BYTES_MAX,
+    WRITE_BUFFER_BYTES,
+};
 
 /// A validated request, ready for the backend.
 #[derive(Debug)]
@@ -92,8 +86,8 @@ impl Transmission {
             io: Arc::new(io),
             size,
             stats,
-            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            bytes: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES as usize)),
+            slots: Arc::new(Semaphore::new(NBD_IN_FLIGHT_MAX)),
+            bytes: Arc::new(Semaphore::new(NBD_IN_FLIGHT_BYTES_MAX as usize)),
         }
     }
 
@@ -101,7 +95,7 @@ impl Transmission {
     /// is answered (if the socket still works) before this returns.
     pub(crate) async fn run(self, stream: TcpStream) -> Result<(), NbdError> {
         let (mut reader, writer) = stream.into_split();
-        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let (tx, rx) = mpsc::channel(NBD_IN_FLIGHT_MAX);
         let writer = tokio::spawn(write_replies(writer, rx));
         let result = self.read_requests(&mut reader, &tx).await;
         drop(tx);
@@ -175,7 +169,7 @@ impl Transmission {
         if req.kind != CMD_WRITE {
             return Ok((Vec::new(), None));
         }
-        if req.length > MAX_PAYLOAD_BYTES {
+        if req.length > NBD_PAYLOAD_BYTES_MAX {
             return Err(NbdError::PayloadTooLarge(req.length));
         }
         let budget = self.acquire_bytes(req.length).await?;
@@ -242,21 +236,21 @@ impl Transmission {
 }
 
 /// After a clean end (replies sent, FIN sent), discards whatever the client
-/// still sends until it closes, for at most [`LINGER`] and [`LINGER_BYTES`]:
+/// still sends until it closes, for at most [`LINGER_MS`] and [`LINGER_BYTES_MAX`]:
 /// closing a socket with unread input would reset the connection and could
 /// destroy replies the client has not read yet.
 async fn linger(mut reader: OwnedReadHalf) {
     let drain = async {
         let mut sink = vec![0u8; 64 * 1024];
         let mut total = 0;
-        while total < LINGER_BYTES {
+        while total < LINGER_BYTES_MAX {
             match reader.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    let _ = tokio::time::timeout(Duration::from_millis(LINGER_MS), drain).await;
 }
 
 /// Checks flags and range; the errno to answer with if the request is bad.
@@ -281,7 +275,7 @@ fn validate(req: &RequestHeader, payload: Vec<u8>, size: u64) -> Result<Op, u32>
     } else {
         EINVAL
     };
-    if past_end || (req.kind == CMD_READ && req.length > MAX_PAYLOAD_BYTES) {
+    if past_end || (req.kind == CMD_READ && req.length > NBD_PAYLOAD_BYTES_MAX) {
         return Err(if past_end { beyond } else { EINVAL });
     }
     if len == 0 {

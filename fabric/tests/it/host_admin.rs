@@ -1,0 +1,119 @@
+//! `GroupAdmin` for `VolumeHost` on real openraft groups: four hosts in one
+//! process (tokio, in-memory transport, in-memory disks). A group is
+//! created on three, written to, one member is cut off, and a follower asks
+//! for its replacement, which it forwards to the leader; the leader
+//! replaces it by the fourth host (learner, catch-up, joint change that
+//! removes the dead voter); the new member ends up a voter with identical
+//! data, and the leader reports the new members in sync.
+
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{HostSlot, MemNet, TestHost, eventually, start_host};
+use metro_fabric::control::{GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
+use metro_fabric::env::NodeId;
+use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
+use metro_kvstore::FaultyDisk;
+
+type Host = TestHost;
+type Net = MemNet<HostSlot>;
+
+const NODES: [NodeId; 4] = [1, 2, 3, 4];
+const SIZE_BLOCKS: u64 = 256;
+const BLOCKS_WRITTEN: u64 = 16;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn start(net: &Arc<Net>, id: NodeId) -> Arc<Host> {
+    start_host(net, id, &FaultyDisk::new(id), NODES)
+}
+
+fn placement(nodes: &[NodeId]) -> Placement {
+    let members = nodes
+        .iter()
+        .map(|node| Member {
+            node: *node,
+            domain: format!("site-{node}"),
+            role: MemberRole::Data,
+        })
+        .collect();
+    Placement { members }
+}
+
+fn block(index: u64) -> BlockData {
+    BlockData::new(vec![index as u8 + 1; BLOCK_BYTES]).expect("one block")
+}
+
+/// Polls `probe` until it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_replaces_a_dead_member() {
+    let net = MemNet::new();
+    let hosts: Vec<Arc<Host>> = NODES.iter().map(|id| start(&net, *id)).collect();
+    let spec = VolumeSpec {
+        name: "db".into(),
+        id: 21,
+        size_bytes: SIZE_BLOCKS * BLOCK_BYTES as u64,
+        replicas: 3,
+    };
+    let volume = VolumeId(spec.id);
+    let before = placement(&[1, 2, 3]);
+    hosts[0].create_group(&spec, &before).await.expect("create");
+    hosts[0]
+        .create_group(&spec, &before)
+        .await
+        .expect("idempotent");
+    for i in 0..BLOCKS_WRITTEN {
+        eventually("a write", WAIT, || async {
+            hosts[0].write(volume, i, block(i)).await.ok()
+        })
+        .await;
+    }
+
+    net.set_cut_off(3, true);
+    let leader = eventually("a leader that is not node 3", WAIT, || async {
+        let status = hosts[0].status(volume).await.ok()?;
+        status.leader.filter(|leader| *leader != 3)
+    })
+    .await;
+    let admin = &hosts[leader as usize - 1];
+    let follower = &hosts[if leader == 1 { 1 } else { 0 }];
+    // A follower forwards the change to the leader (once: the leader runs
+    // it itself).
+    eventually("the replacement, asked of a follower", WAIT, || async {
+        follower.replace_member(&spec, &before, 3, 4).await.ok()
+    })
+    .await;
+
+    let after = placement(&[1, 2, 4]);
+    let expected: BTreeSet<NodeId> = after.nodes().collect();
+    eventually("1, 2, 4 in sync", WAIT, || async {
+        let in_sync = admin.in_sync(&spec, &after).await.ok()?;
+        (in_sync == expected).then_some(())
+    })
+    .await;
+    let statuses = eventually("identical replicas on 1, 2, 4", WAIT, || async {
+        let mut statuses = Vec::new();
+        for node in [1, 2, 4] {
+            statuses.push(hosts[node as usize - 1].status(volume).await.ok()?);
+        }
+        let same = statuses.iter().all(|s| {
+            s.applied_index == statuses[0].applied_index && s.digest == statuses[0].digest
+        });
+        same.then_some(statuses)
+    })
+    .await;
+    for status in &statuses {
+        assert_eq!(status.voters, vec![1, 2, 4], "{status:?}");
+        assert!(status.learners.is_empty(), "{status:?}");
+        assert_eq!(status.blocks_nonzero, BLOCKS_WRITTEN, "{status:?}");
+    }
+    admin
+        .replace_member(&spec, &before, 3, 4)
+        .await
+        .expect("replacing again changes nothing");
+    for host in &hosts {
+        host.shutdown().await;
+    }
+}
