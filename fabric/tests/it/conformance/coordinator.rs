@@ -554,6 +554,8 @@ async fn coordinator_failover<M: MetaStore + Clone>(m: &M, cluster: &str) {
     let second_task = tasks.0.len() - 1;
     add_volume(m, &keys, "one", 1, 3).await;
     placed(m, &keys, "one").await;
+    // The placement is recorded before the group is created: wait for it.
+    wait_creates(&first, 1).await;
     assert!(!second.stats().leading, "only one leads");
     assert_eq!((first.admin().creates(), second.admin().creates()), (1, 0));
 
