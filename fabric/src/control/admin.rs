@@ -13,7 +13,12 @@
 //!   that was already replaced, succeeds without changing anything.
 //! - **Errors say what to do.** [`AdminError::Retry`] (no leader now, a peer
 //!   unreachable, the leader is elsewhere) means "try again next round";
-//!   [`AdminError::Failed`] means the request cannot work as asked.
+//!   [`AdminError::Failed`] means the request cannot work as asked;
+//!   [`AdminError::Diverged`] means the group is not what the caller
+//!   computed the change from, and nothing was changed.
+//! - **Fenced.** A change is applied only to the voter set it was computed
+//!   from (`placement`); the group's leader compares and refuses a
+//!   mismatch, so a deposed or lagging caller cannot undo a newer change.
 //! - Witness members are voters like data members; the group itself keeps
 //!   them block-less and hands their leadership on (`host/witness.rs`).
 
@@ -33,6 +38,14 @@ pub enum AdminError {
     /// The group refused the request as asked: do not retry it unchanged.
     #[error("group of {volume} failed the request: {reason}")]
     Failed { volume: String, reason: String },
+    /// The group's voters are not the ones the change was computed from
+    /// (the caller's view is stale, or an earlier change went through):
+    /// they are `voters`.
+    #[error("group of {volume} has voters {voters:?}, not the placement's: change refused")]
+    Diverged {
+        volume: String,
+        voters: BTreeSet<NodeId>,
+    },
 }
 
 impl AdminError {
@@ -52,10 +65,12 @@ pub trait GroupAdmin: Send + Sync + 'static {
         placement: &Placement,
     ) -> impl Future<Output = Result<(), AdminError>> + Send;
 
-    /// Replaces voter `dead` of the group (whose desired members are
-    /// `placement`) by `replacement`: adds `replacement` as a learner, waits
-    /// until it has caught up, then changes the voters to `placement` with
-    /// `dead` swapped for `replacement` (removing `dead` from the group).
+    /// Replaces voter `dead` of the group (whose voters the caller believes
+    /// are `placement`'s) by `replacement`: adds `replacement` as a learner,
+    /// waits until it has caught up, then changes the voters to `placement`
+    /// with `dead` swapped for `replacement` (removing `dead` from the
+    /// group) and drops learners outside them. Voters other than
+    /// `placement`'s (and than the result): [`AdminError::Diverged`].
     fn replace_member(
         &self,
         spec: &VolumeSpec,
@@ -79,8 +94,5 @@ pub fn voters_after_replace(
     dead: NodeId,
     replacement: NodeId,
 ) -> BTreeSet<NodeId> {
-    placement
-        .nodes()
-        .map(|node| if node == dead { replacement } else { node })
-        .collect()
+    placement.replaced(dead, replacement).nodes().collect()
 }

@@ -18,7 +18,11 @@
 //! 4. plans repairs ([`plan_repairs`], after [`CoordinatorConfig::repair_delay`])
 //!    and carries them out one at a time through
 //!    [`GroupAdmin::replace_member`], recording each new placement with the
-//!    same guarded write;
+//!    same guarded write (a change is fenced on the recorded voters: when
+//!    the group answers [`AdminError::Diverged`] with the placement's
+//!    voters but `dead` swapped for a live node of its domain, an earlier
+//!    coordinator made that repair and lost its record: it is recorded as
+//!    made, see [`adoptable`]);
 //! 5. publishes each volume's health under `/metro/<cluster>/status/<volume>`
 //!    ([`VolumeStatusRecord`], see [`crate::control::store`]) when it changed.
 //!
@@ -49,12 +53,12 @@ use openraft::{AsyncRuntime, Instant as _};
 use parking_lot::Mutex;
 
 use crate::backoff::Backoff;
-use crate::control::admin::GroupAdmin;
+use crate::control::admin::{AdminError, GroupAdmin};
 use crate::control::health::{Health, volume_health};
 use crate::control::keys::ClusterKeys;
 use crate::control::placement::place;
-use crate::control::repair::{RepairAction, plan_repairs};
-use crate::control::state::{ClusterView, Member, Placement, VolumeRecord};
+use crate::control::repair::{RepairAction, adoptable, plan_repairs};
+use crate::control::state::{ClusterView, Placement, VolumeRecord};
 use crate::control::store::{
     CasOutcome, LoadedView, VolumeStatusRecord, load_view, status_key, still_leader, write_status,
     write_volume,
@@ -108,6 +112,11 @@ pub struct CoordinatorStats {
     pub placement_errors: u64,
     pub groups_created: u64,
     pub repairs: u64,
+    /// Repairs found already made in the group (by an earlier coordinator
+    /// whose record write was lost) and recorded as they were.
+    pub repairs_adopted: u64,
+    /// Group changes the group refused: its voters were not the placement's.
+    pub changes_refused: u64,
     /// Guarded writes that found the record changed since it was read.
     pub cas_conflicts: u64,
     /// Writes or checks refused by the leadership fence.
@@ -584,26 +593,34 @@ impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> Coordinator<RT, M, A> {
                 action.replacement,
             )
             .await;
-        if let Err(error) = replaced {
-            self.count(|s| s.admin_errors += 1);
-            status.error = Some(error.to_string());
-            return self
-                .publish(leadership, loaded, &action.volume, status)
-                .await;
-        }
-        let members = placement
-            .members
-            .iter()
-            .map(|m| {
-                let node = if m.node == action.dead.node {
-                    action.replacement
-                } else {
-                    m.node
-                };
-                Member { node, ..m.clone() }
-            })
-            .collect();
-        record.placement = Some(Placement { members });
+        let replacement = match replaced {
+            Ok(()) => action.replacement,
+            Err(AdminError::Diverged { voters, .. }) => {
+                match adoptable(&loaded.view, &placement, &action.dead, &voters) {
+                    Some(node) => {
+                        self.count(|s| s.repairs_adopted += 1);
+                        node
+                    }
+                    None => {
+                        self.count(|s| s.changes_refused += 1);
+                        status.error = Some(format!(
+                            "group voters {voters:?} differ from the placement: change refused"
+                        ));
+                        return self
+                            .publish(leadership, loaded, &action.volume, status)
+                            .await;
+                    }
+                }
+            }
+            Err(error) => {
+                self.count(|s| s.admin_errors += 1);
+                status.error = Some(error.to_string());
+                return self
+                    .publish(leadership, loaded, &action.volume, status)
+                    .await;
+            }
+        };
+        record.placement = Some(placement.replaced(action.dead.node, replacement));
         status.error = None;
         let flow = self
             .record_volume(leadership, loaded, record, status)

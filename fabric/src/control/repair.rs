@@ -10,8 +10,16 @@
 //! is left alone (the volume stays degraded, and health says so); members in
 //! inactive domains are not repaired (the operator took the domain out on
 //! purpose).
+//!
+//! Group changes are fenced on the recorded voters ([`crate::control::GroupAdmin`]):
+//! when the group refuses a repair because its voters already are the
+//! placement's with the dead member swapped for a live node of the same
+//! domain ([`adoptable`]), an earlier coordinator made that repair and lost
+//! its record, and the coordinator records it as made.
 
-use crate::control::state::{ClusterView, Member};
+use std::collections::BTreeSet;
+
+use crate::control::state::{ClusterView, Member, Placement};
 use crate::env::NodeId;
 
 /// Replace `dead` in volume `volume` by `replacement` (same domain, role).
@@ -66,6 +74,27 @@ pub fn plan_repairs(view: &ClusterView, now_ms: u64, repair_delay_ms: u64) -> Ve
         }
     }
     actions
+}
+
+/// The node that replaced `dead` in the group, when the group's `voters`
+/// are `placement`'s with `dead` swapped for one live node of `dead`'s
+/// domain that the placement does not hold (a repair made in the group
+/// whose record was lost); anything else is not a repair to adopt.
+pub fn adoptable(
+    view: &ClusterView,
+    placement: &Placement,
+    dead: &Member,
+    voters: &BTreeSet<NodeId>,
+) -> Option<NodeId> {
+    let kept: BTreeSet<NodeId> = placement.nodes().filter(|n| *n != dead.node).collect();
+    let mut added = voters.difference(&kept);
+    let node = *added.next()?;
+    let whole = added.next().is_none() && kept.is_subset(voters) && !placement.contains(node);
+    let live_in_domain = view
+        .nodes
+        .get(&node)
+        .is_some_and(|n| n.domain == dead.domain);
+    (whole && live_in_domain).then_some(node)
 }
 
 #[cfg(test)]
@@ -130,5 +159,35 @@ mod tests {
         v.down_since_ms.insert(victim.node, 0);
         v.domains.get_mut(&victim.domain).unwrap().state = DomainState::Inactive;
         assert!(plan_repairs(&v, 100_000, 10).is_empty());
+    }
+
+    #[test]
+    fn only_a_whole_same_domain_swap_is_adopted() {
+        let mut v = placed(3);
+        let placement = v.volumes["db"].placement.clone().unwrap();
+        let dead = placement.members[0].clone();
+        let spare = v
+            .nodes
+            .values()
+            .find(|n| n.domain == dead.domain && !placement.contains(n.id))
+            .unwrap()
+            .id;
+        let swapped: BTreeSet<NodeId> = placement.replaced(dead.node, spare).nodes().collect();
+        assert_eq!(adoptable(&v, &placement, &dead, &swapped), Some(spare));
+        let unchanged: BTreeSet<NodeId> = placement.nodes().collect();
+        assert_eq!(adoptable(&v, &placement, &dead, &unchanged), None);
+        let other = v
+            .nodes
+            .values()
+            .find(|n| n.domain != dead.domain && !placement.contains(n.id))
+            .unwrap()
+            .id;
+        let wrong_domain: BTreeSet<NodeId> = placement.replaced(dead.node, other).nodes().collect();
+        assert_eq!(adoptable(&v, &placement, &dead, &wrong_domain), None);
+        let mut extra = swapped.clone();
+        extra.insert(other);
+        assert_eq!(adoptable(&v, &placement, &dead, &extra), None);
+        v.nodes.remove(&spare);
+        assert_eq!(adoptable(&v, &placement, &dead, &swapped), None, "not live");
     }
 }

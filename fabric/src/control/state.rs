@@ -97,6 +97,20 @@ impl Placement {
     pub fn contains(&self, node: NodeId) -> bool {
         self.members.iter().any(|m| m.node == node)
     }
+
+    /// This placement with member `dead` swapped for `replacement` (same
+    /// domain and role), in the same order.
+    pub fn replaced(&self, dead: NodeId, replacement: NodeId) -> Placement {
+        let members = self
+            .members
+            .iter()
+            .map(|m| Member {
+                node: if m.node == dead { replacement } else { m.node },
+                ..m.clone()
+            })
+            .collect();
+        Placement { members }
+    }
 }
 
 /// A volume's record: spec and, once placed, its placement.

@@ -8,16 +8,13 @@
 //!   one fails (a majority that opened is already a live group, which
 //!   repair can complete if the others stay down). It succeeds once every
 //!   member has opened; until then the coordinator calls it again.
-//! - `replace_member` runs on the group's leader, which must be this node:
-//!   it opens an *uninitialized* replica on the replacement
-//!   ([`VolumeHost::open_learner`], or `OpenReplica` with no members when
-//!   remote), adds it as a learner blocking until openraft considers it
-//!   caught up (bounded by [`CATCH_UP_TIMEOUT_MS`]), then replaces the voter
-//!   set in one joint-consensus change with `retain = false`, which removes
-//!   the dead voter from the group.
+//! - `replace_member` runs on the group's leader, which must be this node,
+//!   fenced on the voter set the caller computed it from (`group_change`):
+//!   a stale change is refused with [`AdminError::Diverged`], a change
+//!   already made answers `Ok`.
 //! - `in_sync` reads the leader's replication metrics: members whose
 //!   matched log index trails the leader's last log index by at most
-//!   [`IN_SYNC_LAG_ENTRIES_MAX`] entries, the leader included. (Requiring
+//!   [`IN_SYNC_LAG_ENTRIES_MAX`](crate::limits::IN_SYNC_LAG_ENTRIES_MAX) entries, the leader included. (Requiring
 //!   an exact match made a healthy volume under steady writes read
 //!   `degraded` or `unavailable` whenever a sample caught entries in
 //!   flight.)
@@ -39,15 +36,12 @@ use std::time::Duration;
 use openraft::AsyncRuntime;
 use openraft::rt::WatchReceiver as _;
 
+use super::group_change::lag_within;
 use super::{HostError, VolumeHost};
-use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec, voters_after_replace};
+use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec};
 use crate::env::{NodeId, Transport};
-use crate::limits::{
-    CATCH_UP_TIMEOUT_MS, FORWARD_TIMEOUT_MS, IN_SYNC_LAG_ENTRIES_MAX, MEMBERSHIP_CHANGE_TIMEOUT_MS,
-    REPLACE_MEMBER_CALL_TIMEOUT_MS,
-};
+use crate::limits::{FORWARD_TIMEOUT_MS, REPLACE_MEMBER_CALL_TIMEOUT_MS};
 use crate::raft::network::forward_client_within;
-use crate::raft::types::RaftNode;
 use crate::volume::{BLOCK_BYTES, VolumeId};
 use crate::wire::ClientReply;
 use crate::wire::ClientRequest;
@@ -59,7 +53,7 @@ fn retry(spec: &VolumeSpec, reason: impl std::fmt::Display) -> AdminError {
     }
 }
 
-fn admin_error(spec: &VolumeSpec, error: HostError) -> AdminError {
+pub(super) fn admin_error(spec: &VolumeSpec, error: HostError) -> AdminError {
     match error {
         HostError::Invalid(reason) => AdminError::Failed {
             volume: spec.name.clone(),
@@ -69,14 +63,14 @@ fn admin_error(spec: &VolumeSpec, error: HostError) -> AdminError {
     }
 }
 
-fn size_blocks(spec: &VolumeSpec) -> u64 {
+pub(super) fn size_blocks(spec: &VolumeSpec) -> u64 {
     spec.size_bytes / BLOCK_BYTES as u64
 }
 
 impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     /// Opens `volume` on `node` (here or remote) with `members` (none: as
     /// an uninitialized learner).
-    async fn open_on(
+    pub(super) async fn open_on(
         &self,
         node: NodeId,
         volume: VolumeId,
@@ -167,37 +161,6 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         }
     }
 
-    /// `replace_member` on this node, which must lead the group.
-    pub(crate) async fn replace_member_here(
-        &self,
-        spec: &VolumeSpec,
-        placement: &Placement,
-        dead: NodeId,
-        replacement: NodeId,
-    ) -> Result<(), AdminError> {
-        let raft = self.local_leader(spec)?;
-        let volume = VolumeId(spec.id);
-        self.open_on(replacement, volume, size_blocks(spec), &[])
-            .await
-            .map_err(|error| admin_error(spec, error))?;
-        let node = RaftNode {
-            addr: format!("node-{replacement}"),
-        };
-        let catch_up = Duration::from_millis(CATCH_UP_TIMEOUT_MS);
-        match RT::timeout(catch_up, raft.add_learner(replacement, node, true)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(retry(spec, format!("adding learner: {error}"))),
-            Err(_) => return Err(retry(spec, "the learner did not catch up in time")),
-        }
-        let voters = voters_after_replace(placement, dead, replacement);
-        let change = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
-        match RT::timeout(change, raft.change_membership(voters, false)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(retry(spec, format!("changing membership: {error}"))),
-            Err(_) => Err(retry(spec, "the membership change did not commit in time")),
-        }
-    }
-
     /// `in_sync` on this node, which must lead the group.
     pub(crate) fn in_sync_here(
         &self,
@@ -214,19 +177,13 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             node == self.node()
                 || replication
                     .get(&node)
-                    .is_some_and(|log_id| match (log_id, last) {
-                        (_, None) => true,
-                        (None, Some(_)) => false,
-                        (Some(matched), Some(last)) => {
-                            last.saturating_sub(matched.index) <= IN_SYNC_LAG_ENTRIES_MAX
-                        }
-                    })
+                    .is_some_and(|log_id| lag_within(log_id.map(|id| id.index), last))
         };
         Ok(placement.nodes().filter(|node| matched(*node)).collect())
     }
 
     /// This node's replica of `spec`'s volume, if it leads the group.
-    fn local_leader(
+    pub(super) fn local_leader(
         &self,
         spec: &VolumeSpec,
     ) -> Result<
@@ -303,6 +260,10 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
             .await?
         {
             (_, ClientReply::Done) => Ok(()),
+            (_, ClientReply::Diverged { voters }) => Err(AdminError::Diverged {
+                volume: spec.name.clone(),
+                voters: voters.into_iter().collect(),
+            }),
             (node, other) => Err(retry(spec, format!("node {node} answered {other:?}"))),
         }
     }

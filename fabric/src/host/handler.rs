@@ -19,6 +19,7 @@ use openraft::AsyncRuntime;
 
 use super::HostError;
 use super::volume_host::VolumeHost;
+use crate::control::AdminError;
 use crate::env::{Lane, NodeId, RequestHandler, Transport};
 use crate::raft::router::RouterError;
 use crate::volume::VolumeId;
@@ -191,6 +192,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                     .await
                 {
                     Ok(()) => ClientReply::Done,
+                    Err(AdminError::Diverged { voters, .. }) => ClientReply::Diverged {
+                        voters: voters.into_iter().collect(),
+                    },
                     Err(error) => ClientReply::Failed {
                         message: error.to_string(),
                     },

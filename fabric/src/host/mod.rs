@@ -54,6 +54,7 @@
 mod admin_impl;
 pub mod catalogue;
 mod dr_snapshots;
+mod group_change;
 mod handler;
 mod session;
 mod status;

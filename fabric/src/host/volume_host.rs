@@ -52,6 +52,8 @@ pub struct VolumeHost<RT: AsyncRuntime, T: Transport> {
     suspects: Mutex<Vec<NodeId>>,
     /// Whether this node's domain lets it serve I/O (false while inactive).
     domain_active: AtomicBool,
+    /// The planted bug of `group_change` (never set in production).
+    pub(super) unfenced_planted: AtomicBool,
 }
 
 impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
@@ -63,7 +65,7 @@ impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
     }
 }
 
-fn member(id: NodeId) -> RaftNode {
+pub(super) fn member(id: NodeId) -> RaftNode {
     RaftNode {
         addr: format!("node-{id}"),
     }
@@ -103,6 +105,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             leader_hints: Mutex::new(BTreeMap::new()),
             suspects: Mutex::new(Vec::new()),
             domain_active: AtomicBool::new(true),
+            unfenced_planted: AtomicBool::new(false),
         })
     }
 

@@ -292,6 +292,9 @@ pub enum ClientReplyHeader {
         nodes: Vec<u64>,
     },
     SnapshotPage(Option<SnapshotPageHeader>),
+    Diverged {
+        voters: Vec<u64>,
+    },
 }
 
 /// A DR snapshot page; its blocks follow, one per index.

@@ -199,6 +199,9 @@ pub enum ClientReply {
     /// The answer to [`ClientRequest::ReadSnapshot`]; `None` when this
     /// replica does not hold that snapshot's content.
     SnapshotPage(Option<SnapshotPage>),
+    /// The leader refused a [`ClientRequest::ReplaceMember`] computed from
+    /// other voters than the group's, which are `voters`.
+    Diverged { voters: Vec<NodeId> },
 }
 
 /// Why a receiving host could not serve a request.
@@ -551,6 +554,9 @@ fn client_reply_to_wire<'a>(
         ClientReply::InSync { nodes } => ClientReplyHeader::InSync {
             nodes: nodes.clone(),
         },
+        ClientReply::Diverged { voters } => ClientReplyHeader::Diverged {
+            voters: voters.clone(),
+        },
         ClientReply::SnapshotPage(None) => ClientReplyHeader::SnapshotPage(None),
         ClientReply::SnapshotPage(Some(page)) => {
             if let Some(data) = &page.data {
@@ -601,6 +607,9 @@ fn client_reply_from_wire(
         ClientReplyHeader::LogFloor { index } => ClientReply::LogFloor { index },
         ClientReplyHeader::InSync { nodes } => ClientReply::InSync {
             nodes: members_from_wire(nodes)?,
+        },
+        ClientReplyHeader::Diverged { voters } => ClientReply::Diverged {
+            voters: members_from_wire(voters)?,
         },
         ClientReplyHeader::SnapshotPage(None) => ClientReply::SnapshotPage(None),
         ClientReplyHeader::SnapshotPage(Some(header)) => {

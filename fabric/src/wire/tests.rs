@@ -190,6 +190,9 @@ fn every_message() -> Vec<Message<Rt>> {
             members: vec![1, 2],
         }),
         Message::ClientReply(ClientReply::InSync { nodes: vec![2] }),
+        Message::ClientReply(ClientReply::Diverged {
+            voters: vec![1, 2, 5],
+        }),
         Message::Client(ClientRequest::ReadSnapshot {
             snapshot_id: 7,
             from_block: 12,

@@ -4,7 +4,9 @@
 //! for its replacement, which it forwards to the leader; the leader
 //! replaces it by the fourth host (learner, catch-up, joint change that
 //! removes the dead voter); the new member ends up a voter with identical
-//! data, and the leader reports the new members in sync.
+//! data, and the leader reports the new members in sync. Then group changes
+//! are fenced: a change computed from voters the group no longer has is
+//! refused with the group's voters (and applied when the planted bug is on).
 
 use crate::common;
 
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{HostSlot, MemNet, TestHost, eventually, start_host};
-use metro_fabric::control::{GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
+use metro_fabric::control::{AdminError, GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
 use metro_fabric::env::NodeId;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::FaultyDisk;
@@ -21,7 +23,7 @@ use metro_kvstore::FaultyDisk;
 type Host = TestHost;
 type Net = MemNet<HostSlot>;
 
-const NODES: [NodeId; 4] = [1, 2, 3, 4];
+const NODES: [NodeId; 5] = [1, 2, 3, 4, 5];
 const SIZE_BLOCKS: u64 = 256;
 const BLOCKS_WRITTEN: u64 = 16;
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,17 +48,19 @@ fn block(index: u64) -> BlockData {
     BlockData::new(vec![index as u8 + 1; BLOCK_BYTES]).expect("one block")
 }
 
-/// Polls `probe` until it answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_replaces_a_dead_member() {
-    let net = MemNet::new();
-    let hosts: Vec<Arc<Host>> = NODES.iter().map(|id| start(&net, *id)).collect();
-    let spec = VolumeSpec {
+fn spec() -> VolumeSpec {
+    VolumeSpec {
         name: "db".into(),
         id: 21,
         size_bytes: SIZE_BLOCKS * BLOCK_BYTES as u64,
         replicas: 3,
-    };
+    }
+}
+
+/// Creates the group on 1, 2, 3, writes to it, cuts 3 off and has a
+/// follower ask for 3's replacement by 4; the leader.
+async fn replace_three_by_four(net: &Arc<Net>, hosts: &[Arc<Host>]) -> NodeId {
+    let spec = spec();
     let volume = VolumeId(spec.id);
     let before = placement(&[1, 2, 3]);
     hosts[0].create_group(&spec, &before).await.expect("create");
@@ -70,14 +74,12 @@ async fn leader_replaces_a_dead_member() {
         })
         .await;
     }
-
     net.set_cut_off(3, true);
     let leader = eventually("a leader that is not node 3", WAIT, || async {
         let status = hosts[0].status(volume).await.ok()?;
         status.leader.filter(|leader| *leader != 3)
     })
     .await;
-    let admin = &hosts[leader as usize - 1];
     let follower = &hosts[if leader == 1 { 1 } else { 0 }];
     // A follower forwards the change to the leader (once: the leader runs
     // it itself).
@@ -85,6 +87,17 @@ async fn leader_replaces_a_dead_member() {
         follower.replace_member(&spec, &before, 3, 4).await.ok()
     })
     .await;
+    leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_replaces_a_dead_member() {
+    let net = MemNet::new();
+    let hosts: Vec<Arc<Host>> = NODES.iter().map(|id| start(&net, *id)).collect();
+    let spec = spec();
+    let volume = VolumeId(spec.id);
+    let leader = replace_three_by_four(&net, &hosts).await;
+    let admin = &hosts[leader as usize - 1];
 
     let after = placement(&[1, 2, 4]);
     let expected: BTreeSet<NodeId> = after.nodes().collect();
@@ -110,9 +123,62 @@ async fn leader_replaces_a_dead_member() {
         assert_eq!(status.blocks_nonzero, BLOCKS_WRITTEN, "{status:?}");
     }
     admin
-        .replace_member(&spec, &before, 3, 4)
+        .replace_member(&spec, &placement(&[1, 2, 3]), 3, 4)
         .await
         .expect("replacing again changes nothing");
+    for host in &hosts {
+        host.shutdown().await;
+    }
+}
+
+/// A change computed from the voters before a repair (as a deposed
+/// coordinator's late call would be) is refused by the leader and by a
+/// follower forwarding it, with the group's voters, and changes nothing;
+/// with the planted bug the leader applies it and drops the repaired member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_group_change_is_refused() {
+    let net = MemNet::new();
+    let hosts: Vec<Arc<Host>> = NODES.iter().map(|id| start(&net, *id)).collect();
+    let spec = spec();
+    let volume = VolumeId(spec.id);
+    let leader = replace_three_by_four(&net, &hosts).await;
+    let admin = &hosts[leader as usize - 1];
+    let follower = &hosts[if leader == 1 { 1 } else { 0 }];
+    let stale = placement(&[1, 2, 3]);
+    let repaired = BTreeSet::from([1, 2, 4]);
+    for (who, host) in [("leader", admin), ("follower", follower)] {
+        let refused = eventually("an answer from the leader", WAIT, || async {
+            match host.replace_member(&spec, &stale, 3, 5).await {
+                Err(error @ AdminError::Diverged { .. }) => Some(error),
+                Err(AdminError::Retry { .. }) => None,
+                other => panic!("{who}: a stale change must be refused, got {other:?}"),
+            }
+        })
+        .await;
+        assert_eq!(
+            refused,
+            AdminError::Diverged {
+                volume: spec.name.clone(),
+                voters: repaired.clone()
+            },
+            "{who}"
+        );
+    }
+    let status = admin.status(volume).await.expect("status");
+    assert_eq!(status.voters, vec![1, 2, 4], "nothing changed: {status:?}");
+    assert!(status.learners.is_empty(), "{status:?}");
+
+    admin.plant_unfenced_membership();
+    eventually("the stale change, unfenced", WAIT, || async {
+        admin.replace_member(&spec, &stale, 3, 5).await.ok()
+    })
+    .await;
+    let status = admin.status(volume).await.expect("status");
+    assert_eq!(
+        status.voters,
+        vec![1, 2, 5],
+        "the planted bug lets the stale change drop the repaired member: {status:?}"
+    );
     for host in &hosts {
         host.shutdown().await;
     }
