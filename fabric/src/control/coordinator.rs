@@ -18,11 +18,11 @@
 //! 4. plans repairs ([`plan_repairs`], after [`CoordinatorConfig::repair_delay`])
 //!    and carries them out one at a time through
 //!    [`GroupAdmin::replace_member`], recording each new placement with the
-//!    same guarded write (a change is fenced on the recorded voters: when
-//!    the group answers [`AdminError::Diverged`] with the placement's
-//!    voters but `dead` swapped for a live node of its domain, an earlier
-//!    coordinator made that repair and lost its record: it is recorded as
-//!    made, see [`adoptable`]);
+//!    same guarded write (a change is fenced on the recorded voters);
+//!    when the group answers [`AdminError::Diverged`] (to a repair or a
+//!    health check) with the placement's voters but one member swapped for
+//!    a live node of its domain, an earlier coordinator made that repair
+//!    and lost its record: it is recorded as made ([`adoptable`]);
 //! 5. publishes each volume's health under `/metro/<cluster>/status/<volume>`
 //!    ([`VolumeStatusRecord`], see [`crate::control::store`]) when it changed.
 //!
@@ -115,8 +115,8 @@ pub struct CoordinatorStats {
     /// Repairs found already made in the group (by an earlier coordinator
     /// whose record write was lost) and recorded as they were.
     pub repairs_adopted: u64,
-    /// Group changes the group refused: its voters were not the placement's.
-    pub changes_refused: u64,
+    /// Groups found with voters that are no repair of their placement.
+    pub diverged: u64,
     /// Guarded writes that found the record changed since it was read.
     pub cas_conflicts: u64,
     /// Writes or checks refused by the leadership fence.
@@ -593,24 +593,12 @@ impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> Coordinator<RT, M, A> {
                 action.replacement,
             )
             .await;
-        let replacement = match replaced {
-            Ok(()) => action.replacement,
+        match replaced {
+            Ok(()) => {}
             Err(AdminError::Diverged { voters, .. }) => {
-                match adoptable(&loaded.view, &placement, &action.dead, &voters) {
-                    Some(node) => {
-                        self.count(|s| s.repairs_adopted += 1);
-                        node
-                    }
-                    None => {
-                        self.count(|s| s.changes_refused += 1);
-                        status.error = Some(format!(
-                            "group voters {voters:?} differ from the placement: change refused"
-                        ));
-                        return self
-                            .publish(leadership, loaded, &action.volume, status)
-                            .await;
-                    }
-                }
+                return self
+                    .adopt(leadership, loaded, record, status, &voters)
+                    .await;
             }
             Err(error) => {
                 self.count(|s| s.admin_errors += 1);
@@ -619,14 +607,50 @@ impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> Coordinator<RT, M, A> {
                     .publish(leadership, loaded, &action.volume, status)
                     .await;
             }
-        };
-        record.placement = Some(placement.replaced(action.dead.node, replacement));
+        }
+        record.placement = Some(placement.replaced(action.dead.node, action.replacement));
         status.error = None;
         let flow = self
             .record_volume(leadership, loaded, record, status)
             .await?;
         let recorded = loaded.view.volumes.contains_key(&action.volume);
         self.count(|s| s.repairs += u64::from(flow == Flow::Continue && recorded));
+        Ok(flow)
+    }
+
+    /// Records the group's `voters` as `record`'s placement when they are
+    /// the placement with one member swapped for a live node of its domain
+    /// (a repair made in the group whose record was lost, see
+    /// [`adoptable`]); otherwise says in the status that they differ.
+    async fn adopt(
+        &self,
+        leadership: &Leadership,
+        loaded: &mut LoadedView,
+        mut record: VolumeRecord,
+        mut status: VolumeStatusRecord,
+        voters: &BTreeSet<NodeId>,
+    ) -> Step {
+        let Some(placement) = record.placement.clone() else {
+            return Ok(Flow::Continue);
+        };
+        let dead = placement.members.iter().find(|m| !voters.contains(&m.node));
+        let adopted =
+            dead.and_then(|d| adoptable(&loaded.view, &placement, d, voters).map(|r| (d.node, r)));
+        let name = record.spec.name.clone();
+        let Some((dead, replacement)) = adopted else {
+            self.count(|s| s.diverged += 1);
+            status.error = Some(format!(
+                "group voters {voters:?} differ from the placement and are no repair of it"
+            ));
+            return self.publish(leadership, loaded, &name, status).await;
+        };
+        record.placement = Some(placement.replaced(dead, replacement));
+        status.error = None;
+        let flow = self
+            .record_volume(leadership, loaded, record, status)
+            .await?;
+        let recorded = loaded.view.volumes.contains_key(&name);
+        self.count(|s| s.repairs_adopted += u64::from(flow == Flow::Continue && recorded));
         Ok(flow)
     }
 
@@ -655,6 +679,15 @@ impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> Coordinator<RT, M, A> {
                 Ok(in_sync) => {
                     status.health = volume_health(&record, &loaded.view, &in_sync);
                     status.error = None;
+                }
+                Err(AdminError::Diverged { voters, .. }) => {
+                    let flow = self
+                        .adopt(leadership, loaded, record.clone(), status, &voters)
+                        .await?;
+                    if flow == Flow::Deposed {
+                        return Ok(flow);
+                    }
+                    continue;
                 }
                 Err(error) => {
                     // Unknown is not unavailable: keep the last health.

@@ -12,7 +12,10 @@
 //!   fenced on the voter set the caller computed it from (`group_change`):
 //!   a stale change is refused with [`AdminError::Diverged`], a change
 //!   already made answers `Ok`.
-//! - `in_sync` reads the leader's replication metrics: members whose
+//! - `in_sync` answers [`AdminError::Diverged`] when the group's voters
+//!   are not `placement`'s (outside a change), so the coordinator can
+//!   reconcile its record; otherwise it reads the leader's replication
+//!   metrics: members whose
 //!   matched log index trails the leader's last log index by at most
 //!   [`IN_SYNC_LAG_ENTRIES_MAX`](crate::limits::IN_SYNC_LAG_ENTRIES_MAX) entries, the leader included. (Requiring
 //!   an exact match made a healthy volume under steady writes read
@@ -36,7 +39,7 @@ use std::time::Duration;
 use openraft::AsyncRuntime;
 use openraft::rt::WatchReceiver as _;
 
-use super::group_change::lag_within;
+use super::group_change::{Effective, lag_within};
 use super::{HostError, VolumeHost};
 use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec};
 use crate::env::{NodeId, Transport};
@@ -169,6 +172,14 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     ) -> Result<BTreeSet<NodeId>, AdminError> {
         let raft = self.local_leader(spec)?;
         let metrics = raft.metrics().borrow_watched().clone();
+        let effective = Effective::of::<RT>(&metrics);
+        let wanted: BTreeSet<NodeId> = placement.nodes().collect();
+        if !effective.joint && wanted != effective.voters {
+            return Err(AdminError::Diverged {
+                volume: spec.name.clone(),
+                voters: effective.voters,
+            });
+        }
         let last = metrics.last_log_index;
         let replication = metrics
             .replication
@@ -284,6 +295,10 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
             .await?
         {
             (_, ClientReply::InSync { nodes }) => Ok(nodes.into_iter().collect()),
+            (_, ClientReply::Diverged { voters }) => Err(AdminError::Diverged {
+                volume: spec.name.clone(),
+                voters: voters.into_iter().collect(),
+            }),
             (node, other) => Err(retry(spec, format!("node {node} answered {other:?}"))),
         }
     }

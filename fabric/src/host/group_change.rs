@@ -57,7 +57,7 @@ pub(crate) struct Effective {
 }
 
 impl Effective {
-    fn of<RT: AsyncRuntime>(metrics: &RaftMetrics<TypeConfig<RT>>) -> Self {
+    pub(crate) fn of<RT: AsyncRuntime>(metrics: &RaftMetrics<TypeConfig<RT>>) -> Self {
         let stored = &metrics.membership_config;
         Self {
             log_id: *stored.log_id(),

@@ -206,6 +206,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                     Ok(nodes) => ClientReply::InSync {
                         nodes: nodes.into_iter().collect(),
                     },
+                    Err(AdminError::Diverged { voters, .. }) => ClientReply::Diverged {
+                        voters: voters.into_iter().collect(),
+                    },
                     Err(error) => ClientReply::Failed {
                         message: error.to_string(),
                     },

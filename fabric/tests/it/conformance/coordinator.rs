@@ -10,15 +10,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metro_fabric::control::{
-    AdminError, CasOutcome, ClusterKeys, Coordinator, CoordinatorConfig, DomainInfo, DomainRole,
-    DomainState, GroupAdmin, Health, MemberRole, NodeInfo, NodeRegistration, Placement,
-    RegistrationConfig, VolumeRecord, VolumeSpec, VolumeStatusRecord, decode, encode,
-    set_domain_state, status_key, voters_after_replace, write_volume,
+    CasOutcome, ClusterKeys, Coordinator, CoordinatorConfig, DomainInfo, DomainRole, DomainState,
+    Health, MemberRole, NodeInfo, NodeRegistration, Placement, RegistrationConfig, VolumeRecord,
+    VolumeSpec, VolumeStatusRecord, decode, encode, set_domain_state, status_key, write_volume,
 };
 use metro_fabric::env::NodeId;
 use metro_fabric::meta::{
@@ -28,6 +27,7 @@ use metro_fabric::meta::{
 };
 use tokio::task::JoinHandle;
 
+use super::fake_admin::{AdminCall, FakeAdmin};
 use super::harness::Harness;
 use tokio::time::{Instant, sleep};
 
@@ -63,6 +63,7 @@ pub async fn run_all<H: Harness>(harness: &mut H) {
         coordinator_failover(&m, "failover"),
         cas_conflict(&m, "cas"),
         domain_deactivation(&m, "domains"),
+        unrecorded_change(&m, "unrecorded"),
     );
     println!("concurrent scenarios took {:?}", started.elapsed());
     let started = Instant::now();
@@ -71,110 +72,6 @@ pub async fn run_all<H: Harness>(harness: &mut H) {
 }
 
 // ---------------------------------------------------------------- fakes ---
-
-/// One call the coordinator made.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AdminCall {
-    Create {
-        volume: String,
-        members: Vec<NodeId>,
-    },
-    Replace {
-        volume: String,
-        dead: NodeId,
-        replacement: NodeId,
-    },
-}
-
-#[derive(Debug, Default)]
-struct FakeState {
-    groups: BTreeMap<String, BTreeSet<NodeId>>,
-    calls: Vec<AdminCall>,
-    down: BTreeSet<NodeId>,
-}
-
-/// A hand-written [`GroupAdmin`]: groups are member sets in memory.
-#[derive(Clone, Debug, Default)]
-pub struct FakeAdmin {
-    state: Arc<Mutex<FakeState>>,
-}
-
-impl FakeAdmin {
-    fn with<V>(&self, f: impl FnOnce(&mut FakeState) -> V) -> V {
-        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub fn calls(&self) -> Vec<AdminCall> {
-        self.with(|s| s.calls.clone())
-    }
-
-    pub fn creates(&self) -> usize {
-        self.calls()
-            .iter()
-            .filter(|c| matches!(c, AdminCall::Create { .. }))
-            .count()
-    }
-
-    /// Marks `node` down (out of sync) or back.
-    pub fn set_down(&self, node: NodeId, down: bool) {
-        self.with(|s| {
-            if down {
-                s.down.insert(node);
-            } else {
-                s.down.remove(&node);
-            }
-        });
-    }
-}
-
-impl GroupAdmin for FakeAdmin {
-    async fn create_group(
-        &self,
-        spec: &VolumeSpec,
-        placement: &Placement,
-    ) -> Result<(), AdminError> {
-        let members: Vec<NodeId> = placement.nodes().collect();
-        self.with(|s| {
-            s.calls.push(AdminCall::Create {
-                volume: spec.name.clone(),
-                members: members.clone(),
-            });
-            s.groups
-                .insert(spec.name.clone(), members.into_iter().collect());
-        });
-        Ok(())
-    }
-
-    async fn replace_member(
-        &self,
-        spec: &VolumeSpec,
-        placement: &Placement,
-        dead: NodeId,
-        replacement: NodeId,
-    ) -> Result<(), AdminError> {
-        self.with(|s| {
-            s.calls.push(AdminCall::Replace {
-                volume: spec.name.clone(),
-                dead,
-                replacement,
-            });
-            let voters = voters_after_replace(placement, dead, replacement);
-            s.groups.insert(spec.name.clone(), voters);
-        });
-        Ok(())
-    }
-
-    async fn in_sync(
-        &self,
-        spec: &VolumeSpec,
-        _placement: &Placement,
-    ) -> Result<BTreeSet<NodeId>, AdminError> {
-        self.with(|s| {
-            let group = s.groups.get(&spec.name).cloned().unwrap_or_default();
-            Ok(group.difference(&s.down).copied().collect())
-        })
-    }
-}
 
 /// A store that lets "another writer" change one volume record right
 /// before the coordinator's first guarded write of it.
@@ -533,6 +430,66 @@ async fn repair_after_lease_expiry<M: MetaStore + Clone>(m: &M, cluster: &str) {
     }));
     healthy(m, &keys, "db", ACT_MAX).await;
     assert_eq!(coordinator.stats().repairs, 1);
+}
+
+/// A group whose voters were changed behind the record (a repair an
+/// earlier coordinator made in the group and never recorded): a swap for a
+/// live node of the same domain is recorded as made; voters that are no
+/// repair of the placement are left alone and reported in the status.
+async fn unrecorded_change<M: MetaStore + Clone>(m: &M, cluster: &str) {
+    let keys = ClusterKeys::new(cluster);
+    let mut tasks = Tasks::default();
+    for domain in ["a", "b", "c"] {
+        add_domain(m, &keys, domain, DomainRole::Data).await;
+    }
+    let nodes = [(1, "a"), (2, "b"), (3, "c"), (4, "a")];
+    tasks.0.extend(register_all(m, &keys, &nodes).into_values());
+    let coordinator = start_coordinator(&mut tasks, m.clone(), &keys, 1);
+    add_volume(m, &keys, "db", 9, 3).await;
+    let before = placed(m, &keys, "db").await;
+    healthy(m, &keys, "db", ACT_MAX).await;
+    let in_a = before
+        .members
+        .iter()
+        .find(|m| m.domain == "a")
+        .unwrap()
+        .node;
+    let spare = if in_a == 1 { 4 } else { 1 };
+    let swapped = before.replaced(in_a, spare);
+    coordinator
+        .admin()
+        .force_voters("db", swapped.nodes().collect());
+    let adopted = wait_for("the swap recorded", ACT_MAX, || async {
+        let placement = record(m, &keys, "db").await?.placement?;
+        placement.contains(spare).then_some(placement)
+    })
+    .await;
+    assert_eq!(adopted, swapped, "recorded as the group has it");
+    assert_eq!(coordinator.stats().repairs_adopted, 1);
+    healthy(m, &keys, "db", ACT_MAX).await;
+
+    // Voters from another domain: no repair of the placement.
+    let in_b = adopted
+        .members
+        .iter()
+        .find(|m| m.domain == "b")
+        .unwrap()
+        .node;
+    let wrong = adopted.replaced(in_b, if spare == 4 { 1 } else { 4 });
+    coordinator
+        .admin()
+        .force_voters("db", wrong.nodes().collect());
+    wait_for("the divergence reported", ACT_MAX, || async {
+        let error = status(m, &keys, "db").await?.error?;
+        error.contains("differ from the placement").then_some(())
+    })
+    .await;
+    assert_eq!(
+        record(m, &keys, "db").await.unwrap().placement,
+        Some(adopted)
+    );
+    assert!(coordinator.stats().diverged >= 1);
+    assert_eq!(coordinator.stats().repairs_adopted, 1, "nothing adopted");
 }
 
 /// Two coordinators: the leader's lease is revoked, the other takes over

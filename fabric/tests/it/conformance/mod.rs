@@ -4,5 +4,6 @@
 //! this directory by `#[path]`).
 
 pub mod coordinator;
+pub mod fake_admin;
 pub mod harness;
 pub mod meta;
