@@ -59,6 +59,9 @@ pub enum ViolationKind {
     Divergence,
     /// A node's store could not recover from its own disk.
     Recovery,
+    /// At the end, a group's voters are not those its store record places
+    /// (a stale group change was applied, or a repair was never recorded).
+    MembershipDiverged,
     /// Once every fault healed, the cluster did not converge in its budget.
     Liveness,
     /// A control-plane check (registrations, coordinators, outage windows).

@@ -68,7 +68,8 @@ pub const CREATE_RETRY_MS: u64 = 500;
 #[derive(Debug)]
 pub struct SimVolume {
     pub id: VolumeId,
-    /// The group's members as placed (data replicas, then the witness).
+    /// The group's members as placed at boot (data replicas, then the
+    /// witness); [`Cluster::voters`] says who they are now.
     pub members: Vec<NodeId>,
     pub history: History,
     pub observer: RaftObserver,
@@ -409,6 +410,11 @@ impl Cluster {
             .collect()
     }
 
+    /// The index of `id`'s domain (0 for an unknown node).
+    pub fn domain_of(&self, id: NodeId) -> usize {
+        self.nodes.lock().get(&id).map_or(0, |n| n.spec.domain)
+    }
+
     /// The nodes running now.
     pub fn up_nodes(&self) -> Vec<NodeId> {
         let nodes = self.nodes.lock();
@@ -457,9 +463,31 @@ impl Cluster {
         host.replica_handle(volume).await.ok()
     }
 
+    /// The voters of `volume`'s group now: those of the newest membership
+    /// (by log id) any running replica has (both configurations' voters
+    /// during a change); the placement's members when none runs. Repairs
+    /// (the repair workload) change them; a replaced node's replica, if it
+    /// runs, holds an older membership and is no voter.
+    pub fn voters(&self, volume: &SimVolume) -> Vec<NodeId> {
+        let newest = self
+            .node_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let raft = self.raft(id, volume.id)?;
+                let metrics = raft.metrics();
+                let config = Arc::clone(&metrics.borrow_watched().membership_config);
+                Some(config)
+            })
+            .max_by_key(|config| *config.log_id());
+        match newest {
+            Some(config) if config.log_id().is_some() => config.voter_ids().collect(),
+            _ => volume.members.clone(),
+        }
+    }
+
     /// A member of `volume` that believes it leads, per its metrics.
     pub fn leader(&self, volume: &SimVolume) -> Option<NodeId> {
-        volume.members.iter().copied().find(|id| {
+        self.voters(volume).into_iter().find(|id| {
             self.raft(*id, volume.id).is_some_and(|raft| {
                 let metrics = raft.metrics();
                 let m = metrics.borrow_watched();
@@ -478,12 +506,12 @@ impl Cluster {
             .filter(|n| !self.is_corrupted(*n))
             .collect();
         self.volumes.iter().all(|v| {
-            let running = v
-                .members
+            let voters = self.voters(v);
+            let running = voters
                 .iter()
                 .filter(|m| up.contains(m) && **m != id)
                 .count();
-            running > v.members.len() / 2
+            running > voters.len() / 2
         })
     }
 

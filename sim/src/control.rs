@@ -19,8 +19,9 @@
 //!   Both end with the incarnation (its kill switch); a crashed node's
 //!   lease lapses on its own. The volume records are written at boot (the
 //!   simulator creates the groups itself), so the elected coordinator
-//!   publishes health; its repair delay is beyond any run (replacing a
-//!   member would change the voter sets the checks rely on).
+//!   publishes health; its repair delay is beyond any run unless the seed
+//!   runs the repair workload (`repair.rs`), whose short delay lets it
+//!   replace members (the checks read each group's voters as they are).
 //! - Clock rate (see `options::EnvFaults`): fabric's registration and
 //!   coordinator read time through the runtime's static clock, which the
 //!   simulator cannot skew per node. What it can: a node whose clock runs
@@ -73,7 +74,8 @@ pub const SAMPLE_MS: u64 = 100;
 pub const SLACK_MS: u64 = 2_500;
 /// The cluster name of the store's keys.
 pub const CLUSTER_NAME: &str = "sim";
-/// The coordinators' repair delay: longer than any run.
+/// The coordinators' repair delay without the repair workload: longer
+/// than any run.
 pub const REPAIR_DELAY: Duration = Duration::from_secs(24 * 3_600);
 
 fn unreachable(reason: &str) -> MetaError {
@@ -319,9 +321,27 @@ impl ElectionStore for NodeStore {
     }
 }
 
-/// The group admin of a simulated node's coordinator: its volume host.
+/// The group admin of a simulated node's coordinator: its volume host,
+/// and the cluster's log of the repairs the groups carried out.
 #[derive(Clone, Debug)]
-pub struct HostAdmin(pub Arc<crate::node::Host>);
+pub struct HostAdmin {
+    pub host: Arc<crate::node::Host>,
+    pub repairs: Arc<RepairLog>,
+}
+
+/// The distinct repairs (volume, dead, replacement) groups carried out.
+#[derive(Debug, Default)]
+pub struct RepairLog(Mutex<std::collections::BTreeSet<(u64, NodeId, NodeId)>>);
+
+impl RepairLog {
+    pub fn note(&self, volume: u64, dead: NodeId, replacement: NodeId) {
+        self.0.lock().insert((volume, dead, replacement));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.lock().len() as u64
+    }
+}
 
 impl metro_fabric::control::GroupAdmin for HostAdmin {
     fn create_group(
@@ -330,18 +350,24 @@ impl metro_fabric::control::GroupAdmin for HostAdmin {
         placement: &metro_fabric::control::Placement,
     ) -> impl Future<Output = std::result::Result<(), metro_fabric::control::AdminError>> + Send
     {
-        self.0.create_group(spec, placement)
+        self.host.create_group(spec, placement)
     }
 
-    fn replace_member(
+    async fn replace_member(
         &self,
         spec: &metro_fabric::control::VolumeSpec,
         placement: &metro_fabric::control::Placement,
         dead: NodeId,
         replacement: NodeId,
-    ) -> impl Future<Output = std::result::Result<(), metro_fabric::control::AdminError>> + Send
-    {
-        self.0.replace_member(spec, placement, dead, replacement)
+    ) -> std::result::Result<(), metro_fabric::control::AdminError> {
+        let done = self
+            .host
+            .replace_member(spec, placement, dead, replacement)
+            .await;
+        if done.is_ok() {
+            self.repairs.note(spec.id, dead, replacement);
+        }
+        done
     }
 
     fn in_sync(
@@ -354,7 +380,7 @@ impl metro_fabric::control::GroupAdmin for HostAdmin {
             metro_fabric::control::AdminError,
         >,
     > + Send {
-        self.0.in_sync(spec, placement)
+        self.host.in_sync(spec, placement)
     }
 }
 
@@ -385,6 +411,14 @@ pub struct ControlStats {
     pub dual_leading_ms_max: u64,
     /// Coordinator elections won, over all nodes (as last sampled).
     pub coordinator_terms: u64,
+    /// Distinct member replacements the groups carried out for the
+    /// coordinators.
+    pub repairs: u64,
+    /// Stale group changes sent (repair workload), and those refused.
+    pub stale_changes: u64,
+    pub stale_changes_refused: u64,
+    /// Groups that ended with a learner beside their recorded voters.
+    pub orphan_learners: u64,
 }
 
 /// What the checks remember between samples.
@@ -407,6 +441,7 @@ pub struct ControlPlane {
     pub keys: ClusterKeys,
     links: BTreeMap<NodeId, Arc<Link>>,
     tracking: Mutex<Tracking>,
+    pub repairs: Arc<RepairLog>,
 }
 
 impl ControlPlane {
@@ -429,6 +464,7 @@ impl ControlPlane {
             keys: ClusterKeys::new(CLUSTER_NAME),
             links,
             tracking: Mutex::new(Tracking::default()),
+            repairs: Arc::default(),
         }
     }
 
@@ -470,12 +506,29 @@ impl ControlPlane {
         }
     }
 
+    /// A group ended with a learner beside its recorded voters.
+    pub fn note_orphan_learners(&self) {
+        self.tracking.lock().stats.orphan_learners += 1;
+    }
+
+    /// A stale group change was sent (`refused`: and answered refused).
+    pub fn note_stale_change(&self, refused: bool) {
+        let stats = &mut self.tracking.lock().stats;
+        match refused {
+            true => stats.stale_changes_refused += 1,
+            false => stats.stale_changes += 1,
+        }
+    }
+
     pub fn note_outage_checked(&self) {
         self.tracking.lock().stats.outage_windows_checked += 1;
     }
 
     pub fn stats(&self) -> ControlStats {
-        self.tracking.lock().stats
+        ControlStats {
+            repairs: self.repairs.count(),
+            ..self.tracking.lock().stats
+        }
     }
 
     /// Starts what node `id` runs against the store: its registration and
@@ -486,6 +539,7 @@ impl ControlPlane {
         domain: String,
         host: &Arc<crate::node::Host>,
         coordinators: bool,
+        repair_delay: Duration,
     ) -> NodeControl {
         let info = NodeInfo {
             id,
@@ -509,10 +563,14 @@ impl ControlPlane {
         let coordinator = coordinators.then(|| {
             let mut config = CoordinatorConfig::new(id);
             config.lease_ttl = LEASE_TTL;
-            config.repair_delay = REPAIR_DELAY;
+            config.repair_delay = repair_delay;
+            let admin = HostAdmin {
+                host: Arc::clone(host),
+                repairs: Arc::clone(&self.repairs),
+            };
             Arc::new(Coordinator::new(
                 self.node_store(id),
-                HostAdmin(Arc::clone(host)),
+                admin,
                 self.keys.clone(),
                 config,
             ))

@@ -107,7 +107,7 @@ pub async fn check(cluster: &Cluster, volume: &SimVolume) {
     }
     for snapshot in taken {
         let mut copies: Vec<(NodeId, Vec<u64>)> = Vec::new();
-        for &node in &volume.members {
+        for node in cluster.voters(volume) {
             if cluster.is_corrupted(node) {
                 continue;
             }

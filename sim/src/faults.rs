@@ -5,7 +5,9 @@
 //! options' weights:
 //! - crash: power loss of a running node (unsynced writes dropped, or the
 //!   unsynced tail torn with chance `tear_ppm`), restarted from its disk
-//!   after [`DOWN_MS_MIN`]..[`DOWN_MS_MAX`]; after the restart every
+//!   after [`DOWN_MS_MIN`]..[`DOWN_MS_MAX`] (longer under the repair
+//!   workload, see `repair.rs`, which also sends stale group changes
+//!   between faults); after the restart every
 //!   volume is read whole through the leader (checked like any read). Only
 //!   nodes whose crash leaves every volume a majority of its members
 //!   running are chosen, so every group can make progress.
@@ -166,6 +168,7 @@ pub async fn inject(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> FaultStats 
     let partitioned = Arc::new(AtomicBool::new(false));
     let mut stats = FaultStats::default();
     set_disk_faults(&cluster, true);
+    Rt::spawn(crate::repair::first_long_outage(Arc::clone(&cluster)));
     let corruption = env.corrupt_at_ms.map(|at_ms| {
         let cluster = Arc::clone(&cluster);
         Rt::spawn(async move {
@@ -187,6 +190,9 @@ pub async fn inject(cluster: Arc<Cluster>, stop: Arc<AtomicBool>) -> FaultStats 
             }
             stats.disk_errors = cluster.disk_errors.load(Ordering::SeqCst);
             return stats;
+        }
+        if crate::repair::stale_change_due(&cluster) {
+            Rt::spawn(crate::repair::send_stale_change(Arc::clone(&cluster)));
         }
         let mut pick = rng.below(weights.iter().sum::<u64>().max(1));
         let kind = weights
@@ -240,7 +246,7 @@ fn crash_one(cluster: &Arc<Cluster>) -> bool {
     if !cluster.crash(victim, mode) {
         return false;
     }
-    let down_for = rng.millis(DOWN_MS_MIN, DOWN_MS_MAX);
+    let down_for = crate::repair::down_for(cluster, rng.millis(DOWN_MS_MIN, DOWN_MS_MAX));
     let cluster = Arc::clone(cluster);
     Rt::spawn(async move {
         Rt::sleep(down_for).await;

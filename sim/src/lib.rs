@@ -49,6 +49,7 @@ pub mod kill;
 pub mod network;
 pub mod node;
 pub mod options;
+pub mod repair;
 pub mod retrying;
 pub mod rng;
 pub mod run;

@@ -3,19 +3,22 @@
 //! - `metro-sim run --seed N` prints the options derived from the seed,
 //!   runs it and prints one final line:
 //!   `seed=N trace=<16 hex> events=<n> violations=<n> sim_s=<s>
-//!   retried_writes=<n> wall_s=<s>` (`retried_writes`: session writes
-//!   delivered again after an attempt of unknown outcome, see
-//!   `retrying.rs`); exits non-zero on any violation.
+//!   retried_writes=<n> repairs=<n> wall_s=<s>` (`retried_writes`: session
+//!   writes delivered again after an attempt of unknown outcome, see
+//!   `retrying.rs`; `repairs`: members the groups replaced for the
+//!   coordinators, see `repair.rs`); exits non-zero on any violation.
 //! - `metro-sim swarm --seeds K [--start S]` runs seeds S..S+K, one line
 //!   each, then lists the failing seeds with the command that replays each,
 //!   and the speed in simulated seconds per wall-clock second; its last
 //!   line is the summary `swarm: seeds=K failing=F retried_writes=R
-//!   sim_s=.. wall_s=.. speed=..x`.
+//!   repairs=P sim_s=.. wall_s=.. speed=..x`.
 //! - `--bug` (run, swarm) plants a bug to prove a checker catches it:
-//!   `early-ack`, `lying-fsync`, or `no-dedup` (state machines apply a
+//!   `early-ack`, `lying-fsync`, `no-dedup` (state machines apply a
 //!   session's duplicate requests again; it also turns the seed's
 //!   retrying-clients workload on, the only one that sends session
-//!   requests).
+//!   requests), or `unfenced-membership` (group leaders apply stale group
+//!   changes; it turns the seed's repair workload on, whose stale changes
+//!   a fenced leader refuses).
 //! - The swarm skips the executor trace (`trace=0 events=0`; a fifth of
 //!   the cost) unless `--trace`; `run` always hashes it.
 //! - The environment faults (etcd outages and cuts, coordinators, latent
@@ -39,7 +42,7 @@ use metro_sim::run::{RunReport, run_seed, run_seed_untraced};
 #[command(
     name = "metro-sim",
     about = "deterministic simulation of metro clusters",
-    after_help = "Planted bugs (run, swarm --bug): early-ack, lying-fsync, no-dedup."
+    after_help = "Planted bugs (run, swarm --bug): early-ack, lying-fsync, no-dedup, unfenced-membership."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -158,6 +161,9 @@ enum Bug {
     /// State machines apply a session's duplicate requests again (turns
     /// the retrying-clients workload on).
     NoDedup,
+    /// Group leaders apply group changes computed from voters the group no
+    /// longer has (turns the repair workload on).
+    UnfencedMembership,
 }
 
 impl Bug {
@@ -166,6 +172,7 @@ impl Bug {
             Bug::EarlyAck => PlantedBug::EarlyAck,
             Bug::LyingFsync => PlantedBug::LyingFsync,
             Bug::NoDedup => PlantedBug::NoDedup,
+            Bug::UnfencedMembership => PlantedBug::UnfencedMembership,
         }
     }
 
@@ -174,6 +181,7 @@ impl Bug {
             Bug::EarlyAck => " --bug early-ack",
             Bug::LyingFsync => " --bug lying-fsync",
             Bug::NoDedup => " --bug no-dedup",
+            Bug::UnfencedMembership => " --bug unfenced-membership",
         }
     }
 }
@@ -231,13 +239,14 @@ impl Variant {
 
 fn line(report: &RunReport, wall_s: f64) -> String {
     format!(
-        "seed={} trace={:016x} events={} violations={} sim_s={:.3} retried_writes={} wall_s={:.3}",
+        "seed={} trace={:016x} events={} violations={} sim_s={:.3} retried_writes={} repairs={} wall_s={:.3}",
         report.seed,
         report.trace,
         report.events,
         report.violations,
         report.sim_ns as f64 / 1e9,
         report.ops.writes_retried,
+        report.env.control.repairs,
         wall_s
     )
 }
@@ -278,6 +287,7 @@ fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
     let clock = Stopwatch::start();
     let mut sim_s = 0.0;
     let mut retried = 0;
+    let mut repairs = 0;
     let mut failing = Vec::new();
     for seed in start..start + seeds {
         let options = match variant.options(seed) {
@@ -294,6 +304,7 @@ fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
         };
         sim_s += report.sim_ns as f64 / 1e9;
         retried += report.ops.writes_retried;
+        repairs += report.env.control.repairs;
         println!("{}", line(&report, one.seconds()));
         if report.violations > 0 {
             if let Some(first) = report.messages.first() {
@@ -311,7 +322,7 @@ fn swarm(seeds: u64, start: u64, variant: &Variant, trace: bool) -> ExitCode {
     let speed = sim_s / wall_s.max(1e-9);
     println!("speed: {speed:.1} simulated s per wall s ({sim_s:.1} sim s in {wall_s:.1} wall s)");
     println!(
-        "swarm: seeds={seeds} failing={} retried_writes={retried} sim_s={sim_s:.1} wall_s={wall_s:.1} speed={speed:.1}x",
+        "swarm: seeds={seeds} failing={} retried_writes={retried} repairs={repairs} sim_s={sim_s:.1} wall_s={wall_s:.1} speed={speed:.1}x",
         failing.len()
     );
     if failing.is_empty() {

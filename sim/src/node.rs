@@ -279,6 +279,9 @@ pub async fn start(
         })?;
     }
     let host = Host::new(config, storage, Arc::new(transport.clone()));
+    if options.bug == Some(PlantedBug::UnfencedMembership) {
+        host.plant_unfenced_membership();
+    }
     let opened = host.open_existing().await.map_err(|e| {
         let group = NodeError::Group {
             node,
@@ -313,7 +316,10 @@ pub async fn start(
         });
     }
     let domain = format!("d{}", spec.domain);
-    let control = control.start_node(node, domain, &host, options.env.coordinators);
+    let repair_delay = options.repair.map_or(crate::control::REPAIR_DELAY, |r| {
+        Duration::from_millis(r.delay_ms)
+    });
+    let control = control.start_node(node, domain, &host, options.env.coordinators, repair_delay);
     let registration = Arc::clone(&control.registration);
     let registration_kill = kill.clone();
     Rt::spawn(async move { registration_kill.guard(registration.run()).await });

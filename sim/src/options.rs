@@ -30,6 +30,55 @@ pub enum PlantedBug {
     /// again (`NodeStorage::plant_ignore_request_numbers`); only the
     /// [`Workload::RetryingClients`] workload sends session requests.
     NoDedup,
+    /// Every node's group leaders apply a group change computed from voters
+    /// the group no longer has (`VolumeHost::plant_unfenced_membership`);
+    /// turns the [`RepairWorkload`] on (its stale replays are what a
+    /// deposed coordinator sends).
+    UnfencedMembership,
+}
+
+/// The `repair` workload (drawn from a stream of its own): coordinators
+/// repair with a short delay, some crashes last long enough for a member to
+/// be replaced, and stale group changes (as a deposed coordinator's late
+/// calls) reach the group leaders (`repair.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepairWorkload {
+    /// The coordinators' repair delay.
+    pub delay_ms: u64,
+    /// Chance that a crash lasts past the lease TTL and the repair delay.
+    pub long_crash_ppm: u64,
+    /// Chance, per fault tick, that a stale group change is sent.
+    pub stale_change_ppm: u64,
+}
+
+/// Share of seeds that run the repair workload.
+pub const REPAIR_SEEDS_PPM: u64 = 400_000;
+/// The repair delay of that workload, at least and at most.
+pub const REPAIR_DELAY_MS_MIN: u64 = 500;
+pub const REPAIR_DELAY_MS_MAX: u64 = 3_000;
+
+impl RepairWorkload {
+    /// The repair workload `seed` draws, and whether the seed turns it on.
+    pub fn draw(seed: u64) -> (Self, bool) {
+        let mut rng = SplitMix64::new(seed ^ 0x7265_7061_6972_2121);
+        let workload = Self {
+            delay_ms: REPAIR_DELAY_MS_MIN
+                + rng.below(REPAIR_DELAY_MS_MAX - REPAIR_DELAY_MS_MIN + 1),
+            long_crash_ppm: 300_000 + rng.below(500_001),
+            stale_change_ppm: 100_000 + rng.below(300_001),
+        };
+        (workload, rng.below(1_000_000) < REPAIR_SEEDS_PPM)
+    }
+}
+
+impl fmt::Display for RepairWorkload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "repair(delay={}ms long_crash={}ppm stale_change={}ppm)",
+            self.delay_ms, self.long_crash_ppm, self.stale_change_ppm
+        )
+    }
 }
 
 /// What the clients do (drawn from a stream of its own).
@@ -163,6 +212,9 @@ pub struct SimOptions {
     pub env: EnvFaults,
     /// What the clients do (drawn from a stream of its own).
     pub workload: Workload,
+    /// The repair workload, when on (needs coordinators to repair; its
+    /// stale group changes run without them).
+    pub repair: Option<RepairWorkload>,
     pub bug: Option<PlantedBug>,
 }
 
@@ -357,6 +409,7 @@ impl SimOptions {
             witness_never_campaigns: false,
             env: EnvFaults::none(),
             workload: Workload::draw(seed),
+            repair: None,
             bug: None,
         }
         .with_volumes(&mut rng)
@@ -370,6 +423,10 @@ impl SimOptions {
         self.bug = Some(bug);
         if bug == PlantedBug::NoDedup && self.workload == Workload::Mixed {
             self.workload = Workload::retrying(self.seed);
+        }
+        if bug == PlantedBug::UnfencedMembership && self.repair.is_none() {
+            let repair = RepairWorkload::draw(self.seed).0;
+            return self.with_repair(repair);
         }
         self
     }
@@ -444,7 +501,35 @@ impl SimOptions {
     fn with_env(mut self) -> Self {
         let (env, on) = EnvFaults::draw(self.seed, self.safety_s, self.node_count());
         self.env = if on { env } else { EnvFaults::none() };
+        let (repair, on) = RepairWorkload::draw(self.seed);
+        if on && self.env.coordinators {
+            self.with_repair(repair)
+        } else {
+            self
+        }
+    }
+
+    /// The options with the repair workload `repair` on (its safety phase
+    /// is long enough for a repair: [`Self::safety_phase_s`]).
+    pub fn with_repair(mut self, repair: RepairWorkload) -> Self {
+        self.repair = Some(repair);
         self
+    }
+
+    /// The options without the repair workload (as seeds found before it
+    /// existed ran).
+    pub fn without_repair(mut self) -> Self {
+        self.repair = None;
+        self
+    }
+
+    /// How long the safety phase lasts: `safety_s`, and under the repair
+    /// workload at least long enough for a repair.
+    pub fn safety_phase_s(&self) -> u64 {
+        match self.repair {
+            Some(_) => self.safety_s.max(crate::repair::REPAIR_SAFETY_S_MIN),
+            None => self.safety_s,
+        }
     }
 
     /// The seed's environment faults, on whatever the seed says; EIO as
@@ -510,7 +595,7 @@ impl fmt::Display for SimOptions {
             self.spike_ppm,
             self.spike_ms,
             self.fsync_us,
-            self.safety_s,
+            self.safety_phase_s(),
             self.fault_interval_ms,
             self.fault_weights,
             self.tear_ppm
@@ -541,7 +626,7 @@ impl fmt::Display for SimOptions {
         }
         write!(
             f,
-            "  workload volumes={}x{}replicas clients={} writes={}ppm dr_snapshots={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} kind={} bug={:?}",
+            "  workload volumes={}x{}replicas clients={} writes={}ppm dr_snapshots={}ppm think<={}ms blocks={} snapshot_logs={} witness_never_campaigns={} kind={} {} bug={:?}",
             self.volumes,
             self.replicas,
             self.clients,
@@ -552,6 +637,8 @@ impl fmt::Display for SimOptions {
             self.snapshot_logs,
             self.witness_never_campaigns,
             self.workload,
+            self.repair
+                .map_or("repair=off".to_string(), |r| r.to_string()),
             self.bug
         )
     }

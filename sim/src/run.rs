@@ -10,6 +10,8 @@
 //!   then every member must hold byte-identical blocks (compared directly
 //!   and by the host's status digest); each replica's copy and a final read
 //!   through the leader are checked against the history like any read.
+//! - Then the control plane must settle, and every group's voters must be
+//!   the ones its store record places (`repair.rs`).
 //! - Verdict: the history checks of `checker.rs`, per volume; violations
 //!   are counted.
 //!
@@ -257,7 +259,7 @@ pub fn run_seed_untraced(options: SimOptions) -> RunReport {
 
 fn run(options: SimOptions, traced: bool) -> RunReport {
     let seed = options.seed;
-    let hard_stop_ns = (options.safety_s + LIVENESS_BUDGET_S + RUN_SLACK_S) * 1_000_000_000;
+    let hard_stop_ns = (options.safety_phase_s() + LIVENESS_BUDGET_S + RUN_SLACK_S) * 1_000_000_000;
     install_panic_hook();
     PANICS.with(|panics| *panics.borrow_mut() = Some((0, Vec::new())));
     let mut rt = Rt::with_seed(seed);
@@ -329,7 +331,7 @@ fn run(options: SimOptions, traced: bool) -> RunReport {
 
 async fn scenario(options: SimOptions) -> Scenario {
     let rng = SimRng::new(options.seed ^ 0x7369_6d75_6c61_7465);
-    let safety = Duration::from_secs(options.safety_s);
+    let safety = Duration::from_secs(options.safety_phase_s());
     let cluster = Cluster::boot(options, rng).await;
     let stop = Arc::new(AtomicBool::new(false));
     for number in 0..cluster.options.clients {
@@ -351,6 +353,7 @@ async fn scenario(options: SimOptions) -> Scenario {
         liveness(&cluster, volume).await;
     }
     control_settles(&cluster).await;
+    crate::repair::membership_matches_records(&cluster).await;
     done.store(true, Ordering::SeqCst);
     let mut ops = Vec::new();
     for volume in &cluster.volumes {
@@ -393,7 +396,11 @@ fn role_stats(cluster: &Cluster) -> RoleStats {
     let mut roles = RoleStats::default();
     for volume in &cluster.volumes {
         roles.witness_terms_led += volume.observer.terms_led_by(|id| cluster.is_witness(id));
-        for &id in volume.members.iter().filter(|id| cluster.is_witness(**id)) {
+        for id in cluster
+            .voters(volume)
+            .into_iter()
+            .filter(|id| cluster.is_witness(*id))
+        {
             let Some(raft) = cluster.raft(id, volume.id) else {
                 continue;
             };
@@ -494,8 +501,8 @@ async fn probe_write(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bo
 /// newest index (a member whose disk was corrupted is left out).
 async fn converged(cluster: &Cluster, volume: &SimVolume, deadline: u64) -> bool {
     while now_ns() < deadline {
-        let applied: Vec<Option<u64>> = volume
-            .members
+        let applied: Vec<Option<u64>> = cluster
+            .voters(volume)
             .iter()
             .filter(|id| !cluster.is_corrupted(**id))
             .map(|id| {
@@ -543,7 +550,7 @@ async fn witness_holds_no_blocks(cluster: &Cluster, volume: &SimVolume, id: Node
 async fn compare_replicas(cluster: &Cluster, volume: &SimVolume) {
     let mut digests: Vec<(NodeId, u64)> = Vec::new();
     let mut statuses: Vec<(NodeId, Option<u64>, u32)> = Vec::new();
-    for &id in &volume.members {
+    for id in cluster.voters(volume) {
         if cluster.is_corrupted(id) {
             // Fail-stop: may lag or have stopped (see faults.rs).
             continue;

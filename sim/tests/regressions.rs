@@ -10,7 +10,7 @@
 //! found by a scan and replaced it; the test's comment says how.
 //!
 //! Every seed here runs the workload it was found with, the mixed one
-//! ([`mixed`]): the retrying-clients workload came later.
+//! ([`mixed`]): the retrying-clients and repair workloads came later.
 
 use metro_sim::options::{SimOptions, Workload};
 use metro_sim::run::{RunReport, run_seed_untraced};
@@ -47,7 +47,9 @@ fn passes(options: SimOptions, pins: &[&str]) -> RunReport {
 
 /// The options of `seed` with the mixed workload, whatever it draws.
 fn mixed(seed: u64) -> SimOptions {
-    SimOptions::from_seed(seed).with_workload(Workload::Mixed)
+    SimOptions::from_seed(seed)
+        .with_workload(Workload::Mixed)
+        .without_repair()
 }
 
 /// The seed without environment faults, as the seeds found before those
@@ -84,21 +86,21 @@ const OPTIONS_97: &[&str] = &[
     "  latency intra=54+15us d0-d1=5990+5121us d0-d2=3982+3092us d0-d3=4145+3159us d1-d2=12579+3329us d1-d3=13790+4181us d2-d3=8832+5685us",
     "  faults loss=7524ppm dup=7138ppm spike=293ppm/450ms fsync=243us safety=9s every~3875ms weights(crash,partition,isolate)=[3, 1, 2] tear=263521ppm",
     "  env off",
-    "  workload volumes=4x2replicas clients=6 writes=765996ppm dr_snapshots=20000ppm think<=5ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=4x2replicas clients=6 writes=765996ppm dr_snapshots=20000ppm think<=5ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_119: &[&str] = &[
     "seed=119 topology=[d0:datax2 d1:datax2 d2:witnessx1]",
     "  latency intra=274+156us d0-d1=10168+5325us d0-d2=4353+2692us d1-d2=12681+12346us",
     "  faults loss=9041ppm dup=9761ppm spike=1413ppm/143ms fsync=296us safety=17s every~2435ms weights(crash,partition,isolate)=[3, 4, 0] tear=485305ppm",
     "  env off",
-    "  workload volumes=3x2replicas clients=8 writes=734030ppm dr_snapshots=20000ppm think<=15ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=8 writes=734030ppm dr_snapshots=20000ppm think<=15ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_171: &[&str] = &[
     "seed=171 topology=[d0:datax3 d1:datax3 d2:witnessx1]",
     "  latency intra=100+27us d0-d1=7968+1398us d0-d2=5172+775us d1-d2=5340+153us",
     "  faults loss=11623ppm dup=1897ppm spike=167ppm/151ms fsync=212us safety=13s every~2158ms weights(crash,partition,isolate)=[4, 4, 2] tear=362198ppm",
     "  env off",
-    "  workload volumes=4x2replicas clients=5 writes=700843ppm dr_snapshots=20000ppm think<=16ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=4x2replicas clients=5 writes=700843ppm dr_snapshots=20000ppm think<=16ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// A host that retried a forwarded write through another node after the
@@ -127,21 +129,21 @@ const OPTIONS_46: &[&str] = &[
     "  latency intra=357+204us d0-d1=10297+5766us d0-d2=9101+5094us d1-d2=2251+1535us",
     "  faults loss=6070ppm dup=4675ppm spike=441ppm/407ms fsync=1541us safety=19s every~2699ms weights(crash,partition,isolate)=[4, 4, 0] tear=191509ppm",
     "  env off",
-    "  workload volumes=3x2replicas clients=4 writes=605245ppm dr_snapshots=20000ppm think<=30ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=4 writes=605245ppm dr_snapshots=20000ppm think<=30ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_57: &[&str] = &[
     "seed=57 topology=[d0:datax3 d1:datax3 d2:witnessx1]",
     "  latency intra=65+9us d0-d1=10688+4706us d0-d2=11804+11784us d1-d2=2360+2046us",
     "  faults loss=12130ppm dup=608ppm spike=1669ppm/330ms fsync=1288us safety=8s every~1432ms weights(crash,partition,isolate)=[3, 1, 0] tear=178541ppm",
     "  env off",
-    "  workload volumes=3x2replicas clients=6 writes=633910ppm dr_snapshots=20000ppm think<=4ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=6 writes=633910ppm dr_snapshots=20000ppm think<=4ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_122: &[&str] = &[
     "seed=122 topology=[d0:datax1 d1:datax3 d2:witnessx1]",
     "  latency intra=395+312us d0-d1=9102+4585us d0-d2=5817+5368us d1-d2=6497+1207us",
     "  faults loss=10121ppm dup=5670ppm spike=2000ppm/148ms fsync=1150us safety=15s every~2304ms weights(crash,partition,isolate)=[3, 4, 0] tear=328640ppm",
     "  env off",
-    "  workload volumes=4x2replicas clients=8 writes=551310ppm dr_snapshots=20000ppm think<=3ms blocks=32 snapshot_logs=1000 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=4x2replicas clients=8 writes=551310ppm dr_snapshots=20000ppm think<=3ms blocks=32 snapshot_logs=1000 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// The same seeds with witnesses that never campaign (`elect(false)` on
@@ -209,7 +211,7 @@ const OPTIONS_231_EIO: &[&str] = &[
     "  latency intra=58+21us d0-d1=11930+2553us d0-d2=7697+5117us d1-d2=5337+5040us",
     "  faults loss=7916ppm dup=7255ppm spike=817ppm/476ms fsync=1603us safety=14s every~2920ms weights(crash,partition,isolate)=[4, 1, 0] tear=129161ppm",
     "  env eio=true eio_write=[2, 3]@2049ppm eio_read=[]@602ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[2, 1] coordinators=true clock_rate=[n1:709718ppm n4:1039444ppm]",
-    "  workload volumes=3x2replicas clients=8 writes=793720ppm dr_snapshots=20000ppm think<=22ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=8 writes=793720ppm dr_snapshots=20000ppm think<=22ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// A leader that restarted before its followers campaigned resumed its
@@ -254,21 +256,21 @@ const OPTIONS_94: &[&str] = &[
     "  latency intra=60+26us d0-d1=5962+1269us d0-d2=13458+12381us d1-d2=14808+8197us",
     "  faults loss=1678ppm dup=5049ppm spike=1923ppm/429ms fsync=1652us safety=17s every~1851ms weights(crash,partition,isolate)=[2, 3, 1] tear=159751ppm",
     "  env eio=false eio_write=[5]@274ppm eio_read=[2]@1507ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[1, 2] coordinators=true clock_rate=[n1:1225339ppm n3:1255656ppm n4:780691ppm]",
-    "  workload volumes=3x2replicas clients=8 writes=598846ppm dr_snapshots=20000ppm think<=4ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=8 writes=598846ppm dr_snapshots=20000ppm think<=4ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_44_EIO: &[&str] = &[
     "seed=44 topology=[d0:datax1 d1:datax1 d2:witnessx1]",
     "  latency intra=65+61us d0-d1=4191+2030us d0-d2=11810+1340us d1-d2=2985+592us",
     "  faults loss=8520ppm dup=4891ppm spike=1337ppm/346ms fsync=2038us safety=13s every~2985ms weights(crash,partition,isolate)=[4, 1, 1] tear=34050ppm",
     "  env eio=true eio_write=[3]@888ppm eio_read=[]@2125ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[1, 0] coordinators=true clock_rate=[n1:1285707ppm n2:1037765ppm]",
-    "  workload volumes=2x2replicas clients=6 writes=554970ppm dr_snapshots=20000ppm think<=30ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=2x2replicas clients=6 writes=554970ppm dr_snapshots=20000ppm think<=30ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_94_EIO: &[&str] = &[
     "seed=94 topology=[d0:datax1 d1:datax3 d2:witnessx1]",
     "  latency intra=60+26us d0-d1=5962+1269us d0-d2=13458+12381us d1-d2=14808+8197us",
     "  faults loss=1678ppm dup=5049ppm spike=1923ppm/429ms fsync=1652us safety=17s every~1851ms weights(crash,partition,isolate)=[2, 3, 1] tear=159751ppm",
     "  env eio=true eio_write=[5]@274ppm eio_read=[2]@1507ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[1, 2] coordinators=true clock_rate=[n1:1225339ppm n3:1255656ppm n4:780691ppm]",
-    "  workload volumes=3x2replicas clients=8 writes=598846ppm dr_snapshots=20000ppm think<=4ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=8 writes=598846ppm dr_snapshots=20000ppm think<=4ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// Found by the disk EIO faults on reads: kvstore's compaction asserted
@@ -305,7 +307,7 @@ const OPTIONS_151_EIO: &[&str] = &[
     "  latency intra=358+209us d0-d1=574+532us d0-d2=9290+7862us d0-d3=9244+262us d1-d2=1500+281us d1-d3=8798+1483us d2-d3=7508+7496us",
     "  faults loss=5256ppm dup=6861ppm spike=1071ppm/226ms fsync=2569us safety=18s every~1516ms weights(crash,partition,isolate)=[1, 3, 2] tear=489814ppm",
     "  env eio=true eio_write=[]@2098ppm eio_read=[3]@909ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[1, 1] coordinators=true clock_rate=[n4:1103197ppm]",
-    "  workload volumes=4x2replicas clients=7 writes=360671ppm dr_snapshots=20000ppm think<=3ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=4x2replicas clients=7 writes=360671ppm dr_snapshots=20000ppm think<=3ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// Seeds that lost acknowledged writes with the environment faults on and
@@ -325,21 +327,21 @@ const OPTIONS_6: &[&str] = &[
     "  latency intra=142+36us d0-d1=13428+7948us d0-d2=13147+9570us d1-d2=6208+1012us",
     "  faults loss=2376ppm dup=3585ppm spike=555ppm/289ms fsync=962us safety=11s every~1910ms weights(crash,partition,isolate)=[1, 2, 2] tear=302696ppm",
     "  env eio=false eio_write=[]@1478ppm eio_read=[2]@507ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[2, 1] coordinators=true clock_rate=[n1:1221857ppm n4:811756ppm]",
-    "  workload volumes=2x3replicas clients=7 writes=395450ppm dr_snapshots=20000ppm think<=14ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=2x3replicas clients=7 writes=395450ppm dr_snapshots=20000ppm think<=14ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_10: &[&str] = &[
     "seed=10 topology=[d0:datax1 d1:datax1 d2:witnessx1]",
     "  latency intra=133+111us d0-d1=8747+3294us d0-d2=8049+5128us d1-d2=11835+5439us",
     "  faults loss=13535ppm dup=2187ppm spike=602ppm/332ms fsync=640us safety=18s every~2884ms weights(crash,partition,isolate)=[1, 2, 0] tear=31034ppm",
     "  env eio=false eio_write=[2, 3]@823ppm eio_read=[1]@302ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[0, 2] coordinators=true clock_rate=[n1:1062878ppm n2:995764ppm]",
-    "  workload volumes=2x2replicas clients=7 writes=561273ppm dr_snapshots=20000ppm think<=26ms blocks=32 snapshot_logs=1000 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=2x2replicas clients=7 writes=561273ppm dr_snapshots=20000ppm think<=26ms blocks=32 snapshot_logs=1000 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 const OPTIONS_14: &[&str] = &[
     "seed=14 topology=[d0:datax1 d1:datax2 d2:datax1]",
     "  latency intra=136+26us d0-d1=2014+538us d0-d2=7680+5933us d1-d2=13846+6092us",
     "  faults loss=1298ppm dup=7171ppm spike=269ppm/149ms fsync=1574us safety=16s every~3175ms weights(crash,partition,isolate)=[2, 2, 0] tear=83342ppm",
     "  env eio=false eio_write=[]@2407ppm eio_read=[1]@2946ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[0, 0] coordinators=false clock_rate=[]",
-    "  workload volumes=2x3replicas clients=4 writes=516376ppm dr_snapshots=20000ppm think<=30ms blocks=32 snapshot_logs=1000 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=2x3replicas clients=4 writes=516376ppm dr_snapshots=20000ppm think<=30ms blocks=32 snapshot_logs=1000 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// A clean etcd outage window was held to a write being acknowledged
@@ -381,7 +383,7 @@ const OPTIONS_209: &[&str] = &[
     "  latency intra=50+34us d0-d1=909+436us d0-d2=10576+4393us d1-d2=4898+98us",
     "  faults loss=5774ppm dup=4826ppm spike=1611ppm/215ms fsync=2840us safety=14s every~2627ms weights(crash,partition,isolate)=[1, 1, 2] tear=397118ppm",
     "  env eio=false eio_write=[2]@1089ppm eio_read=[]@1272ppm corrupt_at=4554ms weights(etcd_outage,etcd_cut)=[2, 0] coordinators=true clock_rate=[n4:1160281ppm]",
-    "  workload volumes=2x3replicas clients=5 writes=314545ppm dr_snapshots=20000ppm think<=28ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=2x3replicas clients=5 writes=314545ppm dr_snapshots=20000ppm think<=28ms blocks=32 snapshot_logs=0 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// The registration check sampled node 1 (seed 253, `--env on --eio on`)
@@ -404,7 +406,7 @@ const OPTIONS_253_EIO: &[&str] = &[
     "  latency intra=155+135us d0-d1=7255+6773us d0-d2=12817+6999us d1-d2=6927+3784us",
     "  faults loss=19800ppm dup=2401ppm spike=1485ppm/306ms fsync=577us safety=18s every~1140ms weights(crash,partition,isolate)=[2, 2, 0] tear=471947ppm",
     "  env eio=true eio_write=[4]@2465ppm eio_read=[]@1386ppm corrupt_at=never weights(etcd_outage,etcd_cut)=[0, 1] coordinators=true clock_rate=[n1:786632ppm n3:1014564ppm]",
-    "  workload volumes=2x2replicas clients=5 writes=513668ppm dr_snapshots=20000ppm think<=3ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=2x2replicas clients=5 writes=513668ppm dr_snapshots=20000ppm think<=3ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// Latent corruption that kvstore's own recovery does not read but the
@@ -426,7 +428,7 @@ const OPTIONS_603: &[&str] = &[
     "  latency intra=79+65us d0-d1=7521+1002us d0-d2=2055+1036us d1-d2=2165+1526us",
     "  faults loss=9135ppm dup=1011ppm spike=1995ppm/156ms fsync=2366us safety=10s every~1737ms weights(crash,partition,isolate)=[3, 1, 0] tear=355804ppm",
     "  env eio=true eio_write=[3]@773ppm eio_read=[1]@1179ppm corrupt_at=4411ms weights(etcd_outage,etcd_cut)=[2, 2] coordinators=false clock_rate=[n3:1115487ppm]",
-    "  workload volumes=3x2replicas clients=6 writes=753575ppm dr_snapshots=20000ppm think<=20ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=6 writes=753575ppm dr_snapshots=20000ppm think<=20ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// A leader whose disk held corrupted block data kept leading and failed
@@ -468,7 +470,7 @@ const OPTIONS_391: &[&str] = &[
     "  latency intra=292+206us d0-d1=10730+311us d0-d2=629+313us d1-d2=3704+1673us",
     "  faults loss=3128ppm dup=7655ppm spike=809ppm/279ms fsync=2948us safety=15s every~3514ms weights(crash,partition,isolate)=[2, 2, 0] tear=131181ppm",
     "  env eio=false eio_write=[4]@2990ppm eio_read=[5]@2152ppm corrupt_at=8846ms weights(etcd_outage,etcd_cut)=[0, 1] coordinators=true clock_rate=[n1:968840ppm]",
-    "  workload volumes=3x3replicas clients=8 writes=696139ppm dr_snapshots=20000ppm think<=16ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x3replicas clients=8 writes=696139ppm dr_snapshots=20000ppm think<=16ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// A witness that lagged got a Raft snapshot from a data leader and
@@ -493,5 +495,5 @@ const OPTIONS_181: &[&str] = &[
     "  latency intra=117+91us d0-d1=5806+2652us d0-d2=10945+4306us d0-d3=3267+1165us d1-d2=5794+273us d1-d3=4052+1347us d2-d3=3775+79us",
     "  faults loss=583ppm dup=8089ppm spike=774ppm/120ms fsync=1037us safety=18s every~3082ms weights(crash,partition,isolate)=[1, 4, 2] tear=91891ppm",
     "  env off",
-    "  workload volumes=3x2replicas clients=7 writes=750131ppm dr_snapshots=20000ppm think<=23ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed bug=None",
+    "  workload volumes=3x2replicas clients=7 writes=750131ppm dr_snapshots=20000ppm think<=23ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
