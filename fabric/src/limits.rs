@@ -288,6 +288,12 @@ pub const REPLACE_MEMBER_TIMEOUT_MS: u64 =
 /// leader's whole bound and one hop of network, so a repair is never
 /// re-issued while the first still runs.
 pub const REPLACE_MEMBER_CALL_TIMEOUT_MS: u64 = REPLACE_MEMBER_TIMEOUT_MS + FORWARD_TIMEOUT_MS;
+/// How long a learner outside a group's voters stays before the group's
+/// leader removes it as an orphan (left by a repair that failed after
+/// adding it): longer than any repair runs on the leader, so a running
+/// repair's learner is never taken (and if it were, the repair's fenced
+/// promotion would be refused and retried, never applied half).
+pub const ORPHAN_LEARNER_GRACE_MS: u64 = REPLACE_MEMBER_TIMEOUT_MS + FORWARD_TIMEOUT_MS;
 /// How often a witness node runs its duties.
 pub const WITNESS_DUTY_INTERVAL_MS: u64 = 500;
 /// How long a witness waits for the leader's log floor.
@@ -299,3 +305,5 @@ const _: () = assert!(FORWARD_TIMEOUT_MS <= FORWARD_DEADLINE_MS);
 const _: () = assert!(FORWARD_DEADLINE_MS <= FORWARD_HOPS_MAX as u64 * FORWARD_TIMEOUT_MS);
 // The caller of a forwarded repair outlasts the leader running it.
 const _: () = assert!(REPLACE_MEMBER_CALL_TIMEOUT_MS > REPLACE_MEMBER_TIMEOUT_MS);
+// A repair's learner outlives its repair before it counts as an orphan.
+const _: () = assert!(ORPHAN_LEARNER_GRACE_MS > REPLACE_MEMBER_TIMEOUT_MS);

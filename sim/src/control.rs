@@ -417,8 +417,6 @@ pub struct ControlStats {
     /// Stale group changes sent (repair workload), and those refused.
     pub stale_changes: u64,
     pub stale_changes_refused: u64,
-    /// Groups that ended with a learner beside their recorded voters.
-    pub orphan_learners: u64,
 }
 
 /// What the checks remember between samples.
@@ -504,11 +502,6 @@ impl ControlPlane {
         for link in self.links.values() {
             link.set_cut(false);
         }
-    }
-
-    /// A group ended with a learner beside its recorded voters.
-    pub fn note_orphan_learners(&self) {
-        self.tracking.lock().stats.orphan_learners += 1;
     }
 
     /// A stale group change was sent (`refused`: and answered refused).

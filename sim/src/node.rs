@@ -56,6 +56,10 @@ use crate::kill::KillSwitch;
 use crate::network::{SimNetwork, SimTransport};
 use crate::options::{PlantedBug, SimOptions};
 
+/// The orphan-learner grace of simulated hosts: production's (minutes) is
+/// beyond any run; a sim repair catches up in well under this.
+pub const ORPHAN_GRACE_MS: u64 = 3_000;
+
 /// Segment size of the simulated stores: small, so segments roll and
 /// compaction and checkpoints run within a short simulation, and because
 /// `FaultyDisk` copies a whole file at every fdatasync.
@@ -269,6 +273,7 @@ pub async fn start(
         peers: peers.into_iter().filter(|p| *p != node).collect(),
         raft: raft_config(options, node),
         witness: false,
+        orphan_grace_ms: ORPHAN_GRACE_MS,
     };
     if spec.witness {
         // The production witness: no blocks, later elections, its log

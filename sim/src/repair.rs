@@ -18,11 +18,10 @@
 //!
 //! Check ([`membership_matches_records`], once the control plane settled):
 //! within [`MEMBERSHIP_SETTLE_S`], every volume's group has exactly the
-//! voters its store record places (outside a change), or it is a
-//! [`ViolationKind::MembershipDiverged`] violation. A learner left beside
-//! them (by a repair that added it and then failed, its member back
-//! before a retry) is counted (`ControlStats::orphan_learners`), not yet a
-//! violation: orphan collection is not built yet (issue 12).
+//! voters its store record places, outside a change and with no learner
+//! left (a repair that added one and then failed leaves an orphan, which
+//! the leader removes after its grace, `node::ORPHAN_GRACE_MS`), or it is
+//! a [`ViolationKind::MembershipDiverged`] violation.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -204,12 +203,9 @@ pub async fn membership_matches_records(cluster: &Cluster) {
     for volume in &cluster.volumes {
         loop {
             let now = (membership(cluster, volume), recorded(cluster, volume).await);
-            if let (Some((voters, learners, false)), Some(record)) = &now
+            if let (Some((voters, false, false)), Some(record)) = &now
                 && *voters == *record
             {
-                if *learners {
-                    cluster.control.note_orphan_learners();
-                }
                 break;
             }
             if now_ns() >= deadline {

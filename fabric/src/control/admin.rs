@@ -80,7 +80,11 @@ pub trait GroupAdmin: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), AdminError>> + Send;
 
     /// The members of `placement` the group reports in sync: their matched
-    /// log index equals the leader's last log index (the leader counts).
+    /// log index is within the in-sync lag of the leader's last log index
+    /// (the leader counts). The group's voters not `placement`'s (outside
+    /// a change): [`AdminError::Diverged`]. The coordinator calls it every
+    /// round, so it is also when the leader removes orphan learners (older
+    /// than the grace, fenced).
     fn in_sync(
         &self,
         spec: &VolumeSpec,

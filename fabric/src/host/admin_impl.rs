@@ -14,8 +14,9 @@
 //!   already made answers `Ok`.
 //! - `in_sync` answers [`AdminError::Diverged`] when the group's voters
 //!   are not `placement`'s (outside a change), so the coordinator can
-//!   reconcile its record; otherwise it reads the leader's replication
-//!   metrics: members whose
+//!   reconcile its record; otherwise it removes orphan learners past their
+//!   grace (`group_change`) and reads the leader's replication metrics:
+//!   members whose
 //!   matched log index trails the leader's last log index by at most
 //!   [`IN_SYNC_LAG_ENTRIES_MAX`](crate::limits::IN_SYNC_LAG_ENTRIES_MAX) entries, the leader included. (Requiring
 //!   an exact match made a healthy volume under steady writes read
@@ -165,7 +166,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// `in_sync` on this node, which must lead the group.
-    pub(crate) fn in_sync_here(
+    pub(crate) async fn in_sync_here(
         &self,
         spec: &VolumeSpec,
         placement: &Placement,
@@ -180,6 +181,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                 voters: effective.voters,
             });
         }
+        self.collect_orphans(spec, &raft, &effective).await?;
         let last = metrics.last_log_index;
         let replication = metrics
             .replication
@@ -285,7 +287,7 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
         placement: &Placement,
     ) -> Result<BTreeSet<NodeId>, AdminError> {
         let Some(targets) = self.admin_targets(spec, placement, None)? else {
-            return self.in_sync_here(spec, placement);
+            return self.in_sync_here(spec, placement).await;
         };
         let request = ClientRequest::InSync {
             members: placement.nodes().collect(),

@@ -23,6 +23,13 @@
 //! `dead` leaves the group), then remove every learner outside the new
 //! voter set (left by repairs that failed before promoting theirs).
 //!
+//! Orphans: a learner outside the voters that this leader has seen for
+//! [`HostConfig::orphan_grace_ms`](super::HostConfig::orphan_grace_ms)
+//! (left by a repair that failed after adding it) is removed, fenced like
+//! every change, when the coordinator's health check reaches the leader
+//! ([`VolumeHost::collect_orphans`]); a running repair's learner is younger
+//! than the grace.
+//!
 //! A planted bug for the simulator ([`VolumeHost::plant_unfenced_membership`])
 //! skips the comparison and the preconditions: the leader applies a stale
 //! change as an unfenced implementation would.
@@ -33,7 +40,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::rt::WatchReceiver as _;
-use openraft::{AsyncRuntime, ChangeMembers, Precondition, RaftMetrics};
+use openraft::{AsyncRuntime, ChangeMembers, Instant as _, Precondition, RaftMetrics};
 
 use super::VolumeHost;
 use super::admin_impl::{admin_error, size_blocks};
@@ -236,5 +243,46 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         let change = ChangeMembers::RemoveNodes(orphans);
         self.change(spec, raft, change, &now, "removing orphan learners")
             .await
+    }
+
+    /// Removes the learners outside `now`'s voters that this node has seen
+    /// for the orphan grace (fenced on `now`); the ones removed.
+    pub(crate) async fn collect_orphans(
+        &self,
+        spec: &VolumeSpec,
+        raft: &Raft<RT>,
+        now: &Effective,
+    ) -> Result<BTreeSet<NodeId>, AdminError> {
+        let orphans: BTreeSet<NodeId> = now.learners.difference(&now.voters).copied().collect();
+        let due = self.orphans_due(VolumeId(spec.id), &orphans);
+        if due.is_empty() || now.joint {
+            return Ok(BTreeSet::new());
+        }
+        let change = ChangeMembers::RemoveNodes(due.clone());
+        self.change(spec, raft, change, now, "removing orphan learners")
+            .await?;
+        Ok(due)
+    }
+
+    /// Notes `orphans` as seen now (forgetting learners no longer there);
+    /// those seen for the grace.
+    fn orphans_due(&self, volume: VolumeId, orphans: &BTreeSet<NodeId>) -> BTreeSet<NodeId> {
+        let now = RT::Instant::now();
+        let grace = Duration::from_millis(self.config().orphan_grace_ms);
+        let mut seen = self.learners_seen.lock();
+        if orphans.is_empty() {
+            seen.remove(&volume);
+            return BTreeSet::new();
+        }
+        let since = seen.entry(volume).or_default();
+        since.retain(|node, _| orphans.contains(node));
+        for node in orphans {
+            since.entry(*node).or_insert(now);
+        }
+        since
+            .iter()
+            .filter(|(_, first)| now - **first >= grace)
+            .map(|(node, _)| *node)
+            .collect()
     }
 }

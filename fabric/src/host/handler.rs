@@ -202,7 +202,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             }
             ClientRequest::InSync { members } => {
                 let (spec, placement) = forwarded_group(volume, 0, &members);
-                match self.in_sync_here(&spec, &placement) {
+                match self.in_sync_here(&spec, &placement).await {
                     Ok(nodes) => ClientReply::InSync {
                         nodes: nodes.into_iter().collect(),
                     },

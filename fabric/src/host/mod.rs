@@ -72,8 +72,8 @@ pub use witness::WitnessPass;
 
 use crate::env::NodeId;
 use crate::limits::{
-    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, VOLUMES_MAX,
-    WITNESS_ELECTION_FACTOR,
+    ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS,
+    ORPHAN_LEARNER_GRACE_MS, VOLUMES_MAX, WITNESS_ELECTION_FACTOR,
 };
 use crate::raft::network::CallError;
 use crate::storage::StorageError;
@@ -91,6 +91,10 @@ pub struct HostConfig {
     /// Whether this is a witness node (see `witness`): its storage must be
     /// a witness's too.
     pub witness: bool,
+    /// How long a learner outside a group's voters stays before this
+    /// node, leading the group, removes it ([`ORPHAN_LEARNER_GRACE_MS`];
+    /// the simulator shortens it).
+    pub orphan_grace_ms: u64,
 }
 
 /// The Raft configuration every group starts from (not yet validated).
@@ -127,6 +131,7 @@ impl HostConfig {
             peers,
             raft: Arc::new(raft),
             witness: false,
+            orphan_grace_ms: ORPHAN_LEARNER_GRACE_MS,
         })
     }
 

@@ -54,6 +54,9 @@ pub struct VolumeHost<RT: AsyncRuntime, T: Transport> {
     domain_active: AtomicBool,
     /// The planted bug of `group_change` (never set in production).
     pub(super) unfenced_planted: AtomicBool,
+    /// Per group this node leads: its learners outside the voters, and
+    /// since when each was seen so (`group_change`'s orphan collection).
+    pub(super) learners_seen: Mutex<BTreeMap<VolumeId, BTreeMap<NodeId, RT::Instant>>>,
 }
 
 impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
@@ -106,6 +109,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             suspects: Mutex::new(Vec::new()),
             domain_active: AtomicBool::new(true),
             unfenced_planted: AtomicBool::new(false),
+            learners_seen: Mutex::new(BTreeMap::new()),
         })
     }
 

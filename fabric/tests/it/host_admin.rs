@@ -6,7 +6,9 @@
 //! removes the dead voter); the new member ends up a voter with identical
 //! data, and the leader reports the new members in sync. Then group changes
 //! are fenced: a change computed from voters the group no longer has is
-//! refused with the group's voters (and applied when the planted bug is on).
+//! refused with the group's voters (and applied when the planted bug is on),
+//! and a learner left by a failed repair is removed by the leader once it
+//! has been one for the orphan grace.
 
 use crate::common;
 
@@ -14,9 +16,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{HostSlot, MemNet, TestHost, eventually, start_host};
+use common::{HostSlot, MemNet, TestHost, eventually, start_host, start_host_with};
 use metro_fabric::control::{AdminError, GroupAdmin, Member, MemberRole, Placement, VolumeSpec};
 use metro_fabric::env::NodeId;
+use metro_fabric::host::HostConfig;
+use metro_fabric::raft::types::RaftNode;
 use metro_fabric::volume::{BLOCK_BYTES, BlockData, VolumeId};
 use metro_kvstore::FaultyDisk;
 
@@ -179,6 +183,72 @@ async fn a_stale_group_change_is_refused() {
         vec![1, 2, 5],
         "the planted bug lets the stale change drop the repaired member: {status:?}"
     );
+    for host in &hosts {
+        host.shutdown().await;
+    }
+}
+
+/// The orphan grace of the collection test.
+const GRACE: Duration = Duration::from_millis(800);
+
+/// A learner a failed repair left (added to the group, never promoted) is
+/// removed by the leader's health check once it has been one for the
+/// grace, not before; the voters stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_learner_is_removed_after_the_grace() {
+    let net = MemNet::new();
+    let hosts: Vec<Arc<Host>> = NODES
+        .iter()
+        .map(|id| {
+            let mut config = HostConfig::new(*id, NODES).expect("host config");
+            config.orphan_grace_ms = GRACE.as_millis() as u64;
+            start_host_with(&net, *id, &FaultyDisk::new(*id), config)
+        })
+        .collect();
+    let spec = spec();
+    let volume = VolumeId(spec.id);
+    let members = placement(&[1, 2, 3]);
+    hosts[0]
+        .create_group(&spec, &members)
+        .await
+        .expect("create");
+    let leader = eventually("a leader", WAIT, || async {
+        hosts[0].status(volume).await.ok()?.leader
+    })
+    .await;
+    let admin = &hosts[leader as usize - 1];
+    hosts[4]
+        .open_learner(volume, SIZE_BLOCKS)
+        .await
+        .expect("open");
+    let raft = admin.raft(volume).expect("the leader's replica");
+    let node = RaftNode {
+        addr: "node-5".into(),
+    };
+    raft.add_learner(5, node, true)
+        .await
+        .expect("the failed repair's learner");
+    let learners = |status: metro_fabric::wire::VolumeStatus| status.learners;
+    assert_eq!(learners(admin.status(volume).await.unwrap()), vec![5]);
+
+    let first_check = tokio::time::Instant::now();
+    let all = BTreeSet::from([1, 2, 3]);
+    let in_sync = admin.in_sync(&spec, &members).await.expect("in sync");
+    assert_eq!(in_sync, all, "the learner is no member");
+    assert_eq!(
+        learners(admin.status(volume).await.unwrap()),
+        vec![5],
+        "kept within the grace"
+    );
+    eventually("the orphan removed", WAIT, || async {
+        admin.in_sync(&spec, &members).await.ok()?;
+        let status = admin.status(volume).await.ok()?;
+        status.learners.is_empty().then_some(())
+    })
+    .await;
+    assert!(first_check.elapsed() >= GRACE, "not before the grace");
+    let status = admin.status(volume).await.expect("status");
+    assert_eq!(status.voters, vec![1, 2, 3], "{status:?}");
     for host in &hosts {
         host.shutdown().await;
     }
