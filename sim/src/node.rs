@@ -274,6 +274,7 @@ pub async fn start(
         raft: raft_config(options, node),
         witness: false,
         orphan_grace_ms: ORPHAN_GRACE_MS,
+        promotion_hold_ms: 0,
     };
     if spec.witness {
         // The production witness: no blocks, later elections, its log

@@ -165,6 +165,10 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             .await?;
         }
         self.catch_up(spec, &raft, replacement).await?;
+        let hold = self.config().promotion_hold_ms;
+        if hold > 0 {
+            RT::sleep(Duration::from_millis(hold)).await;
+        }
         let now = Effective::of::<RT>(&raft.metrics().borrow_watched());
         if self.fenced() && (now.joint || now.voters != expected) {
             return Err(diverged(spec, &now.voters));

@@ -95,6 +95,10 @@ pub struct HostConfig {
     /// node, leading the group, removes it ([`ORPHAN_LEARNER_GRACE_MS`];
     /// the simulator shortens it).
     pub orphan_grace_ms: u64,
+    /// A test fault, 0 in production: a repair run here waits this long
+    /// between its learner's catch-up and its promotion, so that a test
+    /// can act mid-repair (kill the coordinator).
+    pub promotion_hold_ms: u64,
 }
 
 /// The Raft configuration every group starts from (not yet validated).
@@ -132,6 +136,7 @@ impl HostConfig {
             raft: Arc::new(raft),
             witness: false,
             orphan_grace_ms: ORPHAN_LEARNER_GRACE_MS,
+            promotion_hold_ms: 0,
         })
     }
 

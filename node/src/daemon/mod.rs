@@ -37,7 +37,7 @@ use metro_fabric::control::{DomainRole, NodeInfo};
 use metro_fabric::host::{HostConfig, HostError, HostHandler, VolumeHost};
 
 use crate::transport::hold_forwards::{
-    HoldForwards, hold_from_env, ignore_request_numbers_from_env,
+    HoldForwards, hold_from_env, ignore_request_numbers_from_env, promotion_hold_from_env,
 };
 use metro_fabric::limits::WITNESS_DUTY_INTERVAL_MS;
 use metro_fabric::storage::NodeStorage;
@@ -169,6 +169,13 @@ pub async fn start_with<M: NodeMetaStore>(
     let mut host_config = HostConfig::new(config.node_id, config.peers.keys().copied())?;
     if witness {
         host_config = host_config.into_witness()?;
+    }
+    if let Some(hold) = promotion_hold_from_env().map_err(DaemonError::Fault)? {
+        tracing::warn!(
+            ?hold,
+            "TEST FAULT: repairs wait before promoting their learner"
+        );
+        host_config.promotion_hold_ms = hold.as_millis() as u64;
     }
     let host = VolumeHost::new(host_config, storage, Arc::clone(&transport));
     let reopened = host.open_existing().await?;

@@ -52,13 +52,27 @@ impl<H> HoldForwards<H> {
 /// The hold the environment asks for: `None` when unset; an error for a
 /// value that is not a number of milliseconds up to the limit.
 pub fn hold_from_env() -> Result<Option<Duration>, String> {
-    let Ok(text) = std::env::var(HOLD_FORWARDED_ENV) else {
+    millis_from_env(HOLD_FORWARDED_ENV)
+}
+
+/// The environment variable that makes repairs run on this node wait
+/// between their learner's catch-up and its promotion (milliseconds, at
+/// most [`HOLD_FORWARDED_MAX_MS`]): `HostConfig::promotion_hold_ms`.
+pub const HOLD_PROMOTION_ENV: &str = "METRO_TEST_HOLD_PROMOTION_MS";
+
+/// The promotion hold the environment asks for (see [`HOLD_PROMOTION_ENV`]).
+pub fn promotion_hold_from_env() -> Result<Option<Duration>, String> {
+    millis_from_env(HOLD_PROMOTION_ENV)
+}
+
+fn millis_from_env(name: &str) -> Result<Option<Duration>, String> {
+    let Ok(text) = std::env::var(name) else {
         return Ok(None);
     };
     match text.trim().parse::<u64>() {
         Ok(ms) if ms <= HOLD_FORWARDED_MAX_MS => Ok(Some(Duration::from_millis(ms))),
         _ => Err(format!(
-            "{HOLD_FORWARDED_ENV}={text:?}: expected milliseconds, at most {HOLD_FORWARDED_MAX_MS}"
+            "{name}={text:?}: expected milliseconds, at most {HOLD_FORWARDED_MAX_MS}"
         )),
     }
 }

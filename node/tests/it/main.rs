@@ -24,6 +24,7 @@ mod nbd_host;
 mod nbd_interop;
 mod quic_transport;
 mod repair;
+mod repair_coordinator;
 mod repair_etcd;
 mod snapshot_clone;
 mod steady_health;
