@@ -438,6 +438,16 @@ pub fn render_control(control: &dyn ControlStatus) -> String {
             stats.repairs,
         ),
         (
+            "metro_coordinator_repairs_adopted_total",
+            "Repairs found made in a group but unrecorded, then recorded.",
+            stats.repairs_adopted,
+        ),
+        (
+            "metro_coordinator_groups_diverged_total",
+            "Health checks that found a group's voters to be no repair of its placement.",
+            stats.diverged,
+        ),
+        (
             "metro_coordinator_cas_conflicts_total",
             "Guarded writes that found the record changed.",
             stats.cas_conflicts,

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 
 use super::api::{CloneProgress, CreateVolume, SnapshotView, VolumeSummary};
 use super::service::{AdminService, ServiceError, check_name};
-use crate::client::session::SessionSlot;
+use crate::client::session::{Sent, SessionSlot};
 use crate::limits::{
     CLONE_CREATE_WAIT_MS, CLONE_JOBS_MAX, STEP_RETRY_PAUSE_MS, STEP_RETRY_WAIT_MS,
 };
@@ -410,20 +410,41 @@ impl<M: MetaStore> AdminService<M> {
                     CLONE_CREATE_WAIT_MS
                 };
                 let blocks = u64::from(data.block_count());
-                let id = session
-                    .begin(register)
-                    .await
-                    .map_err(|e| service_error("registering the clone's session", e))?;
-                let written = retry_host("writing the clone", Duration::from_millis(wait), || {
-                    let command = VolumeCommand::Write {
-                        offset_blocks: offset,
-                        data: data.clone(),
-                    };
-                    host.command_once(target, id, command)
-                })
-                .await;
-                session.finish(id);
-                written.map_err(|e| service_error("writing the clone", e))?;
+                let (data, host) = (&data, &host);
+                let send = |id| {
+                    let written = retry_host(
+                        "writing the clone",
+                        Duration::from_millis(wait),
+                        move || {
+                            let command = VolumeCommand::Write {
+                                offset_blocks: offset,
+                                data: data.clone(),
+                            };
+                            host.command_once(target, id, command)
+                        },
+                    );
+                    async move {
+                        match written.await {
+                            Err(HostError::Refused {
+                                response: VolumeResponse::SessionExpired { session },
+                                ..
+                            }) => Ok(Sent::Expired { session }),
+                            Ok(_) => Ok(Sent::Done(())),
+                            Err(e) => Err(service_error("writing the clone", e)),
+                        }
+                    }
+                };
+                let registered = || async {
+                    register()
+                        .await
+                        .map_err(|e| service_error("registering the clone's session", e))
+                };
+                let renewed_too_often = |session, renewals| {
+                    ServiceError::Unavailable(format!(
+                        "writing the clone: session {session} expired {renewals} times in a row"
+                    ))
+                };
+                session.run(registered, send, renewed_too_often).await?;
                 if !created {
                     created = true;
                     progress.state = "copying".into();

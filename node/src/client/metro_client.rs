@@ -27,16 +27,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metro_fabric::env::{Lane, NodeId, RequestHandler};
+use metro_fabric::host::RequestId;
 use metro_fabric::raft::network::{CallError, forward_client};
 use metro_fabric::volume::{BlockData, OnceCommand, VolumeCommand, VolumeId, VolumeResponse};
 use metro_fabric::wire::{ClientReply, ClientRequest, FaultCode, VolumeStatus};
 use openraft_rt_tokio::TokioRuntime;
 use parking_lot::Mutex;
 
-use super::session::SessionSlot;
+use super::session::{Sent, SessionSlot};
 use crate::limits::{
     CLIENT_ATTEMPT_TIMEOUT_MS, CLIENT_RETRY_BUDGET_MS, CLIENT_RETRY_PAUSE_MS, CLIENT_SUSPECT_MS,
-    SESSION_RENEWALS_MAX,
 };
 use crate::pki::{CertError, is_client_id, load_identity, load_trust};
 use crate::transport::{QuicConfig, QuicError, QuicTransport};
@@ -300,27 +300,22 @@ impl MetroClient {
         };
         let slot = Arc::clone(self.sessions.lock().entry(volume).or_default());
         let register = || self.command(volume, VolumeCommand::RegisterSession);
-        let mut renewals = 0;
-        loop {
-            let id = slot.begin(register).await?;
+        let send = |id: RequestId| {
             let once = OnceCommand::new(id.session, id.request, command.clone())
                 .expect("a write is a block command and ids are positive");
-            let outcome = self.command(volume, VolumeCommand::Once(once)).await;
-            slot.finish(id);
-            match outcome {
-                Err(ClientError::Expired { session }) if renewals < SESSION_RENEWALS_MAX => {
-                    slot.expire(session);
-                    renewals += 1;
+            async move {
+                match self.command(volume, VolumeCommand::Once(once)).await {
+                    Err(ClientError::Expired { session }) => Ok(Sent::Expired { session }),
+                    Ok(index) => Ok(Sent::Done(index)),
+                    Err(err) => Err(err),
                 }
-                Err(ClientError::Expired { session }) => {
-                    return Err(ClientError::Refused {
-                        volume,
-                        reason: format!("session {session} expired {renewals} times in a row"),
-                    });
-                }
-                other => return other,
             }
-        }
+        };
+        let renewed_too_often = |session, renewals| ClientError::Refused {
+            volume,
+            reason: format!("session {session} expired {renewals} times in a row"),
+        };
+        slot.run(register, send, renewed_too_often).await
     }
 
     /// Runs `command` through the volume's log; its log index once applied.

@@ -15,12 +15,26 @@
 //!   refused that way was not applied by that delivery; it is sent again
 //!   under the new session before it is answered, which keeps it
 //!   linearizable (its stale copies under the old session stay refused).
+//! - [`SessionSlot::run`] is the whole of it for one request: begin, send,
+//!   finish, and on `SessionExpired` expire and send again, at most
+//!   [`SESSION_RENEWALS_MAX`] times in a row.
 
 use std::future::Future;
 
 use metro_fabric::host::{RequestId, SessionWindow};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+use crate::limits::SESSION_RENEWALS_MAX;
+
+/// How one delivery of a session request was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent<T> {
+    /// Answered (applied, or refused for a reason of its own): `T`.
+    Done(T),
+    /// The volume no longer knows this session: not applied.
+    Expired { session: u64 },
+}
 
 /// A client's session on one volume (see the module contract).
 #[derive(Debug, Default)]
@@ -82,6 +96,39 @@ impl SessionSlot {
         self.window.lock().expire(session);
         self.changed.notify_waiters();
     }
+
+    /// Runs one request exactly once (see the module contract): `send`
+    /// delivers it under an id (retrying as its caller does); `renewed_too_often`
+    /// builds the error once the session expired
+    /// [`SESSION_RENEWALS_MAX`] times in a row (the session, the count).
+    pub async fn run<T, E, R, RFut, S, SFut>(
+        &self,
+        register: R,
+        send: S,
+        renewed_too_often: impl FnOnce(u64, u32) -> E,
+    ) -> Result<T, E>
+    where
+        R: Fn() -> RFut,
+        RFut: Future<Output = Result<u64, E>>,
+        S: Fn(RequestId) -> SFut,
+        SFut: Future<Output = Result<Sent<T>, E>>,
+    {
+        let mut renewals = 0;
+        loop {
+            let id = self.begin(&register).await?;
+            let outcome = send(id).await;
+            self.finish(id);
+            match outcome? {
+                Sent::Done(value) => return Ok(value),
+                Sent::Expired { session } if renewals < SESSION_RENEWALS_MAX => {
+                    tracing::debug!(session, "session expired: renewing");
+                    self.expire(session);
+                    renewals += 1;
+                }
+                Sent::Expired { session } => return Err(renewed_too_often(session, renewals)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +180,46 @@ mod tests {
         slot.expire(10);
         let renewed = slot.begin(register).await.unwrap();
         assert_eq!((renewed.session, renewed.request), (11, 1));
+    }
+
+    /// `run` sends again under a new session while the volume says the
+    /// session expired, up to the bound, and frees every id it began.
+    #[tokio::test]
+    async fn run_renews_an_expired_session_up_to_the_bound() {
+        let slot = SessionSlot::new();
+        let registrations = AtomicU64::new(0);
+        let register =
+            || async { Ok::<_, String>(registrations.fetch_add(1, Ordering::SeqCst) + 1) };
+        let expiring = AtomicU64::new(2);
+        let send = |id: RequestId| {
+            let expire = expiring
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            async move {
+                match expire {
+                    true => Ok(Sent::Expired {
+                        session: id.session,
+                    }),
+                    false => Ok(Sent::Done(id.session)),
+                }
+            }
+        };
+        let too_often = |session, renewals| format!("{session} x{renewals}");
+        assert_eq!(slot.run(register, send, too_often).await, Ok(3));
+        assert_eq!(registrations.load(Ordering::SeqCst), 3);
+
+        expiring.store(u64::MAX, Ordering::SeqCst);
+        let failed = slot.run(register, send, too_often).await;
+        // Session 3, still held, expires first; then each renewal expires.
+        let last = 3 + u64::from(SESSION_RENEWALS_MAX);
+        assert_eq!(failed, Err(format!("{last} x{SESSION_RENEWALS_MAX}")));
+        // Every id was freed: a whole window can begin at once.
+        expiring.store(0, Ordering::SeqCst);
+        for _ in 0..SESSION_WINDOW_REQUESTS {
+            let id = tokio::time::timeout(Duration::from_secs(5), slot.begin(register))
+                .await
+                .expect("no id left held");
+            assert!(id.is_ok());
+        }
     }
 }

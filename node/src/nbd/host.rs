@@ -57,11 +57,10 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::admin::metrics::{NodeMetrics, VolumeIo};
-use crate::client::session::SessionSlot;
+use crate::client::session::{Sent, SessionSlot};
 use crate::daemon::NodeHost;
 use crate::limits::{
     EXPORTS_MAX, IO_RETRY_BACKOFF_MAX_MS, IO_RETRY_BACKOFF_MIN_MS, IO_RETRY_BUDGET_MS,
-    SESSION_RENEWALS_MAX,
 };
 use crate::nbd::{BackendError, BlockBackend, BoxFuture, ExportInfo, NbdServer, Volume};
 
@@ -367,37 +366,26 @@ impl HostVolume {
     async fn run_once(&self, make: impl Fn() -> VolumeCommand) -> Result<(), BackendError> {
         let host = &self.shared.host;
         let register = || self.retry(|| host.register_session(self.volume));
-        let mut renewals = 0;
-        loop {
-            let id = self.session.begin(register).await?;
-            let outcome = self
-                .retry(|| async {
-                    match host.command_once(self.volume, id, make()).await {
-                        Err(HostError::Refused {
-                            response: VolumeResponse::SessionExpired { session },
-                            ..
-                        }) => Ok(Some(session)),
-                        Ok(_) => Ok(None),
-                        Err(err) => Err(err),
-                    }
-                })
-                .await;
-            self.session.finish(id);
-            match outcome? {
-                None => return Ok(()),
-                Some(session) if renewals < SESSION_RENEWALS_MAX => {
-                    tracing::debug!(volume = %self.volume, session, "session expired: renewing");
-                    self.session.expire(session);
-                    renewals += 1;
+        let make = &make;
+        let send = |id| {
+            self.retry(move || async move {
+                match host.command_once(self.volume, id, make()).await {
+                    Err(HostError::Refused {
+                        response: VolumeResponse::SessionExpired { session },
+                        ..
+                    }) => Ok(Sent::Expired { session }),
+                    Ok(_) => Ok(Sent::Done(())),
+                    Err(err) => Err(err),
                 }
-                Some(session) => {
-                    return Err(BackendError::Unavailable(format!(
-                        "{}: session {session} expired {renewals} times in a row",
-                        self.volume
-                    )));
-                }
-            }
-        }
+            })
+        };
+        let renewed_too_often = |session, renewals| {
+            BackendError::Unavailable(format!(
+                "{}: session {session} expired {renewals} times in a row",
+                self.volume
+            ))
+        };
+        self.session.run(register, send, renewed_too_often).await
     }
 }
 
