@@ -279,15 +279,10 @@ pub const SUSPECTS_MAX: usize = 64;
 pub const CATCH_UP_TIMEOUT_MS: u64 = 120_000;
 /// How long one membership change may take to commit.
 pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 30_000;
-/// The longest one `replace_member` runs on the group's leader: open the
+/// The longest one replacement job runs on the group's leader: open the
 /// replacement (a control call), catch it up, change the membership.
 pub const REPLACE_MEMBER_TIMEOUT_MS: u64 =
     CONTROL_TIMEOUT_MS + CATCH_UP_TIMEOUT_MS + MEMBERSHIP_CHANGE_TIMEOUT_MS;
-/// How long a node that forwards `replace_member` to the leader waits for
-/// its answer (the transport's per-call cap for that call too): the
-/// leader's whole bound and one hop of network, so a repair is never
-/// re-issued while the first still runs.
-pub const REPLACE_MEMBER_CALL_TIMEOUT_MS: u64 = REPLACE_MEMBER_TIMEOUT_MS + FORWARD_TIMEOUT_MS;
 /// How long a learner outside a group's voters stays before the group's
 /// leader removes it as an orphan (left by a repair that failed after
 /// adding it): longer than any repair runs on the leader, so a running
@@ -303,7 +298,5 @@ pub const LOG_FLOOR_TIMEOUT_MS: u64 = 2_000;
 // number of hops times their timeout).
 const _: () = assert!(FORWARD_TIMEOUT_MS <= FORWARD_DEADLINE_MS);
 const _: () = assert!(FORWARD_DEADLINE_MS <= FORWARD_HOPS_MAX as u64 * FORWARD_TIMEOUT_MS);
-// The caller of a forwarded repair outlasts the leader running it.
-const _: () = assert!(REPLACE_MEMBER_CALL_TIMEOUT_MS > REPLACE_MEMBER_TIMEOUT_MS);
 // A repair's learner outlives its repair before it counts as an orphan.
 const _: () = assert!(ORPHAN_LEARNER_GRACE_MS > REPLACE_MEMBER_TIMEOUT_MS);

@@ -17,9 +17,9 @@
 //!   count them.
 
 use metro_fabric::limits::{
-    CATCH_UP_TIMEOUT_MS, CONTROL_TIMEOUT_MS, ELECTION_TIMEOUT_MAX_MS, FORWARD_DEADLINE_MS,
-    FORWARD_TIMEOUT_MS, FRAME_BYTES_MAX, KEEP_ALIVES_PER_TTL, LOG_FLOOR_TIMEOUT_MS,
-    NODE_LEASE_TTL_MS, READ_BLOCKS_MAX, REPLACE_MEMBER_CALL_TIMEOUT_MS, WRITE_BLOCKS_MAX,
+    CONTROL_TIMEOUT_MS, ELECTION_TIMEOUT_MAX_MS, FORWARD_DEADLINE_MS, FORWARD_TIMEOUT_MS,
+    FRAME_BYTES_MAX, KEEP_ALIVES_PER_TTL, LOG_FLOOR_TIMEOUT_MS, NODE_LEASE_TTL_MS, READ_BLOCKS_MAX,
+    WRITE_BLOCKS_MAX,
 };
 use metro_fabric::volume::BLOCK_BYTES;
 
@@ -76,14 +76,11 @@ const _: () = assert!(
 );
 
 // The default per-call cap does not cut short any remote operation that
-// runs under it: a forwarded hop, a replica-control call, a log-floor ask.
-// (A forwarded repair runs longer and sets its own cap,
-// `REPLACE_MEMBER_CALL_TIMEOUT_MS`.)
+// runs under it: a forwarded hop, a replica-control call, a log-floor ask
+// (a repair answers at once and runs as a job on the group's leader).
 const _: () = assert!(QUIC_REQUEST_TIMEOUT_MS >= FORWARD_TIMEOUT_MS);
 const _: () = assert!(QUIC_REQUEST_TIMEOUT_MS >= CONTROL_TIMEOUT_MS);
 const _: () = assert!(QUIC_REQUEST_TIMEOUT_MS >= LOG_FLOOR_TIMEOUT_MS);
-// The repair's own cap is what lets a catch-up outlast the default cap.
-const _: () = assert!(REPLACE_MEMBER_CALL_TIMEOUT_MS > CATCH_UP_TIMEOUT_MS);
 // A call may include dialing: connecting fits the call's cap.
 const _: () = assert!(QUIC_CONNECT_TIMEOUT_MS < QUIC_REQUEST_TIMEOUT_MS);
 // Keep-alives keep an idle connection open: two fit the idle timeout.

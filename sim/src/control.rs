@@ -329,13 +329,15 @@ pub struct HostAdmin {
     pub repairs: Arc<RepairLog>,
 }
 
-/// The distinct repairs (volume, dead, replacement) groups carried out.
+/// The distinct repairs (volume, replacement) groups carried out: those a
+/// coordinator saw answered done, and the members a group has at the end
+/// that were not placed at boot (a repair whose answer no poll saw).
 #[derive(Debug, Default)]
-pub struct RepairLog(Mutex<std::collections::BTreeSet<(u64, NodeId, NodeId)>>);
+pub struct RepairLog(Mutex<std::collections::BTreeSet<(u64, NodeId)>>);
 
 impl RepairLog {
-    pub fn note(&self, volume: u64, dead: NodeId, replacement: NodeId) {
-        self.0.lock().insert((volume, dead, replacement));
+    pub fn note(&self, volume: u64, replacement: NodeId) {
+        self.0.lock().insert((volume, replacement));
     }
 
     pub fn count(&self) -> u64 {
@@ -365,7 +367,7 @@ impl metro_fabric::control::GroupAdmin for HostAdmin {
             .replace_member(spec, placement, dead, replacement)
             .await;
         if done.is_ok() {
-            self.repairs.note(spec.id, dead, replacement);
+            self.repairs.note(spec.id, replacement);
         }
         done
     }

@@ -206,6 +206,9 @@ pub async fn membership_matches_records(cluster: &Cluster) {
             if let (Some((voters, false, false)), Some(record)) = &now
                 && *voters == *record
             {
+                for added in voters.iter().filter(|n| !volume.members.contains(n)) {
+                    cluster.control.repairs.note(volume.id.0, *added);
+                }
                 break;
             }
             if now_ns() >= deadline {

@@ -449,10 +449,13 @@ const OPTIONS_603: &[&str] = &[
 /// leads a volume when its disk is corrupted, reopens on the damaged disk
 /// (`corrupted_lost == false`) and leads 2 terms after reopening
 /// (`corrupted_terms_led == 2`). The report cannot show whether one of its
-/// reads found the damage.
+/// reads found the damage. Seed 391 drifted in turn when the coordinator's
+/// admin calls changed (fenced group changes, repair jobs); the same scan
+/// (first match from 0) found seed 394: node 2 leads when its disk is
+/// corrupted, reopens and leads a term after.
 #[test]
 fn a_leader_with_corrupted_data_fails_stop() {
-    let report = passes(mixed(391), OPTIONS_391);
+    let report = passes(mixed(394), OPTIONS_394);
     assert!(report.faults.corrupted.is_some(), "no disk corrupted");
     assert!(
         !report.env.corrupted_lost,
@@ -465,12 +468,12 @@ fn a_leader_with_corrupted_data_fails_stop() {
     );
 }
 
-const OPTIONS_391: &[&str] = &[
-    "seed=391 topology=[d0:datax1 d1:datax1 d2:datax3]",
-    "  latency intra=292+206us d0-d1=10730+311us d0-d2=629+313us d1-d2=3704+1673us",
-    "  faults loss=3128ppm dup=7655ppm spike=809ppm/279ms fsync=2948us safety=15s every~3514ms weights(crash,partition,isolate)=[2, 2, 0] tear=131181ppm",
-    "  env eio=false eio_write=[4]@2990ppm eio_read=[5]@2152ppm corrupt_at=8846ms weights(etcd_outage,etcd_cut)=[0, 1] coordinators=true clock_rate=[n1:968840ppm]",
-    "  workload volumes=3x3replicas clients=8 writes=696139ppm dr_snapshots=20000ppm think<=16ms blocks=32 snapshot_logs=256 witness_never_campaigns=false kind=mixed repair=off bug=None",
+const OPTIONS_394: &[&str] = &[
+    "seed=394 topology=[d0:datax1 d1:datax2 d2:datax3]",
+    "  latency intra=103+40us d0-d1=1630+49us d0-d2=5044+149us d1-d2=3887+414us",
+    "  faults loss=2673ppm dup=8590ppm spike=1675ppm/229ms fsync=2005us safety=16s every~1365ms weights(crash,partition,isolate)=[3, 3, 2] tear=435131ppm",
+    "  env eio=false eio_write=[]@2534ppm eio_read=[]@522ppm corrupt_at=8185ms weights(etcd_outage,etcd_cut)=[1, 0] coordinators=true clock_rate=[n6:1046163ppm]",
+    "  workload volumes=2x3replicas clients=7 writes=590483ppm dr_snapshots=20000ppm think<=25ms blocks=32 snapshot_logs=64 witness_never_campaigns=false kind=mixed repair=off bug=None",
 ];
 
 /// A witness that lagged got a Raft snapshot from a data leader and

@@ -38,6 +38,10 @@ pub enum AdminError {
     /// The group refused the request as asked: do not retry it unchanged.
     #[error("group of {volume} failed the request: {reason}")]
     Failed { volume: String, reason: String },
+    /// The change is under way (a job on the group's leader): call again
+    /// later with the same arguments to learn how it ended.
+    #[error("group of {volume}: {what} (under way)")]
+    InProgress { volume: String, what: String },
     /// The group's voters are not the ones the change was computed from
     /// (the caller's view is stale, or an earlier change went through):
     /// they are `voters`.
@@ -70,7 +74,9 @@ pub trait GroupAdmin: Send + Sync + 'static {
     /// waits until it has caught up, then changes the voters to `placement`
     /// with `dead` swapped for `replacement` (removing `dead` from the
     /// group) and drops learners outside them. Voters other than
-    /// `placement`'s (and than the result): [`AdminError::Diverged`].
+    /// `placement`'s (and than the result): [`AdminError::Diverged`]. A
+    /// long replacement answers [`AdminError::InProgress`] while it runs;
+    /// the caller polls with the same call until `Ok`.
     fn replace_member(
         &self,
         spec: &VolumeSpec,

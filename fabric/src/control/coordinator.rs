@@ -112,6 +112,8 @@ pub struct CoordinatorStats {
     pub placement_errors: u64,
     pub groups_created: u64,
     pub repairs: u64,
+    /// Rounds that found a repair still running on the group's leader.
+    pub repairs_polled: u64,
     /// Repairs found already made in the group (by an earlier coordinator
     /// whose record write was lost) and recorded as they were.
     pub repairs_adopted: u64,
@@ -595,6 +597,11 @@ impl<RT: AsyncRuntime, M: MetaStore, A: GroupAdmin> Coordinator<RT, M, A> {
             .await;
         match replaced {
             Ok(()) => {}
+            Err(AdminError::InProgress { .. }) => {
+                // A job on the group's leader: asked again next round.
+                self.count(|s| s.repairs_polled += 1);
+                return Ok(Flow::Continue);
+            }
             Err(AdminError::Diverged { voters, .. }) => {
                 return self
                     .adopt(leadership, loaded, record, status, &voters)

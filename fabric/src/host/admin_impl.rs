@@ -29,10 +29,10 @@
 //! `InSync` requests, nodes only), where they run locally and are never
 //! forwarded again; a node without a replica (a coordinator need not host
 //! one) asks the members in turn; with no leader known they answer
-//! [`AdminError::Retry`]. A forwarded `replace_member` is waited for
-//! [`REPLACE_MEMBER_CALL_TIMEOUT_MS`], longer than the leader may run it,
-//! with the transport's per-call cap raised to match: the caller never
-//! gives up (and a later round re-issues the repair) while it still runs.
+//! [`AdminError::Retry`]. A forwarded `replace_member` answers at once
+//! (the replacement runs as a job on the leader, polled by calling again),
+//! so every forwarded admin call is bounded by one hop's
+//! [`FORWARD_TIMEOUT_MS`].
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -44,7 +44,7 @@ use super::group_change::{Effective, lag_within};
 use super::{HostError, VolumeHost};
 use crate::control::{AdminError, GroupAdmin, Placement, VolumeSpec};
 use crate::env::{NodeId, Transport};
-use crate::limits::{FORWARD_TIMEOUT_MS, REPLACE_MEMBER_CALL_TIMEOUT_MS};
+use crate::limits::FORWARD_TIMEOUT_MS;
 use crate::raft::network::forward_client_within;
 use crate::volume::{BLOCK_BYTES, VolumeId};
 use crate::wire::ClientReply;
@@ -92,11 +92,12 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// Where to run a leader-only admin call for `spec`: `Ok(None)` here
-    /// (this node leads), else the nodes to ask in turn — the leader when
-    /// this node's replica knows it, every member of `placement` but this
-    /// node and `skip` when this node hosts no replica (the coordinator
-    /// need not host one; a member that does not lead refuses, the next
-    /// one is asked).
+    /// (this node leads), else the nodes to ask in turn — the leader this
+    /// node's replica knows, or when it knows none (no replica here: the
+    /// coordinator need not host one; or a removed member's replica, which
+    /// never learns a new leader) every member of `placement` but this node
+    /// and `skip` (a member that does not lead refuses, the next one is
+    /// asked).
     fn admin_targets(
         &self,
         spec: &VolumeSpec,
@@ -116,7 +117,18 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         match raft.metrics().borrow_watched().current_leader {
             Some(leader) if leader == self.node() => Ok(None),
             Some(leader) => Ok(Some(vec![leader])),
-            None => Err(retry(spec, "no leader now")),
+            // A removed member's replica never learns another leader: ask
+            // the placement's members.
+            None => {
+                let others: Vec<NodeId> = placement
+                    .nodes()
+                    .filter(|n| *n != self.node() && Some(*n) != skip)
+                    .collect();
+                match others.is_empty() {
+                    true => Err(retry(spec, "no leader now")),
+                    false => Ok(Some(others)),
+                }
+            }
         }
     }
 
@@ -174,6 +186,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         let raft = self.local_leader(spec)?;
         let metrics = raft.metrics().borrow_watched().clone();
         let effective = Effective::of::<RT>(&metrics);
+        if effective.joint && !self.replacing(VolumeId(spec.id)) {
+            self.complete_joint(spec, &raft, &effective).await?;
+        }
         let wanted: BTreeSet<NodeId> = placement.nodes().collect();
         if !effective.joint && wanted != effective.voters {
             return Err(AdminError::Diverged {
@@ -269,13 +284,17 @@ impl<RT: AsyncRuntime, T: Transport> GroupAdmin for VolumeHost<RT, T> {
             replacement,
         };
         match self
-            .forward_admin_any(spec, &targets, &request, REPLACE_MEMBER_CALL_TIMEOUT_MS)
+            .forward_admin_any(spec, &targets, &request, FORWARD_TIMEOUT_MS)
             .await?
         {
             (_, ClientReply::Done) => Ok(()),
             (_, ClientReply::Diverged { voters }) => Err(AdminError::Diverged {
                 volume: spec.name.clone(),
                 voters: voters.into_iter().collect(),
+            }),
+            (_, ClientReply::Running { what }) => Err(AdminError::InProgress {
+                volume: spec.name.clone(),
+                what,
             }),
             (node, other) => Err(retry(spec, format!("node {node} answered {other:?}"))),
         }

@@ -16,6 +16,13 @@
 //!   voters, so the coordinator can adopt a repair an earlier coordinator
 //!   finished in the group but never recorded.
 //!
+//! Jobs: the replacement runs on the leader as a job of its own (at most
+//! one per group), so no caller waits minutes on a catch-up: the call that
+//! starts it, and every call while it runs, answers
+//! [`AdminError::InProgress`]; once it is done the next call finds the
+//! change made (`Ok`); if it failed, the next call gets why
+//! ([`AdminError::Retry`]) and the one after starts it again.
+//!
 //! Steps: open an uninitialized replica on `replacement`, add it as a
 //! learner (fenced), wait until its matched index is within
 //! [`IN_SYNC_LAG_ENTRIES_MAX`] of the leader's last index (bounded by
@@ -46,7 +53,10 @@ use super::VolumeHost;
 use super::admin_impl::{admin_error, size_blocks};
 use crate::control::{AdminError, Placement, VolumeSpec, voters_after_replace};
 use crate::env::{NodeId, Transport};
-use crate::limits::{CATCH_UP_TIMEOUT_MS, IN_SYNC_LAG_ENTRIES_MAX, MEMBERSHIP_CHANGE_TIMEOUT_MS};
+use crate::limits::{
+    CATCH_UP_TIMEOUT_MS, IN_SYNC_LAG_ENTRIES_MAX, MEMBERSHIP_CHANGE_TIMEOUT_MS,
+    REPLACE_MEMBER_TIMEOUT_MS,
+};
 use crate::raft::types::{LogId, RaftNode, TypeConfig};
 use crate::volume::VolumeId;
 
@@ -61,6 +71,9 @@ pub(crate) struct Effective {
     pub learners: BTreeSet<NodeId>,
     /// In joint consensus (a change between its two steps).
     pub joint: bool,
+    /// The voters the (last) change is heading for: its second
+    /// configuration when joint, else the voters.
+    pub target: BTreeSet<NodeId>,
 }
 
 impl Effective {
@@ -71,6 +84,11 @@ impl Effective {
             voters: stored.voter_ids().collect(),
             learners: stored.membership().learner_ids().collect(),
             joint: stored.get_joint_config().len() > 1,
+            target: stored
+                .get_joint_config()
+                .last()
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -90,6 +108,24 @@ fn retry(spec: &VolumeSpec, reason: impl std::fmt::Display) -> AdminError {
         volume: spec.name.clone(),
         reason: reason.to_string(),
     }
+}
+
+fn in_progress(spec: &VolumeSpec, dead: NodeId, replacement: NodeId) -> AdminError {
+    AdminError::InProgress {
+        volume: spec.name.clone(),
+        what: format!("replacing node {dead} by node {replacement}"),
+    }
+}
+
+/// A replacement job of one group (at most one per group at a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Job {
+    Running {
+        dead: NodeId,
+        replacement: NodeId,
+    },
+    /// Ended without the change; told to the next poll, then forgotten.
+    Failed(String),
 }
 
 fn diverged(spec: &VolumeSpec, voters: &BTreeSet<NodeId>) -> AdminError {
@@ -125,7 +161,9 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
     }
 
     /// `replace_member` on this node, which must lead the group (see the
-    /// module contract).
+    /// module contract): answers at once; the replacement itself runs as a
+    /// job ([`Self::run_replacement`]) that the caller polls by calling
+    /// again with the same arguments.
     pub(crate) async fn replace_member_here(
         &self,
         spec: &VolumeSpec,
@@ -141,8 +179,20 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             "a replacement swaps a member for a node outside the group"
         );
         let now = Effective::of::<RT>(&raft.metrics().borrow_watched());
+        let volume = VolumeId(spec.id);
+        let job = self.replacements.lock().remove(&volume);
+        match job {
+            Some(Job::Running { dead, replacement }) => {
+                self.replacements
+                    .lock()
+                    .insert(volume, Job::Running { dead, replacement });
+                return Err(in_progress(spec, dead, replacement));
+            }
+            Some(Job::Failed(reason)) if now.voters != after => return Err(retry(spec, reason)),
+            _ => {}
+        }
         if now.joint {
-            return Err(retry(spec, "a membership change is in progress"));
+            return self.complete_joint(spec, &raft, &now).await;
         }
         if now.voters == after {
             return self.drop_learners(spec, &raft, &after).await;
@@ -150,19 +200,75 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         if now.voters != expected && self.fenced() {
             return Err(diverged(spec, &now.voters));
         }
+        self.start_replacement(spec, placement, dead, replacement);
+        Err(in_progress(spec, dead, replacement))
+    }
+
+    /// Whether a replacement job of `volume` runs here.
+    pub(crate) fn replacing(&self, volume: VolumeId) -> bool {
+        matches!(
+            self.replacements.lock().get(&volume),
+            Some(Job::Running { .. })
+        )
+    }
+
+    /// Starts the job that replaces `dead` by `replacement`, bounded by
+    /// [`REPLACE_MEMBER_TIMEOUT_MS`]; its outcome waits for the next poll.
+    fn start_replacement(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        dead: NodeId,
+        replacement: NodeId,
+    ) {
+        let Some(host) = self.me.upgrade() else {
+            return;
+        };
+        let volume = VolumeId(spec.id);
+        self.replacements
+            .lock()
+            .insert(volume, Job::Running { dead, replacement });
+        let (spec, placement) = (spec.clone(), placement.clone());
+        drop(RT::spawn(async move {
+            let bound = Duration::from_millis(REPLACE_MEMBER_TIMEOUT_MS);
+            let job = host.run_replacement(&spec, &placement, dead, replacement);
+            let failed = match RT::timeout(bound, job).await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!("the replacement ran past {bound:?}")),
+            };
+            let mut jobs = host.replacements.lock();
+            match failed {
+                Some(reason) => jobs.insert(volume, Job::Failed(reason)),
+                None => jobs.remove(&volume),
+            };
+        }));
+    }
+
+    /// The replacement job: open the replacement, add it as a learner,
+    /// catch it up, promote it (see the module contract).
+    async fn run_replacement(
+        &self,
+        spec: &VolumeSpec,
+        placement: &Placement,
+        dead: NodeId,
+        replacement: NodeId,
+    ) -> Result<(), AdminError> {
+        let raft = self.local_leader(spec)?;
+        let expected: BTreeSet<NodeId> = placement.nodes().collect();
+        let after = voters_after_replace(placement, dead, replacement);
         self.open_on(replacement, VolumeId(spec.id), size_blocks(spec), &[])
             .await
             .map_err(|error| admin_error(spec, error))?;
+        let now = Effective::of::<RT>(&raft.metrics().borrow_watched());
+        if self.fenced() && (now.joint || now.voters != expected) {
+            return Err(diverged(spec, &now.voters));
+        }
         if !now.learners.contains(&replacement) {
             let node = BTreeMap::from([(replacement, super::volume_host::member(replacement))]);
-            self.change(
-                spec,
-                &raft,
-                ChangeMembers::AddNodes(node),
-                &now,
-                "adding learner",
-            )
-            .await?;
+            let add = ChangeMembers::AddNodes(node);
+            self.change(spec, &raft, add, &now, "adding learner")
+                .await?;
         }
         self.catch_up(spec, &raft, replacement).await?;
         let hold = self.config().promotion_hold_ms;
@@ -177,6 +283,26 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
         self.change(spec, &raft, voters, &now, "changing voters")
             .await?;
         self.drop_learners(spec, &raft, &after).await
+    }
+
+    /// Finishes a change left between its two steps (its leader lost
+    /// leadership in between: openraft leaves the group joint), heading
+    /// for its second configuration, fenced; then asks for a retry, since
+    /// the voters are new.
+    pub(crate) async fn complete_joint(
+        &self,
+        spec: &VolumeSpec,
+        raft: &Raft<RT>,
+        now: &Effective,
+    ) -> Result<(), AdminError> {
+        assert!(
+            now.joint && !now.target.is_empty(),
+            "a joint config has a target"
+        );
+        let change = ChangeMembers::ReplaceAllVoters(now.target.clone());
+        self.change(spec, raft, change, now, "completing a joint change")
+            .await?;
+        Err(retry(spec, "completed a membership change left half done"))
     }
 
     /// One membership change, guarded by `basis`'s log id unless the

@@ -195,6 +195,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
                     Err(AdminError::Diverged { voters, .. }) => ClientReply::Diverged {
                         voters: voters.into_iter().collect(),
                     },
+                    Err(AdminError::InProgress { what, .. }) => ClientReply::Running { what },
                     Err(error) => ClientReply::Failed {
                         message: error.to_string(),
                     },

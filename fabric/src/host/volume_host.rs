@@ -57,6 +57,10 @@ pub struct VolumeHost<RT: AsyncRuntime, T: Transport> {
     /// Per group this node leads: its learners outside the voters, and
     /// since when each was seen so (`group_change`'s orphan collection).
     pub(super) learners_seen: Mutex<BTreeMap<VolumeId, BTreeMap<NodeId, RT::Instant>>>,
+    /// Replacement jobs this node runs as leader (`group_change`).
+    pub(super) replacements: Mutex<BTreeMap<VolumeId, super::group_change::Job>>,
+    /// This host, for the jobs it starts.
+    pub(super) me: std::sync::Weak<Self>,
 }
 
 impl<RT: AsyncRuntime, T: Transport> std::fmt::Debug for VolumeHost<RT, T> {
@@ -97,7 +101,7 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             Some(false),
             "groups must not resume leadership at a restart (see base_raft_config)"
         );
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             catalogue: Catalogue::new(storage.store().clone()),
             config,
             storage,
@@ -110,6 +114,8 @@ impl<RT: AsyncRuntime, T: Transport> VolumeHost<RT, T> {
             domain_active: AtomicBool::new(true),
             unfenced_planted: AtomicBool::new(false),
             learners_seen: Mutex::new(BTreeMap::new()),
+            replacements: Mutex::new(BTreeMap::new()),
+            me: me.clone(),
         })
     }
 

@@ -295,6 +295,9 @@ pub enum ClientReplyHeader {
     Diverged {
         voters: Vec<u64>,
     },
+    Running {
+        what: String,
+    },
 }
 
 /// A DR snapshot page; its blocks follow, one per index.

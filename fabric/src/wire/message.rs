@@ -202,6 +202,9 @@ pub enum ClientReply {
     /// The leader refused a [`ClientRequest::ReplaceMember`] computed from
     /// other voters than the group's, which are `voters`.
     Diverged { voters: Vec<NodeId> },
+    /// The leader runs the [`ClientRequest::ReplaceMember`] asked for (or
+    /// another of the group's) as a job: ask again later.
+    Running { what: String },
 }
 
 /// Why a receiving host could not serve a request.
@@ -557,6 +560,7 @@ fn client_reply_to_wire<'a>(
         ClientReply::Diverged { voters } => ClientReplyHeader::Diverged {
             voters: voters.clone(),
         },
+        ClientReply::Running { what } => ClientReplyHeader::Running { what: what.clone() },
         ClientReply::SnapshotPage(None) => ClientReplyHeader::SnapshotPage(None),
         ClientReply::SnapshotPage(Some(page)) => {
             if let Some(data) = &page.data {
@@ -611,6 +615,7 @@ fn client_reply_from_wire(
         ClientReplyHeader::Diverged { voters } => ClientReply::Diverged {
             voters: members_from_wire(voters)?,
         },
+        ClientReplyHeader::Running { what } => ClientReply::Running { what },
         ClientReplyHeader::SnapshotPage(None) => ClientReply::SnapshotPage(None),
         ClientReplyHeader::SnapshotPage(Some(header)) => {
             let count = header.indexes.len();

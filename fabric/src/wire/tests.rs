@@ -193,6 +193,9 @@ fn every_message() -> Vec<Message<Rt>> {
         Message::ClientReply(ClientReply::Diverged {
             voters: vec![1, 2, 5],
         }),
+        Message::ClientReply(ClientReply::Running {
+            what: "replacing node 3 by node 4".into(),
+        }),
         Message::Client(ClientRequest::ReadSnapshot {
             snapshot_id: 7,
             from_block: 12,

@@ -212,22 +212,22 @@ async fn an_orphan_learner_is_removed_after_the_grace() {
         .create_group(&spec, &members)
         .await
         .expect("create");
-    let leader = eventually("a leader", WAIT, || async {
-        hosts[0].status(volume).await.ok()?.leader
-    })
-    .await;
-    let admin = &hosts[leader as usize - 1];
     hosts[4]
         .open_learner(volume, SIZE_BLOCKS)
         .await
         .expect("open");
-    let raft = admin.raft(volume).expect("the leader's replica");
     let node = RaftNode {
         addr: "node-5".into(),
     };
-    raft.add_learner(5, node, true)
-        .await
-        .expect("the failed repair's learner");
+    // As the failed repair did: added on the leader, never promoted.
+    let admin = eventually("the learner added on the leader", WAIT, || async {
+        let leader = hosts[0].status(volume).await.ok()?.leader?;
+        let admin = &hosts[leader as usize - 1];
+        let raft = admin.raft(volume)?;
+        raft.add_learner(5, node.clone(), true).await.ok()?;
+        Some(admin)
+    })
+    .await;
     let learners = |status: metro_fabric::wire::VolumeStatus| status.learners;
     assert_eq!(learners(admin.status(volume).await.unwrap()), vec![5]);
 

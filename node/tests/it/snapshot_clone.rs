@@ -89,6 +89,21 @@ fn same_image(what: &str, got: &[u8], expected: &[u8]) -> anyhow::Result<()> {
 fn export_image(dir: &std::path::Path, nbd: std::net::SocketAddr, name: &str) -> Vec<u8> {
     let out = dir.join(format!("{name}-{}.img", nbd.port()));
     let _ = std::fs::remove_file(&out);
+    // A node exports a new volume once its export sync has seen it (a
+    // fresh clone was "not available" on node 2 once in CI): wait for it.
+    let uri = format!("nbd://{nbd}/{name}");
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while !std::process::Command::new("qemu-img")
+        .args(["info", "-f", "raw", &uri])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{uri} not exported within {STEP_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     qemu::run(
         "qemu-img",
         &[
