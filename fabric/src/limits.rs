@@ -18,6 +18,7 @@
 //! The node's limits (transport, client, NBD, admin) are in
 //! `metro_node::limits`, which checks its relations to these.
 
+use crate::storage::namespaces::BLOCK_MAP_SLOTS;
 use crate::volume::BLOCK_BYTES;
 use crate::wire::frame::{HEADER_ALIGN, PRELUDE_BYTES};
 
@@ -159,6 +160,22 @@ const _: () = assert!(
 // A full append window of entries is flushed in at most a few batches.
 const _: () = assert!(PENDING_APPLY_ENTRIES_MAX <= APPEND_WINDOW_MAX * APPLY_IN_FLIGHT_MAX);
 
+/// Submissions one volume's tasks leave waiting in kvstore's line behind a
+/// full queue, at most (`storage/durable.rs`): every async submitter awaits
+/// its batch's durability or its place in the queue before going on, so
+/// each task that writes (log store, apply, snapshot build and install, with
+/// slack) leaves one, and a log write one more (the apply changes it sends
+/// ahead of it); opening a state machine queues its clean-up unawaited (a
+/// drop of each stale slot and of each stale pin: at most every DR snapshot
+/// and the current one).
+pub const UNQUEUED_SUBMITS_PER_VOLUME_MAX: usize =
+    8 + BLOCK_MAP_SLOTS as usize + DR_SNAPSHOTS_MAX + 1;
+
+// Every volume of a full node leaving its most submissions in line fits
+// kvstore's line: an async submission is never refused for a full line.
+const _: () = assert!(
+    VOLUMES_MAX * UNQUEUED_SUBMITS_PER_VOLUME_MAX <= metro_kvstore::limits::SUBMIT_OVERFLOW_MAX
+);
 // One group's appends in flight and its queued apply batches fit kvstore's
 // submit queue together: a single busy group never fills it alone.
 // (kvstore's limit: `metro_kvstore::SUBMIT_QUEUE_MAX`.)

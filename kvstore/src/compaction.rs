@@ -124,7 +124,7 @@ impl Writer {
             let left = budget.get_or_insert_with(|| self.compaction_budget(scan.live_ratio));
             let scanned = self.compact_slice(scan)?;
             *left = left.saturating_sub(scanned);
-            if *left == 0 && !self.rx.is_empty() {
+            if *left == 0 && self.has_waiting() {
                 break;
             }
         }

@@ -24,6 +24,10 @@ pub enum StoreError {
     /// The writer has stopped (shut down or poisoned and gone).
     #[error("store writer has stopped")]
     Closed,
+    /// The submission queue and the line behind it are full: the batch was
+    /// not submitted (only an async submit refuses; see `gate.rs`).
+    #[error("submission queue full and {waiting} submissions waiting behind it")]
+    Overloaded { waiting: usize },
     /// The store's options are out of range.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

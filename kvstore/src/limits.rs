@@ -27,6 +27,12 @@ pub const BATCH_BYTES_MAX: usize = 32 << 20;
 
 /// Submissions waiting for the writer, at most (the bounded queue's depth).
 pub const SUBMIT_QUEUE_MAX: usize = 1024;
+/// Submissions waiting in line behind a full queue, at most (`gate.rs`):
+/// an async submitter that finds the queue full waits there, without
+/// blocking its thread, until the writer takes its batch. Sized for a full
+/// node's volumes each leaving a few submissions in line (fabric checks
+/// this against its own limits); memory is taken only while they wait.
+pub const SUBMIT_OVERFLOW_MAX: usize = 512 * SUBMIT_QUEUE_MAX;
 /// Batches in one group commit, at most.
 pub const GROUP_SUBMISSIONS_MAX: usize = 256;
 /// Encoded bytes in one group commit before the writer stops gathering: a
@@ -103,6 +109,10 @@ const _: () = assert!(
 // group never wants more than the queue can hold.
 const _: () = assert!(0 < GROUP_SUBMISSIONS_MAX && GROUP_SUBMISSIONS_MAX <= SUBMIT_QUEUE_MAX);
 const _: () = assert!(0 < GROUP_BYTES_MAX);
+// The line is the queue's overflow: it holds at least a full queue's worth
+// more, so submitters that found the queue full are not refused before as
+// many again wait (and a refused blocking submitter has a back to wait on).
+const _: () = assert!(0 < SUBMIT_QUEUE_MAX && SUBMIT_QUEUE_MAX <= SUBMIT_OVERFLOW_MAX);
 // Options::default() passes Options::validate().
 const _: () = assert!(
     SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX

@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::batch::Namespace;
 use crate::disk::DiskFile;
 use crate::error::StoreError;
+use crate::gate::Gate;
 use crate::index::{Index, Loc};
 
 /// Counters a [`crate::Store`] reports.
@@ -101,6 +102,8 @@ pub struct Shared {
     pub stats: Mutex<StoreStats>,
     /// Set when a write or fsync failed: the store accepts no more writes.
     pub poisoned: Mutex<Option<String>>,
+    /// The way into the writer's queue for submissions that find it full.
+    pub(crate) gate: Gate,
 }
 
 impl Shared {

@@ -10,6 +10,11 @@
 //!   until dropped. [`Store::diff`] lists the keys whose value differs between
 //!   two snapshots using the index alone, reading no value.
 //!
+//! Submitting: [`Store::submit_async`] never blocks (behind a full queue
+//! the batch waits in line and the returned [`Queued`] resolves when the
+//! writer takes it); [`Store::submit`] and [`Store::write`] block the
+//! calling thread. Both keep call order (see `gate.rs`).
+//!
 //! Writing happens on one [`Writer`] that the caller drives (a thread in
 //! production: `std::thread::spawn(move || writer.run())`; stepped by hand
 //! under the simulator), so kvstore itself never spawns.
@@ -23,8 +28,9 @@ use parking_lot::{Condvar, Mutex};
 use crate::batch::{Namespace, WriteBatch};
 use crate::disk::Disk;
 use crate::error::StoreError;
+use crate::gate::{Entered, Queued};
 use crate::index::ChangeKind;
-use crate::limits::SUBMIT_QUEUE_MAX;
+use crate::limits::{SUBMIT_OVERFLOW_MAX, SUBMIT_QUEUE_MAX};
 use crate::shared::{Shared, StoreStats};
 use crate::writer::{Options, Submission, Writer};
 
@@ -66,14 +72,55 @@ impl Store {
         Ok((Store { shared, tx }, writer))
     }
 
-    /// Queues `batch`; `done` runs on the writer once it is durable (or failed).
-    /// Blocks while the submission queue is full.
+    /// Queues `batch` without blocking; `done` runs on the writer once it is
+    /// durable (or failed), or here if it is refused (invalid, poisoned,
+    /// closed, or [`StoreError::Overloaded`]: the line behind a full queue
+    /// is full too). The returned [`Queued`] resolves once the batch has
+    /// reached the writer: await it before submitting more, so that a full
+    /// queue holds the caller back. Batches reach the writer in the order of
+    /// these calls, whether or not anyone awaits (see `gate.rs`).
+    pub fn submit_async(&self, batch: WriteBatch, done: Completion) -> Queued {
+        if let Err(e) = batch.validate().and_then(|_| self.shared.check_poisoned()) {
+            done(Err(e));
+            return Queued::done();
+        }
+        match self.shared.gate.enter(&self.tx, Submission { batch, done }) {
+            Entered::Queued => Queued::done(),
+            Entered::Waiting(number) => Queued::waiting(self.shared.clone(), number),
+            Entered::Full(rejected, _) => {
+                (rejected.done)(Err(StoreError::Overloaded {
+                    waiting: SUBMIT_OVERFLOW_MAX,
+                }));
+                Queued::done()
+            }
+            Entered::Refused(rejected, e) => {
+                (rejected.done)(Err(e));
+                Queued::done()
+            }
+        }
+    }
+
+    /// Like [`Store::submit_async`], but blocks the calling thread until the
+    /// batch has reached the writer, and never refuses it for a full line
+    /// (it waits for room instead). For threads of their own (tests,
+    /// benches, tools), never for async code.
     pub fn submit(&self, batch: WriteBatch, done: Completion) {
         if let Err(e) = batch.validate().and_then(|_| self.shared.check_poisoned()) {
             return done(Err(e));
         }
-        if let Err(rejected) = self.tx.send(Submission { batch, done }) {
-            (rejected.into_inner().done)(Err(StoreError::Closed));
+        let mut submission = Submission { batch, done };
+        loop {
+            match self.shared.gate.enter(&self.tx, submission) {
+                Entered::Queued => return,
+                Entered::Waiting(number) => {
+                    return Queued::waiting(self.shared.clone(), number).wait_blocking();
+                }
+                Entered::Full(rejected, back) => {
+                    Queued::waiting(self.shared.clone(), back).wait_blocking();
+                    submission = rejected;
+                }
+                Entered::Refused(rejected, e) => return (rejected.done)(Err(e)),
+            }
         }
     }
 

@@ -1,7 +1,9 @@
 //! [`Writer`]: the single writer — group commit, segments, maintenance.
 //!
 //! Many submitters put batches on one bounded queue
-//! ([`crate::limits::SUBMIT_QUEUE_MAX`]).
+//! ([`crate::limits::SUBMIT_QUEUE_MAX`]); behind a full queue they wait in
+//! the gate's line (`gate.rs`), which the writer takes from, in order, once
+//! the queue is empty.
 //! The writer takes whatever is queued (up to [`GROUP_SUBMISSIONS_MAX`]
 //! batches or [`GROUP_BYTES_MAX`] bytes), gives each batch the next sequence
 //! number, appends them to the active log segment with one `pwrite`, makes
@@ -96,6 +98,13 @@ pub(crate) struct Submission {
     pub done: Completion,
 }
 
+/// How long [`Writer::next`] may wait for a submission to arrive.
+enum Wait {
+    No,
+    For(std::time::Duration),
+    Forever,
+}
+
 /// One segment file the writer knows.
 #[derive(Debug)]
 pub(crate) struct SegmentInfo {
@@ -165,10 +174,20 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+impl Drop for Writer {
+    /// Closes the gate: batches still waiting in line are never written,
+    /// so their completions run now with [`StoreError::Closed`].
+    fn drop(&mut self) {
+        for submission in self.shared.gate.close() {
+            (submission.done)(Err(StoreError::Closed));
+        }
+    }
+}
+
 impl Writer {
     /// Writes until every [`crate::Store`] handle is dropped.
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        while let Some(first) = self.next(Wait::Forever) {
             self.process(first, true);
         }
     }
@@ -176,10 +195,36 @@ impl Writer {
     /// Commits whatever is queued now, without blocking, fsyncing inline
     /// (the simulator's way). Returns the number of batches handled.
     pub fn step(&mut self) -> usize {
-        match self.rx.try_recv() {
-            Ok(first) => self.process(first, false),
-            Err(_) => 0,
+        match self.next(Wait::No) {
+            Some(first) => self.process(first, false),
+            None => 0,
         }
+    }
+
+    /// The oldest submission: from the channel, else from the front of the
+    /// gate's line (every submission in the channel is older than those in
+    /// line; see `gate.rs`), else, if `wait` allows, the next to arrive.
+    fn next(&self, wait: Wait) -> Option<Submission> {
+        if let Ok(submission) = self.rx.try_recv() {
+            return Some(submission);
+        }
+        if let Some(submission) = self.shared.gate.take() {
+            return Some(submission);
+        }
+        let arrived = match wait {
+            Wait::No => None,
+            Wait::For(timeout) => self.rx.recv_timeout(timeout).ok(),
+            Wait::Forever => self.rx.recv().ok(),
+        };
+        // Nothing was in line when the channel was found empty, so a
+        // submission since went to the channel; after the last handle is
+        // dropped, the line is emptied before the writer stops.
+        arrived.or_else(|| self.shared.gate.take())
+    }
+
+    /// Whether a submission waits for the writer (queued or in line).
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.rx.is_empty() || self.shared.gate.has_waiting()
     }
 
     /// One group commit: gather, append and fsync, publish, acknowledge,
@@ -222,18 +267,12 @@ impl Writer {
         let mut group = vec![first];
         let want = self.last_group_len * 3 / 4;
         while group.len() < GROUP_SUBMISSIONS_MAX && bytes < GROUP_BYTES_MAX {
-            let next = match self.rx.try_recv() {
-                Ok(next) => next,
-                Err(_) if may_wait && group.len() < want => {
-                    match self
-                        .rx
-                        .recv_timeout(std::time::Duration::from_micros(GATHER_WAIT_US))
-                    {
-                        Ok(next) => next,
-                        Err(_) => break,
-                    }
-                }
-                Err(_) => break,
+            let wait = match may_wait && group.len() < want {
+                true => Wait::For(std::time::Duration::from_micros(GATHER_WAIT_US)),
+                false => Wait::No,
+            };
+            let Some(next) = self.next(wait) else {
+                break;
             };
             bytes += next.batch.encoded_len();
             group.push(next);

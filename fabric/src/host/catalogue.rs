@@ -64,13 +64,15 @@ pub(crate) async fn write_durable<RT: AsyncRuntime>(
     batch: WriteBatch,
 ) -> Result<u64, StoreError> {
     let (tx, rx) = RT::Oneshot::channel::<Result<u64, StoreError>>();
-    store.submit(
-        batch,
-        Box::new(move |result| {
-            // The receiver only goes away if the waiting task was dropped.
-            let _ = tx.send(result);
-        }),
-    );
+    store
+        .submit_async(
+            batch,
+            Box::new(move |result| {
+                // The receiver only goes away if the waiting task was dropped.
+                let _ = tx.send(result);
+            }),
+        )
+        .await;
     rx.await.map_err(|_| StoreError::Closed)?
 }
 

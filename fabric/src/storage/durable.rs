@@ -3,13 +3,21 @@
 //! (its completion ran with the fdatasync's result). Runtime-agnostic: the
 //! completion wakes the task from the writer's thread (or, under the
 //! simulator, from the stepped writer), so no runtime type is needed.
+//!
+//! Never blocks: behind kvstore's full submission queue the batch waits in
+//! kvstore's line (`Store::submit_async`), still in call order. A caller
+//! that does not await the [`Durable`] awaits [`Durable::queued`] instead
+//! before going on, so a full queue holds it back and kvstore's line stays
+//! within its bound: each volume's tasks keep at most
+//! [`UNQUEUED_SUBMITS_PER_VOLUME_MAX`](crate::limits::UNQUEUED_SUBMITS_PER_VOLUME_MAX)
+//! submissions unqueued.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use metro_kvstore::{Store, StoreError, WriteBatch};
+use metro_kvstore::{Queued, Store, StoreError, WriteBatch};
 use parking_lot::Mutex;
 
 #[derive(Default)]
@@ -22,6 +30,7 @@ struct Slot {
 #[derive(Clone)]
 pub(crate) struct Durable {
     slot: Arc<Mutex<Slot>>,
+    queued: Queued,
 }
 
 impl std::fmt::Debug for Durable {
@@ -35,6 +44,13 @@ impl Durable {
     pub(crate) fn is_done(&self) -> bool {
         let slot = self.slot.lock();
         slot.result.is_some()
+    }
+
+    /// Resolves once the batch has reached kvstore's writer (it no longer
+    /// waits in line behind a full queue); the batch is written whether or
+    /// not this is awaited.
+    pub(crate) fn queued(&self) -> Queued {
+        self.queued.clone()
     }
 }
 
@@ -69,7 +85,7 @@ pub(crate) fn submit_then(
 ) -> Durable {
     let slot: Arc<Mutex<Slot>> = Arc::default();
     let filler = Arc::clone(&slot);
-    store.submit(
+    let queued = store.submit_async(
         batch,
         Box::new(move |result| {
             hook(&result);
@@ -83,5 +99,5 @@ pub(crate) fn submit_then(
             }
         }),
     );
-    Durable { slot }
+    Durable { slot, queued }
 }

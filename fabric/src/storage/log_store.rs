@@ -7,7 +7,8 @@
 //!
 //! Operations, their atomicity and durability:
 //! - `append`: all entries of one call are one batch (atomic). The call
-//!   returns once they are queued and kept in an in-memory tail, so a
+//!   returns once they are queued (it waits, without blocking a thread,
+//!   while kvstore's queue is full) and kept in an in-memory tail, so a
 //!   [`LogReader`] sees them at once; openraft's `IOFlushed` callback runs
 //!   from the kvstore completion, after the fdatasync that made them
 //!   durable. When its batch is durable a tail entry moves to the *recent*
@@ -606,7 +607,10 @@ impl<RT: AsyncRuntime> RaftLogStorage<TypeConfig<RT>> for LogStore<RT> {
             };
             callback.io_completed(flushed);
         });
-        drop(durable); // the callback reports durability
+        // The callback reports durability; wait only while the batch is in
+        // line behind kvstore's full queue (backpressure, never a blocked
+        // thread).
+        durable.queued().await;
         Ok(())
     }
 

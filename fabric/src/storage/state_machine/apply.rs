@@ -196,10 +196,9 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
                 // dropped at the next open.
                 self.flush_pending().await?;
                 let ns = self.shared.ns.block_map(self.shared.state().active_slot);
-                drop(submit(
-                    self.shared.store(),
-                    WriteBatch::drop_snapshot(ns, seq),
-                ));
+                submit(self.shared.store(), WriteBatch::drop_snapshot(ns, seq))
+                    .queued()
+                    .await;
             } else if full {
                 self.flush_pending().await?;
             }
@@ -211,7 +210,8 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
     }
 
     /// Submits the pending apply changes on their own (if any); waits only
-    /// while [`APPLY_IN_FLIGHT_MAX`] such batches are queued. Every other
+    /// while [`APPLY_IN_FLIGHT_MAX`] such batches are queued, or while the
+    /// new one waits behind kvstore's full queue. Every other
     /// write of the state machine calls this first, so that it is ordered
     /// after the changes already applied.
     pub(super) async fn flush_pending(&mut self) -> Result<(), StorageError> {
@@ -236,6 +236,8 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
             self.in_flight.len() < APPLY_IN_FLIGHT_MAX,
             "apply batches in flight stay bounded"
         );
+        // Behind kvstore's full queue the batch waits in line: wait with it.
+        durable.queued().await;
         self.in_flight.push_back(durable);
         Ok(())
     }

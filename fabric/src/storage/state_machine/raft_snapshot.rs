@@ -73,20 +73,21 @@ impl<RT: AsyncRuntime> VolumeStateMachine<RT> {
                 sessions.encode_all(),
             );
         submit(shared.store(), batch).await?;
-        let mut state = shared.state();
-        assert!(
-            meta.last_log_id <= state.applied,
-            "a snapshot never passes the applied log id"
-        );
-        assert_eq!(state.active_slot, slot, "a snapshot pins the active slot");
-        state.current = Some((record, meta.clone(), Arc::clone(&sessions)));
-        drop(state);
+        {
+            let mut state = shared.state();
+            assert!(
+                meta.last_log_id <= state.applied,
+                "a snapshot never passes the applied log id"
+            );
+            assert_eq!(state.active_slot, slot, "a snapshot pins the active slot");
+            state.current = Some((record, meta.clone(), Arc::clone(&sessions)));
+        }
         if let Some(old) = old.filter(|old| old.slot == slot && old.seq != seq) {
-            // Not awaited: a transfer still reading it fails and is retried.
-            drop(submit(
-                shared.store(),
-                WriteBatch::drop_snapshot(ns, old.seq),
-            ));
+            // Not awaited (only its place in the queue is): a transfer still
+            // reading it fails and is retried.
+            submit(shared.store(), WriteBatch::drop_snapshot(ns, old.seq))
+                .queued()
+                .await;
         }
         let data =
             SnapshotData::pinned(Arc::clone(&shared.node), shared.ns.volume, record, sessions);
