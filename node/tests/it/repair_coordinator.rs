@@ -16,13 +16,15 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, ensure};
+use anyhow::{anyhow, ensure};
 use metro_fabric::env::NodeId;
-use metro_fabric::volume::{BlockData, VolumeId};
+use metro_fabric::volume::VolumeId;
 use metro_node::client::MetroClient;
 
 use common::EtcdServer;
-use common::processes::{ProcessCluster, cluster_status, data_nodes, node_up, volume_health};
+use common::processes::{
+    ProcessCluster, cluster_status, data_nodes, node_up, pattern, volume_health, write_retrying,
+};
 
 const CLUSTER: &str = "rpc";
 const NAME: &str = "db";
@@ -30,23 +32,6 @@ const BLOCKS: u64 = 300;
 const HOLD_MS: u64 = 6_000;
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn pattern(index: u64) -> BlockData {
-    BlockData::new(metro_node::demo::workload::pattern(index)).expect("one block")
-}
-
-async fn write_retrying(client: &MetroClient, volume: VolumeId, index: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        match client.write(volume, index, pattern(index)).await {
-            Ok(_) => return Ok(()),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => return Err(err).context(format!("writing block {index}")),
-        }
-    }
-}
 
 /// Polls `probe` every 200 ms until it answers, for at most `within`.
 async fn until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> anyhow::Result<T>
@@ -122,12 +107,12 @@ async fn scenario(procs: &mut ProcessCluster) -> anyhow::Result<()> {
     let id = start(procs).await?;
     let client = procs.client()?;
     for index in 0..BLOCKS / 3 {
-        write_retrying(&client, id, index).await?;
+        write_retrying(&client, id, index, STEP_TIMEOUT).await?;
     }
     procs.kill(2)?;
     let killed = Instant::now();
     for index in BLOCKS / 3..2 * BLOCKS / 3 {
-        write_retrying(&client, id, index).await?;
+        write_retrying(&client, id, index, STEP_TIMEOUT).await?;
     }
     until(
         "5 added as a learner (repair running)",
@@ -169,7 +154,7 @@ async fn scenario(procs: &mut ProcessCluster) -> anyhow::Result<()> {
     .await?;
     println!("group voters {voters:?}, learners {learners:?}");
     for index in 2 * BLOCKS / 3..BLOCKS {
-        write_retrying(&client, id, index).await?;
+        write_retrying(&client, id, index, STEP_TIMEOUT).await?;
     }
     for index in 0..BLOCKS {
         let read = until("a read", STEP_TIMEOUT, || async {

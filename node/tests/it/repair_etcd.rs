@@ -17,37 +17,20 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, ensure};
+use anyhow::{anyhow, ensure};
 use metro_fabric::env::NodeId;
-use metro_fabric::volume::{BlockData, VolumeId};
-use metro_node::client::MetroClient;
+use metro_fabric::volume::VolumeId;
 
 use common::EtcdServer;
-use common::processes::{NodeSpec, ProcessCluster, cluster_status, node_up, volume_health};
+use common::processes::{
+    NodeSpec, ProcessCluster, cluster_status, node_up, volume_health, write_retrying,
+};
 
 const CLUSTER: &str = "rpr";
 const NAME: &str = "db";
 const BLOCKS: u64 = 400;
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const TEST_TIMEOUT: Duration = Duration::from_secs(200);
-
-fn pattern(index: u64) -> BlockData {
-    BlockData::new(metro_node::demo::workload::pattern(index)).expect("one block")
-}
-
-async fn write_retrying(client: &MetroClient, volume: VolumeId, index: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        match client.write(volume, index, pattern(index)).await {
-            Ok(_) => return Ok(()),
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => return Err(err).context(format!("writing block {index}")),
-        }
-    }
-}
 
 async fn scenario(procs: &mut ProcessCluster) -> anyhow::Result<()> {
     for id in [1, 2, 3, 4] {
@@ -88,12 +71,12 @@ async fn scenario(procs: &mut ProcessCluster) -> anyhow::Result<()> {
 
     let client = Arc::new(procs.client()?);
     for index in 0..BLOCKS / 2 {
-        write_retrying(&client, id, index).await?;
+        write_retrying(&client, id, index, STEP_TIMEOUT).await?;
     }
     procs.kill(victim)?;
     let killed = Instant::now();
     for index in BLOCKS / 2..BLOCKS {
-        write_retrying(&client, id, index).await?;
+        write_retrying(&client, id, index, STEP_TIMEOUT).await?;
     }
     let status = cluster_status(&admin, "the volume repaired", STEP_TIMEOUT, |s| {
         let placement: Vec<NodeId> = s

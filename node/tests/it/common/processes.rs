@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, ensure};
 use metro_fabric::env::NodeId;
+use metro_fabric::volume::{BlockData, VolumeId};
 use metro_node::admin::api::ClusterStatus;
 use metro_node::client::{ClientConfig, MetroClient};
 use metro_node::pki::CLIENT_ID_MIN;
@@ -283,4 +284,29 @@ pub fn volume_health<'a>(status: &'a ClusterStatus, name: &str) -> Option<&'a st
         .iter()
         .find(|v| v.name == name)
         .map(|v| v.health.as_str())
+}
+
+/// The demo workload's content of block `index`.
+pub fn pattern(index: u64) -> BlockData {
+    BlockData::new(metro_node::demo::workload::pattern(index)).expect("one block")
+}
+
+/// Writes [`pattern`]`(index)` to block `index` of `volume`, retrying any
+/// failure for up to `within`.
+pub async fn write_retrying(
+    client: &MetroClient,
+    volume: VolumeId,
+    index: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        match client.write(volume, index, pattern(index)).await {
+            Ok(_) => return Ok(()),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(err).context(format!("writing block {index}")),
+        }
+    }
 }
